@@ -1,0 +1,191 @@
+"""The one validated form of a request. The CLI, the gRPC request and the Python API all build a
+:class:`SolveConfig`; the scheduler validates it against the server's :class:`Limits`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ponder.proto.errors import InvalidArgument
+
+STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts", "revision", "hybrid", "auto")
+AGGREGATIONS = ("last", "min", "prod", "mean")
+SELECTIONS = ("majority", "best", "weighted")
+DEFAULT_STRATEGY = "best_of_n"
+DEFAULT_GENERATIONS = 4
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a server accepts. Requests outside these bounds get INVALID_ARGUMENT."""
+
+    max_question_chars: int = 8000
+    max_generations: int = 256
+    max_steps: int = 64
+    max_step_tokens: int = 1024
+    max_beam_width: int = 64
+    max_lookahead: int = 8
+    max_timeout_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class SolveConfig:
+    """A question and how to search it. ``None`` means "the strategy's default"."""
+
+    question: str
+    strategy: str = DEFAULT_STRATEGY
+    generations: int = DEFAULT_GENERATIONS
+    max_tokens: int = 0  # 0: no cap
+    max_flops: float = 0.0  # 0: no cap
+    temperature: float = 0.8
+    top_p: float = 1.0
+    top_k: int = 0
+    beam_width: int | None = None
+    lookahead: int | None = None
+    max_steps: int | None = None
+    max_step_tokens: int | None = None
+    seed: int | None = None
+    aggregation: str = "last"
+    selection: str | None = None
+    sequential_ratio: float | None = None
+    request_id: str = ""
+    priority: int = 0
+    model: str = ""
+    timeout_s: float = 0.0
+    # Filled in by the service, never by callers.
+    extras: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def validate(self, limits: Limits = Limits()) -> SolveConfig:
+        """Raise :class:`InvalidArgument` naming the first bad field; return self."""
+        q = self.question
+        if not isinstance(q, str) or not q.strip():
+            raise InvalidArgument("question", "must not be empty")
+        if len(q) > limits.max_question_chars:
+            raise InvalidArgument(
+                "question", f"has {len(q)} characters; the limit is {limits.max_question_chars}"
+            )
+        if self.strategy not in STRATEGIES:
+            raise InvalidArgument(
+                "strategy", f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}"
+            )
+        _int_range("budget.generations", self.generations, 1, limits.max_generations)
+        if self.max_tokens < 0:
+            raise InvalidArgument("budget.max_tokens", f"must be >= 0, got {self.max_tokens}")
+        if not self.max_flops >= 0:
+            raise InvalidArgument("budget.max_flops", f"must be >= 0, got {self.max_flops}")
+        _float_range("options.temperature", self.temperature, 0.0, 2.0)
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidArgument("options.top_p", f"must be in (0, 1], got {self.top_p}")
+        _int_range("options.top_k", self.top_k, 0, 100_000)
+        if self.beam_width is not None:
+            _int_range("options.beam_width", self.beam_width, 1, limits.max_beam_width)
+            if self.strategy in ("beam", "lookahead", "dvts") and self.beam_width > self.generations:
+                raise InvalidArgument(
+                    "options.beam_width",
+                    f"beam width {self.beam_width} exceeds the budget of {self.generations} generations",
+                )
+        if self.lookahead is not None:
+            _int_range("options.lookahead", self.lookahead, 0, limits.max_lookahead)
+        if self.max_steps is not None:
+            _int_range("options.max_steps", self.max_steps, 1, limits.max_steps)
+        if self.max_step_tokens is not None:
+            _int_range("options.max_step_tokens", self.max_step_tokens, 1, limits.max_step_tokens)
+        if self.seed is not None:
+            _int_range("options.seed", self.seed, 0, 2**63 - 1)
+        if self.aggregation not in AGGREGATIONS:
+            raise InvalidArgument(
+                "options.aggregation",
+                f"unknown aggregation {self.aggregation!r}; expected one of {', '.join(AGGREGATIONS)}",
+            )
+        if self.selection is not None and self.selection not in SELECTIONS:
+            raise InvalidArgument(
+                "options.selection",
+                f"unknown selection {self.selection!r}; expected one of {', '.join(SELECTIONS)}",
+            )
+        if self.sequential_ratio is not None:
+            _float_range("options.sequential_ratio", self.sequential_ratio, 0.0, 1.0)
+        if len(self.request_id) > 200:
+            raise InvalidArgument("request_id", "must be at most 200 characters")
+        _int_range("priority", self.priority, -1000, 1000)
+        if not 0.0 <= self.timeout_s <= limits.max_timeout_s:
+            raise InvalidArgument(
+                "timeout_s", f"must be in [0, {limits.max_timeout_s}], got {self.timeout_s}"
+            )
+        return self
+
+    def replace(self, **changes: Any) -> SolveConfig:
+        return dataclasses.replace(self, **changes)
+
+    # -- wire form --------------------------------------------------------------------------
+
+    @classmethod
+    def from_proto(cls, req: Any) -> SolveConfig:
+        """Build from a ``ponder.v1.SolveRequest``; unset optional fields keep defaults."""
+        b, o = req.budget, req.options
+        return cls(
+            question=req.question,
+            strategy=req.strategy or DEFAULT_STRATEGY,
+            generations=b.generations if b.HasField("generations") else DEFAULT_GENERATIONS,
+            max_tokens=b.max_tokens if b.HasField("max_tokens") else 0,
+            max_flops=b.max_flops if b.HasField("max_flops") else 0.0,
+            temperature=o.temperature if o.HasField("temperature") else 0.8,
+            top_p=o.top_p if o.HasField("top_p") else 1.0,
+            top_k=o.top_k if o.HasField("top_k") else 0,
+            beam_width=o.beam_width if o.HasField("beam_width") else None,
+            lookahead=o.lookahead if o.HasField("lookahead") else None,
+            max_steps=o.max_steps if o.HasField("max_steps") else None,
+            max_step_tokens=o.max_step_tokens if o.HasField("max_step_tokens") else None,
+            seed=o.seed if o.HasField("seed") else None,
+            aggregation=o.aggregation or "last",
+            selection=o.selection or None,
+            sequential_ratio=o.sequential_ratio if o.HasField("sequential_ratio") else None,
+            request_id=req.request_id,
+            priority=req.priority,
+            model=req.model,
+            timeout_s=req.timeout_s,
+        )
+
+    def to_proto(self) -> Any:
+        from ponder.proto import pb
+
+        req = pb.SolveRequest(
+            question=self.question,
+            strategy=self.strategy,
+            request_id=self.request_id,
+            priority=self.priority,
+            model=self.model,
+            timeout_s=self.timeout_s,
+        )
+        req.budget.generations = self.generations
+        if self.max_tokens:
+            req.budget.max_tokens = self.max_tokens
+        if self.max_flops:
+            req.budget.max_flops = self.max_flops
+        o = req.options
+        o.temperature = self.temperature
+        o.top_p = self.top_p
+        o.top_k = self.top_k
+        for name in ("beam_width", "lookahead", "max_steps", "max_step_tokens", "seed", "sequential_ratio"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(o, name, value)
+        o.aggregation = self.aggregation
+        if self.selection:
+            o.selection = self.selection
+        return req
+
+
+def _int_range(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(name, f"must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise InvalidArgument(name, f"must be in [{lo}, {hi}], got {value}")
+
+
+def _float_range(name: str, value: Any, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgument(name, f"must be a number, got {value!r}")
+    if not lo <= value <= hi:  # also rejects NaN
+        raise InvalidArgument(name, f"must be in [{lo}, {hi}], got {value}")

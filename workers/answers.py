@@ -1,0 +1,163 @@
+"""Answer extraction, equivalence (math-verify) and selection across candidates.
+
+``1/2``, ``0.5`` and ``\\frac{1}{2}`` are one answer. Selection modes:
+``majority`` (most votes), ``best`` (highest single score), ``weighted`` (largest sum of
+scores per distinct answer — the paper's best-of-N weighted).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from ponder.workers.types import AnswerVote
+
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+_ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
+_HASHES = re.compile(r"####\s*([^\n]+)")
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j].strip()
+    return None  # unbalanced: the solution was cut off
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def extract_answer(text: str, *, lenient: bool = False) -> str | None:
+    """The final answer in a solution, or None when it states none.
+
+    Looks for ``\\boxed{…}``, then ``#### N``, then "The answer is …". With ``lenient`` the
+    last number in the text is the answer when none of those is present (weak models often
+    state a result without the agreed form)."""
+    boxed = _last_boxed(text)
+    if boxed:
+        return boxed
+    hashes = _HASHES.findall(text)
+    if hashes:
+        return hashes[-1].strip().rstrip(".").replace(",", "")
+    found = _ANSWER_IS.findall(text)
+    if found:
+        ans = found[-1].strip().rstrip(".").strip()
+        if ans:
+            return ans
+    if lenient:
+        numbers = _NUMBER.findall(text)
+        if numbers:
+            return numbers[-1].replace(",", "").rstrip(".")
+    return None
+
+
+@lru_cache(maxsize=4096)
+def _parsed(answer: str) -> tuple[Any, ...]:
+    from math_verify import parse
+
+    # math-verify's own timeout uses signals, which only work in the main thread; the search
+    # loop runs in a worker thread, and our inputs are short extracted answers.
+    text = answer if "$" in answer or "\\" in answer else f"${answer}$"
+    result = parse(text, parsing_timeout=None)
+    if not result:
+        result = parse(answer, parsing_timeout=None)
+    return tuple(result)
+
+
+def normalize(answer: str) -> str:
+    return re.sub(r"\s+", "", answer).rstrip(".").replace("\\!", "").replace("dfrac", "frac")
+
+
+@lru_cache(maxsize=8192)
+def equivalent(a: str, b: str) -> bool:
+    """True when two extracted answers denote the same value."""
+    if normalize(a) == normalize(b):
+        return True
+    from math_verify import verify
+
+    pa, pb_ = _parsed(a), _parsed(b)
+    if not pa or not pb_:
+        return False
+    try:
+        return bool(verify(list(pa), list(pb_), timeout_seconds=None))
+    except Exception:  # math-verify raises on exotic inputs; unequal is the safe answer
+        return False
+
+
+def is_correct(predicted: str | None, gold: str) -> bool:
+    return predicted is not None and equivalent(gold, predicted)
+
+
+@dataclass
+class Candidate:
+    answer: str | None
+    solution: str
+    score: float | None = None
+    ref: Any = None  # the node or attempt it came from
+
+
+@dataclass
+class Selection:
+    answer: str
+    solution: str
+    votes: list[AnswerVote]
+    winner: Candidate | None
+
+
+def group(candidates: list[Candidate]) -> list[list[Candidate]]:
+    """Cluster candidates with a parsable answer into groups of equivalent answers."""
+    groups: list[list[Candidate]] = []
+    for cand in candidates:
+        if cand.answer is None:
+            continue
+        for g in groups:
+            if equivalent(g[0].answer or "", cand.answer):
+                g.append(cand)
+                break
+        else:
+            groups.append([cand])
+    return groups
+
+
+def select(candidates: list[Candidate], mode: str = "majority") -> Selection:
+    """Pick the answer. Ties go to the larger score sum, then to the earlier candidate."""
+    if mode not in ("majority", "best", "weighted"):
+        raise ValueError(f"unknown selection {mode!r}")
+    groups = group(candidates)
+    votes = [
+        AnswerVote(answer=g[0].answer or "", count=len(g), score=sum(c.score or 0.0 for c in g))
+        for g in groups
+    ]
+    if not groups:
+        fallback = max(candidates, key=lambda c: c.score or 0.0) if candidates else None
+        return Selection("", fallback.solution if fallback else "", [], fallback)
+    order = {id(g): i for i, g in enumerate(groups)}
+
+    def key(g: list[Candidate]) -> tuple[float, float, int]:
+        total = sum(c.score or 0.0 for c in g)
+        if mode == "majority":
+            return (len(g), total, -order[id(g)])
+        if mode == "weighted":
+            return (total, len(g), -order[id(g)])
+        return (max(c.score or 0.0 for c in g), total, -order[id(g)])
+
+    best_group = max(groups, key=key)
+    winner = max(best_group, key=lambda c: c.score or 0.0)
+    votes.sort(key=lambda v: (v.count, v.score), reverse=True)
+    return Selection(best_group[0].answer or "", winner.solution, votes, winner)

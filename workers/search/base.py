@@ -1,0 +1,204 @@
+"""Strategies as state machines.
+
+A strategy's :meth:`Strategy.run` is a generator: it yields a request (:class:`Prefill`,
+:class:`Expand`, :class:`Score`), receives the reply through ``send``, and finally returns an
+:class:`Outcome`. It never touches a model, so the worker loop can batch the requests of every
+live question into one engine call per tick, and a controller can change ``ctx.budget``
+between ticks.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Generator
+from typing import Any, ClassVar
+
+from ponder.proto import pb
+from ponder.proto.config import SolveConfig
+from ponder.workers.answers import Candidate, extract_answer, select
+from ponder.workers.types import Node, Outcome, Request, SamplingParams, Usage
+
+StrategyRun = Generator[Request, Any, Outcome]
+
+
+class SearchContext:
+    """Per-question state shared by a strategy and the loop: config, budget, usage, events."""
+
+    def __init__(
+        self,
+        job_id: str,
+        config: SolveConfig,
+        *,
+        step_delimiter: str = "\n\n",
+        deadline: float | None = None,
+        has_verifier: bool = False,
+    ) -> None:
+        self.job_id = job_id
+        self.config = config
+        self.seed = config.seed if config.seed is not None else random.getrandbits(63)
+        self.budget = config.generations  # N; a controller may change it between ticks
+        self.step_delimiter = step_delimiter
+        self.deadline = deadline
+        self.has_verifier = has_verifier
+        self.usage = Usage()
+        self.cancelled = False
+        self.events: list[pb.SolveEvent] = []
+        self.nodes: list[Node] = []  # every node made for this question (freed at the end)
+        self.released: list[Node] = []  # nodes the strategy dropped; the loop frees them
+        self._next_id = 0
+
+    # -- ids and sampling -------------------------------------------------------------------
+
+    def new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def row_seed(self, node_id: int) -> int:
+        """Seed of the sampling that creates ``node_id``: same job seed, same text."""
+        return (self.seed * 1_000_003 + node_id * 7919) % (2**63 - 1)
+
+    def sampling(self, *, greedy: bool = False) -> SamplingParams:
+        c = self.config
+        return SamplingParams(
+            temperature=0.0 if greedy else c.temperature,
+            top_p=c.top_p,
+            top_k=c.top_k,
+            max_step_tokens=c.max_step_tokens or 256,
+        )
+
+    @property
+    def max_steps(self) -> int:
+        return self.config.max_steps or 40
+
+    # -- budget -----------------------------------------------------------------------------
+
+    def charge_generations(self, n: int) -> None:
+        self.usage.generations += n
+
+    def stop_reason(self) -> str:
+        """Why the search must wrap up now ('' when it may go on)."""
+        if self.cancelled:
+            return "cancelled"
+        if self.deadline is not None and time.time() >= self.deadline:
+            return "deadline"
+        c = self.config
+        if c.max_tokens and self.usage.tokens >= c.max_tokens:
+            return "max_tokens"
+        if c.max_flops and self.usage.flops >= c.max_flops:
+            return "max_flops"
+        return ""
+
+    def release(self, nodes: list[Node]) -> None:
+        self.released.extend(n for n in nodes if not n.released)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def emit(self, **kind: Any) -> None:
+        self.events.append(pb.SolveEvent(job_id=self.job_id, time=time.time(), **kind))
+
+    def emit_step(self, node: Node) -> None:
+        step = pb.Step(
+            node_id=node.id,
+            parent_id=node.parent_id,
+            depth=node.depth,
+            text=node.text,
+            finished=node.finished,
+        )
+        if node.score is not None:
+            step.score = node.score
+        if node.aggregate is not None:
+            step.aggregate = node.aggregate
+        self.emit(step=step)
+
+    def emit_candidate(
+        self, node: Node, answer: str | None, score: float | None = None, attempt_index: int = 0
+    ) -> None:
+        cand = pb.Candidate(
+            node_id=node.id,
+            solution=node.solution_text(self.step_delimiter),
+            answer=answer or "",
+            attempt_index=attempt_index,
+        )
+        if score is not None:
+            cand.score = score
+        self.emit(candidate=cand)
+
+    def emit_progress(self, best_answer: str, vote_share: float) -> None:
+        self.emit(
+            progress=pb.Progress(
+                usage=usage_to_proto(self.usage), best_answer=best_answer, vote_share=vote_share
+            )
+        )
+
+
+def usage_to_proto(u: Usage) -> Any:
+    return pb.Usage(**u.as_dict())
+
+
+class Strategy(ABC):
+    """Base of all strategies. Subclasses set ``name`` and implement :meth:`run`."""
+
+    name: ClassVar[str]
+    needs_verifier: ClassVar[bool] = False
+
+    def __init__(self, ctx: SearchContext) -> None:
+        self.ctx = ctx
+
+    def plan(self) -> str:
+        return f"{self.name} N={self.ctx.budget}"
+
+    @abstractmethod
+    def run(self) -> StrategyRun:
+        """Yield requests, receive replies, return the :class:`Outcome`."""
+
+
+STRATEGY_CLASSES: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    STRATEGY_CLASSES[cls.name] = cls
+    return cls
+
+
+def make_strategy(ctx: SearchContext) -> Strategy:
+    try:
+        cls = STRATEGY_CLASSES[ctx.config.strategy]
+    except KeyError:
+        from ponder.proto.errors import InvalidArgument
+
+        known = ", ".join(sorted(STRATEGY_CLASSES))
+        raise InvalidArgument(
+            "strategy", f"{ctx.config.strategy!r} is not available on this worker ({known})"
+        ) from None
+    return cls(ctx)
+
+
+# -- helpers shared by the strategies --------------------------------------------------------
+
+
+def is_complete(node: Node, ctx: SearchContext) -> bool:
+    """A solution is complete at EOS, once it states a boxed answer, or at the step cap."""
+    return node.finished or "\\boxed" in node.text or node.depth >= ctx.max_steps
+
+
+def candidate_of(node: Node, ctx: SearchContext) -> Candidate:
+    text = node.solution_text(ctx.step_delimiter)
+    score = node.aggregate if node.n_scored else None
+    return Candidate(answer=extract_answer(text, lenient=True), solution=text, score=score, ref=node)
+
+
+def default_selection(ctx: SearchContext, has_scores: bool) -> str:
+    if ctx.config.selection:
+        return ctx.config.selection
+    return "weighted" if has_scores else "majority"
+
+
+def conclude(ctx: SearchContext, candidates: list[Candidate], mode: str, stop_reason: str = "") -> Outcome:
+    """Select the answer across candidates and emit a last progress event."""
+    sel = select(candidates, mode)
+    total = sum(v.count for v in sel.votes)
+    share = next((v.count for v in sel.votes if v.answer == sel.answer), 0) / total if total else 0.0
+    ctx.emit_progress(sel.answer, share)
+    return Outcome(answer=sel.answer, solution=sel.solution, votes=sel.votes, stop_reason=stop_reason)
