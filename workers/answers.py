@@ -17,8 +17,15 @@ from ponder.workers.types import AnswerVote
 
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
-_ANSWER_IS = re.compile(r"answer is[:\s]*\$?([^\n$]+?)\$?\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE)
+# "The answer is X." — X runs to the end of the sentence: a period followed by a space or the
+# end of the line (so "3.5" keeps its decimal point), or the end of the line.
+_ANSWER_IS = re.compile(
+    r"answer\s+is[:\s]*\$?(.+?)\$?\s*(?:\.(?=\s|$)|$)", re.IGNORECASE | re.MULTILINE
+)
 _HASHES = re.compile(r"####\s*([^\n]+)")
+# A number followed by words ("18 dollars", "3.5 apples"): the number is the answer.
+_NUMBER_THEN_WORDS = re.compile(r"^\$?\s*(-?[\d,]*\.?\d+)\s*(?:[a-zA-Z][a-zA-Z\s]*)$")
+_FRAC_SHORT = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
 
 
 def _last_boxed(text: str) -> str | None:
@@ -57,7 +64,10 @@ def extract_answer(text: str, *, lenient: bool = False) -> str | None:
         return hashes[-1].strip().rstrip(".").replace(",", "")
     found = _ANSWER_IS.findall(text)
     if found:
-        ans = found[-1].strip().rstrip(".").strip()
+        ans = found[-1].strip().rstrip(".").strip().strip("$").strip()
+        unit = _NUMBER_THEN_WORDS.match(ans)
+        if unit:
+            ans = unit.group(1).replace(",", "")
         if ans:
             return ans
     if lenient:
@@ -81,7 +91,9 @@ def _parsed(answer: str) -> tuple[Any, ...]:
 
 
 def normalize(answer: str) -> str:
-    return re.sub(r"\s+", "", answer).rstrip(".").replace("\\!", "").replace("dfrac", "frac")
+    """Cheap textual normal form tried before math-verify (``\\frac12`` → ``\\frac{1}{2}``)."""
+    text = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", answer)
+    return re.sub(r"\s+", "", text).rstrip(".").replace("\\!", "").replace("dfrac", "frac")
 
 
 @lru_cache(maxsize=8192)
@@ -91,7 +103,7 @@ def equivalent(a: str, b: str) -> bool:
         return True
     from math_verify import verify
 
-    pa, pb_ = _parsed(a), _parsed(b)
+    pa, pb_ = _parsed(normalize(a)), _parsed(normalize(b))
     if not pa or not pb_:
         return False
     try:
