@@ -10,6 +10,10 @@ out_offsets (Q+1,) int64) with K = sum(min(k_q, len_q)).
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
+
+from ponder.kernels.dispatch import check_launchable, is_interpreted, next_pow2
 
 
 def check_topk_prune_args(
@@ -55,3 +59,80 @@ def topk_prune_reference(
     idx = idx.to(device=scores.device, dtype=torch.long)
     out_offsets = torch.tensor(counts, dtype=torch.long, device=scores.device)
     return idx, parents.long().index_select(0, idx), out_offsets
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton: rank by counting. Candidate i of a segment lands at position
+#   rank(i) = #{j in segment : j beats i},  j beats i  <=>  s_j > s_i, or s_j == s_i and j < i
+# (NaN loses to every number and ties among NaNs go to the lower index, as torch.sort does).
+# Ranks are a permutation of 0..n-1, so every kept candidate is written by exactly one program,
+# with no sort, no atomics and no second pass: one launch over (question, block of candidates).
+# The O(n^2) comparisons per segment are cheap at beam-search sizes (n <= a few thousand).
+
+
+@triton.jit
+def _topk_prune_kernel(
+    scores_ptr, offsets_ptr, k_ptr, parents_ptr, out_offsets_ptr, kept_ptr, kept_parents_ptr,
+    stride_scores, stride_k, stride_parents,
+    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
+):
+    q = tl.program_id(0)
+    lo = tl.load(offsets_ptr + q).to(tl.int64)
+    n = tl.load(offsets_ptr + q + 1).to(tl.int64) - lo
+    kq = tl.minimum(tl.load(k_ptr + q * stride_k).to(tl.int64), n)
+    i0 = tl.program_id(1) * BLOCK_I
+    if (i0 < n) & (kq > 0):
+        offs_i = i0 + tl.arange(0, BLOCK_I)  # (BLOCK_I,) index within the segment
+        mask_i = offs_i < n
+        s_i = tl.load(scores_ptr + (lo + offs_i) * stride_scores, mask=mask_i, other=0.0).to(tl.float32)
+        nan_i = s_i != s_i
+        rank = tl.zeros((BLOCK_I,), dtype=tl.int64)
+        for j0 in range(0, n, BLOCK_J):
+            offs_j = j0 + tl.arange(0, BLOCK_J)  # (BLOCK_J,)
+            mask_j = offs_j < n
+            s_j = tl.load(scores_ptr + (lo + offs_j) * stride_scores, mask=mask_j, other=0.0).to(tl.float32)
+            nan_j = s_j != s_j
+            a = s_i[:, None]
+            b = s_j[None, :]
+            lower = offs_j[None, :] < offs_i[:, None]  # (BLOCK_I, BLOCK_J)
+            beats_num = (~nan_j[None, :]) & ((b > a) | ((b == a) & lower))
+            beats_nan = (~nan_j[None, :]) | lower
+            beats = tl.where(nan_i[:, None], beats_nan, beats_num) & mask_j[None, :]
+            rank += tl.sum(beats.to(tl.int64), axis=1)
+        keep = mask_i & (rank < kq)
+        dst = tl.load(out_offsets_ptr + q) + rank
+        par = tl.load(parents_ptr + (lo + offs_i) * stride_parents, mask=keep, other=0).to(tl.int64)
+        tl.store(kept_ptr + dst, lo + offs_i, mask=keep)
+        tl.store(kept_parents_ptr + dst, par, mask=keep)
+
+
+def topk_prune_triton(
+    scores: torch.Tensor, offsets: torch.Tensor, k: torch.Tensor, parents: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`topk_prune_reference`, one Triton launch for all questions."""
+    check_topk_prune_args(scores, offsets, k, parents)
+    check_launchable("topk_prune", _topk_prune_kernel, scores, offsets, k, parents)
+    if offsets.stride(0) != 1 and offsets.numel() > 1:
+        raise ValueError(f"topk_prune: offsets must be contiguous, got stride {offsets.stride(0)}")
+    dev = scores.device
+    lens = (offsets[1:] - offsets[:-1]).long()  # (Q,)
+    counts = torch.minimum(k.long(), lens)
+    out_offsets = torch.zeros(lens.numel() + 1, dtype=torch.long, device=dev)
+    torch.cumsum(counts, 0, out=out_offsets[1:])
+    # one host sync for the output size and the grid, as the reference needs too
+    K, max_len = (int(x) for x in torch.stack([out_offsets[-1], lens.max() if lens.numel() else out_offsets[0]]).tolist())
+    kept = torch.empty(K, dtype=torch.long, device=dev)
+    kept_parents = torch.empty(K, dtype=torch.long, device=dev)
+    if K == 0:
+        return kept, kept_parents, out_offsets
+    if is_interpreted(_topk_prune_kernel):
+        block_i = block_j = min(next_pow2(max_len), 256)  # few, large programs in the interpreter
+    else:
+        block_i, block_j = 64, 64  # a (64, 64) comparison tile: 32 values per thread at 4 warps
+    grid = (lens.numel(), triton.cdiv(max_len, block_i))
+    _topk_prune_kernel[grid](
+        scores, offsets, k, parents, out_offsets, kept, kept_parents,
+        scores.stride(0), k.stride(0), parents.stride(0),
+        BLOCK_I=block_i, BLOCK_J=block_j,
+    )
+    return kept, kept_parents, out_offsets
