@@ -39,3 +39,21 @@ class Cancelled(PonderError):
 
 class DeadlineExceeded(PonderError):
     code = "DEADLINE_EXCEEDED"
+
+
+_BY_CODE: dict[str, type[PonderError]] = {
+    cls.code: cls
+    for cls in (PonderError, NotFound, ResourceExhausted, Unavailable, Cancelled, DeadlineExceeded)
+}
+
+
+def from_status(code: str, message: str) -> PonderError:
+    """The typed error for a gRPC status code name (as the client raises it)."""
+    if code == "INVALID_ARGUMENT":
+        field, _, rest = message.partition(": ")
+        return InvalidArgument(field, rest) if rest else InvalidArgument("request", message)
+    cls = _BY_CODE.get(code, PonderError)
+    err = cls(message)
+    if cls is PonderError:
+        err.code = code or "INTERNAL"
+    return err

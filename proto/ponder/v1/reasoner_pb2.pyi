@@ -259,20 +259,22 @@ class ServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "host", "models", "active_jobs", "capacity", "last_seen")
+    __slots__ = ("worker_id", "host", "models", "active_jobs", "capacity", "last_seen", "strategies")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_JOBS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    STRATEGIES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     host: str
     models: _containers.RepeatedScalarFieldContainer[str]
     active_jobs: int
     capacity: int
     last_seen: float
-    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., active_jobs: _Optional[int] = ..., capacity: _Optional[int] = ..., last_seen: _Optional[float] = ...) -> None: ...
+    strategies: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., active_jobs: _Optional[int] = ..., capacity: _Optional[int] = ..., last_seen: _Optional[float] = ..., strategies: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ServerInfoResponse(_message.Message):
     __slots__ = ("version", "models", "strategies", "workers_alive", "queue_depth", "jobs_running", "workers", "max_generations", "max_question_chars")

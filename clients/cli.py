@@ -1,0 +1,225 @@
+"""The `ponder` command line.
+
+    ponder serve [--redis URL] [--port P] [--model M] [--workers N] [--demo QUESTION]
+    ponder scheduler --redis URL [--port P]
+    ponder worker --redis URL [--model M]
+    ponder ask QUESTION [--server HOST:PORT] [--strategy S] [--budget N] [--json]
+    ponder info | watch JOB | cancel JOB | result JOB   [--server HOST:PORT]
+    ponder eval …   ponder train {policy,prm,revise,report} …   ponder bench {engine,kernels,service} …
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+from ponder.proto.config import AGGREGATIONS, SELECTIONS, STRATEGIES, Limits, SolveConfig
+from ponder.proto.errors import PonderError
+
+DEFAULT_QUESTION = "What is 12 + 30?"
+SERVER_HELP = "scheduler address (default: localhost:50051)"
+
+
+def _common_service(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prefix", default="ponder", help="Redis key prefix (one per deployment)")
+
+
+def _worker_options(p: argparse.ArgumentParser) -> None:
+    from ponder.workers.runtime import BACKENDS, DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help="'smollm2', a .gguf file or an HF model directory")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="engine (paged KV) or plain transformers")
+    p.add_argument("--verifier", default="", help="value-head .safetensors or PRM directory ('' = none)")
+    p.add_argument("--capacity", type=int, default=16, help="questions one worker searches at once")
+
+
+def _solve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", default="best_of_n", choices=STRATEGIES)
+    p.add_argument("--budget", type=int, default=4, help="N, the budget in generations")
+    p.add_argument("--max-tokens", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--beam-width", type=int, default=None, help="M, children per kept parent")
+    p.add_argument("--lookahead", type=int, default=None, help="k rollout steps")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-step-tokens", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--aggregation", default="last", choices=AGGREGATIONS)
+    p.add_argument("--selection", default=None, choices=SELECTIONS)
+    p.add_argument("--sequential-ratio", type=float, default=None)
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--request-id", default="")
+    p.add_argument("--model", default="", help="ask for a specific model (default: the worker's)")
+    p.add_argument("--timeout", type=float, default=None, help="gRPC deadline in seconds; cancels the job")
+
+
+def config_from_args(question: str, a: argparse.Namespace) -> SolveConfig:
+    return SolveConfig(
+        question=question, strategy=a.strategy, generations=a.budget, max_tokens=a.max_tokens,
+        temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, beam_width=a.beam_width,
+        lookahead=a.lookahead, max_steps=a.max_steps, max_step_tokens=a.max_step_tokens, seed=a.seed,
+        aggregation=a.aggregation, selection=a.selection, sequential_ratio=a.sequential_ratio,
+        request_id=a.request_id, priority=a.priority, model=a.model,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ponder", description="Test-time compute reasoning service.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run Redis (private unless --redis), a scheduler and workers")
+    p.add_argument("--redis", default="", help="use this Redis instead of a private one")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--max-generations", type=int, default=Limits().max_generations)
+    p.add_argument("--ready-timeout", type=float, default=600.0)
+    p.add_argument("--demo", nargs="?", const=DEFAULT_QUESTION, default=None,
+                   help="ask this question once through gRPC, print the stream, and exit")
+    p.add_argument("--strategy", default="best_of_n", choices=STRATEGIES, help="strategy for --demo")
+    p.add_argument("--budget", type=int, default=4, help="budget for --demo")
+    _common_service(p)
+    _worker_options(p)
+    p.set_defaults(demo_question=DEFAULT_QUESTION)
+
+    p = sub.add_parser("scheduler", help="run a gRPC scheduler against a Redis")
+    p.add_argument("--redis", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 for all interfaces)")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--max-generations", type=int, default=Limits().max_generations)
+    p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on SIGTERM")
+    _common_service(p)
+
+    p = sub.add_parser("worker", help="run a worker against a Redis")
+    p.add_argument("--redis", required=True)
+    p.add_argument("--lease", type=float, default=30.0, help="seconds before a silent worker's job is re-run")
+    p.add_argument("--drain", type=float, default=30.0, help="seconds running jobs get to finish on SIGTERM")
+    _common_service(p)
+    _worker_options(p)
+
+    p = sub.add_parser("ask", help="ask a question and watch the reasoning stream in")
+    p.add_argument("question")
+    p.add_argument("--server", default="localhost:50051", help=SERVER_HELP)
+    p.add_argument("--json", action="store_true", help="one JSON object per event")
+    _solve_options(p)
+
+    for name, help_ in (("info", "models, strategies, workers, queue depth"),
+                        ("watch", "stream a job's events"), ("cancel", "cancel a job"),
+                        ("result", "a job's state and result")):
+        p = sub.add_parser(name, help=help_)
+        if name != "info":
+            p.add_argument("job_id")
+        if name == "watch":
+            p.add_argument("--after", default="", help="resume after this event id")
+            p.add_argument("--json", action="store_true")
+        p.add_argument("--server", default="localhost:50051", help=SERVER_HELP)
+
+    p = sub.add_parser("eval", help="accuracy vs compute per strategy on a dataset", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("train", help="train the arith policy, PRM, reviser; quality report", add_help=False)
+    p.add_argument("what", choices=("policy", "prm", "revise", "report"))
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("bench", help="run a benchmark from benchmarks/", add_help=False)
+    p.add_argument("what", choices=("engine", "kernels", "service"))
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _ask(a: argparse.Namespace) -> int:
+    from ponder.clients.client import Client
+    from ponder.clients.render import event_json, render
+
+    cfg = config_from_args(a.question, a)
+    code = 1
+    with Client(a.server) as client:
+        for event in client.solve(cfg, timeout=a.timeout):
+            print(event_json(event) if a.json else render(event), flush=True)
+            kind = event.WhichOneof("kind")
+            if kind == "final":
+                code = 0
+    return code
+
+
+def _job_command(a: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToJson
+
+    from ponder.clients.client import Client
+    from ponder.clients.render import event_json, render
+
+    with Client(a.server) as client:
+        if a.command == "info":
+            print(MessageToJson(client.info(), preserving_proto_field_name=True))
+        elif a.command == "cancel":
+            print(client.cancel(a.job_id))
+        elif a.command == "result":
+            print(MessageToJson(client.result(a.job_id), preserving_proto_field_name=True))
+        else:
+            for event in client.watch(a.job_id, a.after):
+                print(event_json(event) if a.json else render(event), flush=True)
+    return 0
+
+
+def _delegate(module: str, argv: list[str]) -> int:
+    return int(importlib.import_module(module).main(argv) or 0)
+
+
+def _bench(what: str, argv: list[str]) -> int:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{what}.py"
+    if not script.exists():
+        print(f"ponder bench: {script} not found (benchmarks run from a source checkout)", file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *argv]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "serve":
+            from ponder.clients.serve import serve
+
+            return asyncio.run(serve(args))
+        if args.command == "scheduler":
+            from ponder.scheduler.server import Scheduler, SchedulerConfig
+
+            cfg = SchedulerConfig(redis_url=args.redis, host=args.host, port=args.port, prefix=args.prefix,
+                                  limits=Limits(max_generations=args.max_generations), grace_s=args.grace)
+            asyncio.run(Scheduler(cfg).serve_forever())
+            return 0
+        if args.command == "worker":
+            from ponder.workers.runtime import run_worker
+
+            return run_worker(args)
+        if args.command == "ask":
+            return _ask(args)
+        if args.command in ("info", "watch", "cancel", "result"):
+            return _job_command(args)
+        if args.command == "eval":
+            return _delegate("ponder.workers.evaluate", args.rest)
+        if args.command == "train":
+            return _delegate(f"ponder.workers.train.{args.what}", args.rest)
+        if args.command == "bench":
+            return _bench(args.what, args.rest)
+    except PonderError as exc:
+        print(f"ponder: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

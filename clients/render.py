@@ -1,0 +1,57 @@
+"""Human-readable rendering of a job's events for the terminal (`ponder ask`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+
+def event_json(event: Any) -> str:
+    return json.dumps(MessageToDict(event, preserving_proto_field_name=True), ensure_ascii=False)
+
+
+def _usage(u: Any) -> str:
+    saved = f", {u.tokens_saved} tokens shared" if u.tokens_saved else ""
+    return (
+        f"{u.generations} generations, {u.prompt_tokens + u.decode_tokens + u.prm_tokens} tokens "
+        f"({u.prompt_tokens} prefill, {u.decode_tokens} decode, {u.prm_tokens} PRM){saved}, "
+        f"{u.flops / 1e9:.2f} GFLOPs"
+    )
+
+
+def _indent(text: str, pad: str = "    ") -> str:
+    return "\n".join(pad + line for line in text.strip().splitlines()) or pad + "(empty)"
+
+
+def render(event: Any) -> str:
+    kind = event.WhichOneof("kind")
+    e = getattr(event, kind)
+    if kind == "queued":
+        return f"· queued as job {event.job_id} ({e.queue_depth} ahead)"
+    if kind == "started":
+        again = f", attempt {e.attempt}" if e.attempt > 1 else ""
+        return f"· started on {e.worker or 'a worker'} with {e.model}: {e.plan}{again}"
+    if kind == "step":
+        score = f" score {e.score:.3f}" if e.HasField("score") else ""
+        end = " ■" if e.finished else ""
+        parent = "root" if e.parent_id < 0 else f"#{e.parent_id}"
+        return f"  step #{e.node_id} ← {parent} (depth {e.depth}){score}{end}\n{_indent(e.text)}"
+    if kind == "candidate":
+        score = f" score {e.score:.3f}" if e.HasField("score") else ""
+        return f"  ✓ candidate #{e.node_id}: answer {e.answer or '(none)'}{score}"
+    if kind == "progress":
+        return f"· best so far: {e.best_answer or '(none)'} ({e.vote_share:.0%} of votes) — {_usage(e.usage)}"
+    if kind == "final":
+        votes = ", ".join(f"{v.answer}×{v.count}" for v in e.votes) or "none"
+        stop = f" (stopped early: {e.stop_reason})" if e.stop_reason else ""
+        return (
+            f"\nAnswer: {e.answer or '(no answer found)'}{stop}\n"
+            f"Votes: {votes}\n"
+            f"Usage: {_usage(e.usage)}\n"
+            f"Latency: {e.latency_s:.2f} s (queued {e.queue_s:.2f} s), strategy {e.strategy}"
+        )
+    if kind == "error":
+        return f"✗ {e.code}: {e.message}"
+    return f"? {kind}"

@@ -1,0 +1,113 @@
+"""`ponder serve`: the whole service in one command.
+
+Without ``--redis`` it starts a private Redis-protocol server on a free local port; then a
+scheduler in this process and ``--workers N`` worker processes, and stops them all on exit,
+Ctrl-C or SIGTERM. With ``--demo QUESTION`` it asks that question through gRPC, prints the
+streamed reasoning, and shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ponder.proto.config import Limits
+from ponder.scheduler.redis_server import RedisServer
+from ponder.scheduler.server import Scheduler, SchedulerConfig
+
+log = logging.getLogger(__name__)
+
+
+def worker_command(args: Any, redis_url: str) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "ponder.clients.cli", "worker", "--redis", redis_url, "--model", args.model,
+        "--backend", args.backend, "--prefix", args.prefix, "--capacity", str(args.capacity),
+        "--drain", "2",
+    ]
+    if args.verifier:
+        cmd += ["--verifier", args.verifier]
+    return cmd
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+async def _wait_for_workers(sched: Scheduler, n: int, procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"a worker exited with code {dead[0].returncode} while loading (see its log above)")
+        if len(await sched.store.workers()) >= n:
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"workers not ready after {timeout:.0f} s")
+
+
+async def serve(args: Any) -> int:
+    redis: RedisServer | None = None
+    url = args.redis
+    if not url:
+        redis = RedisServer()
+        url = redis.start()
+        _say(f"· private Redis ({os.path.basename(redis.binary)}) on {url}")
+    procs: list[subprocess.Popen[bytes]] = []
+    sched = Scheduler(
+        SchedulerConfig(redis_url=url, host=args.host, port=args.port, prefix=args.prefix,
+                        limits=Limits(max_generations=args.max_generations))
+    )
+    code = 0
+    try:
+        port = await sched.start()
+        _say(f"· scheduler on {args.host}:{port}")
+        for _ in range(args.workers):
+            procs.append(subprocess.Popen(worker_command(args, url)))
+        _say(f"· starting {args.workers} worker(s) with model {args.model!r} (loading the model takes a while)…")
+        await _wait_for_workers(sched, args.workers, procs, args.ready_timeout)
+        _say("· ready")
+        if args.demo:
+            code = await asyncio.to_thread(_demo, f"localhost:{port}", args)
+        else:
+            done = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, done.set)
+            _say(f"· serving; try: ponder ask \"{args.demo_question}\" --server localhost:{port}   (Ctrl-C stops)")
+            await done.wait()
+    finally:
+        _say("· shutting down")
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        await sched.stop()
+        for p in procs:
+            try:
+                await asyncio.to_thread(p.wait, 10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if redis is not None:
+            redis.stop()
+    return code
+
+
+def _demo(target: str, args: Any) -> int:
+    from ponder.clients.client import Client
+    from ponder.clients.render import render
+
+    _say(f"· asking over gRPC ({target}): {args.demo}")
+    with Client(target) as client:
+        final = None
+        for event in client.solve(args.demo, strategy=args.strategy, generations=args.budget):
+            print(render(event), flush=True)
+            if event.WhichOneof("kind") == "final":
+                final = event.final
+            elif event.WhichOneof("kind") == "error":
+                return 1
+    return 0 if final is not None else 1

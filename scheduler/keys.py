@@ -1,0 +1,138 @@
+"""Redis key layout and the Lua scripts that keep job state consistent across processes.
+
+Keys (``p`` = the deployment prefix, default ``ponder``):
+
+- ``p:q:high`` / ``p:q:normal`` / ``p:q:low`` — job queues (Streams, consumer group ``workers``);
+  an entry is ``{job: <id>}``, acknowledged and deleted when the job ends.
+- ``p:job:<id>`` — Hash: state, request (SolveRequest bytes), created/started/finished times,
+  attempt (fencing token), seq (last event number), worker, result (Final bytes),
+  error (Error bytes), cancel flag, queue and entry of its queue message.
+- ``p:job:<id>:events`` — Stream of the job's events, fields ``seq`` and ``data``
+  (SolveEvent bytes without seq/event_id, which the relay fills in).
+- ``p:req:<request_id>`` — the job created for a client's idempotency key.
+- ``p:workers`` — Hash worker id → WorkerInfo bytes (heartbeat).
+
+Every event a worker publishes goes through ``PUBLISH``, which checks the worker's attempt
+number against the job's: a worker whose lease expired and whose job was re-run elsewhere can
+no longer write, so a client sees exactly one final result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRIORITIES = ("high", "normal", "low")
+GROUP = "workers"
+TERMINAL = ("done", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "ponder"
+
+    def queue(self, priority: str) -> str:
+        return f"{self.prefix}:q:{priority}"
+
+    @property
+    def queues(self) -> list[str]:
+        return [self.queue(p) for p in PRIORITIES]
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:events"
+
+    def request(self, request_id: str) -> str:
+        return f"{self.prefix}:req:{request_id}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+
+def priority_name(priority: int) -> str:
+    return "high" if priority > 0 else "low" if priority < 0 else "normal"
+
+
+# KEYS: job, events, queue, request-key (or "")   ARGV: job_id, request, now, request_id, ttl, queued-event
+SUBMIT = """
+if ARGV[4] ~= '' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then return {0, existing} end
+  redis.call('SET', KEYS[4], ARGV[1], 'EX', tonumber(ARGV[5]))
+end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'request', ARGV[2], 'created', ARGV[3],
+           'attempt', 0, 'seq', 1, 'queue', KEYS[3], 'request_id', ARGV[4])
+redis.call('XADD', KEYS[2], '*', 'seq', 1, 'data', ARGV[6])
+local entry = redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
+redis.call('HSET', KEYS[1], 'entry', entry)
+return {1, ARGV[1]}
+"""
+
+# KEYS: job, events   ARGV: worker, now, max_attempts
+# Returns {attempt, state}; attempt 0 means "do not run" (already terminal or out of attempts).
+CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {0, 'missing'} end
+if state == 'done' or state == 'failed' or state == 'cancelled' then return {0, state} end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+if attempt > tonumber(ARGV[3]) then return {-attempt, state} end
+redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started', ARGV[2])
+return {attempt, 'running'}
+"""
+
+# KEYS: job, events   ARGV: attempt, data, terminal-state ('' if none), result-field, result, now, ttl
+# Returns the event's seq, or -1 when this worker no longer owns the job.
+PUBLISH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'done' or state == 'failed' or state == 'cancelled' then return -1 end
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return -1 end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], '*', 'seq', seq, 'data', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'state', ARGV[3], ARGV[4], ARGV[5], 'finished', ARGV[6])
+  local ttl = tonumber(ARGV[7])
+  if ttl > 0 then
+    redis.call('EXPIRE', KEYS[1], ttl)
+    redis.call('EXPIRE', KEYS[2], ttl)
+  end
+end
+return seq
+"""
+
+# KEYS: job, events   ARGV: error-event data, error bytes, now, ttl
+# A queued job ends here (its terminal event written atomically); a running one gets the cancel
+# flag its worker polls. Returns the state after the call.
+CANCEL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+if state == 'queued' then
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('XADD', KEYS[2], '*', 'seq', seq, 'data', ARGV[1])
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'cancel', '1', 'error', ARGV[2], 'finished', ARGV[3])
+  local ttl = tonumber(ARGV[4])
+  if ttl > 0 then
+    redis.call('EXPIRE', KEYS[1], ttl)
+    redis.call('EXPIRE', KEYS[2], ttl)
+  end
+  return 'cancelled'
+end
+if state == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
+return state
+"""
+
+# KEYS: queue   ARGV: group, consumer, entry ids...
+# Resets the idle time of entries this consumer still owns (never steals one that was
+# reclaimed by another worker after this one's lease ran out). Returns how many it renewed.
+RENEW = """
+local renewed = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #p == 1 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""

@@ -1,0 +1,78 @@
+"""Building a worker's policy and verifier from names, and running a worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from ponder.proto.errors import InvalidArgument
+from ponder.workers.models import resolve
+from ponder.workers.policy import Policy
+from ponder.workers.verifier import Verifier
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "engine", "hf")
+DEFAULT_MODEL = "smollm2"
+
+
+def build_policy(model: str = DEFAULT_MODEL, backend: str = "auto") -> Policy:
+    """The policy for ``model``: our paged-KV engine when it covers the architecture
+    (``auto``/``engine``), else plain transformers (``hf``)."""
+    if backend not in BACKENDS:
+        raise InvalidArgument("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    files = resolve(model)
+    if backend in ("auto", "engine"):
+        try:
+            from ponder.workers.engine.policy import EnginePolicy
+        except ImportError:
+            if backend == "engine":
+                raise InvalidArgument("backend", "the engine is not available in this build") from None
+        else:
+            try:
+                return EnginePolicy.load(model)
+            except InvalidArgument:
+                if backend == "engine":
+                    raise
+                log.warning("the engine does not cover %s; using plain transformers", files.name)
+    from ponder.workers.hf_policy import HFPolicy
+
+    return HFPolicy(files)
+
+
+def build_verifier(spec: str, policy: Policy) -> Verifier | None:
+    """``""``/``none``: no verifier; a ``.safetensors`` file: a value head on the policy's
+    hidden states; a directory: a separate PRM model."""
+    if spec in ("", "none"):
+        return None
+    try:
+        from ponder.workers.prm import load_verifier
+    except ImportError:
+        raise InvalidArgument("verifier", "verifiers are not available in this build") from None
+    return load_verifier(spec, policy)
+
+
+def run_worker(args: Any) -> int:
+    """Entry point of `ponder worker`."""
+    from ponder.workers.worker import Worker, WorkerConfig
+
+    cfg = WorkerConfig(
+        redis_url=args.redis, prefix=args.prefix, capacity=args.capacity, lease_s=args.lease,
+        drain_s=args.drain,
+    )
+    log.info("loading model %s", args.model)
+    policy = build_policy(args.model, args.backend)
+    verifier = build_verifier(args.verifier, policy)
+    worker = Worker(cfg, policy, verifier)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await worker.run(stop)
+
+    asyncio.run(main())
+    return 0

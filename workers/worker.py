@@ -1,0 +1,272 @@
+"""The worker process: takes jobs from the Redis consumer group, runs them all in one batched
+search loop, publishes their events, acknowledges them.
+
+Two halves: an asyncio side doing all Redis I/O (intake, reclaim, leases, cancel polling,
+publishing, heartbeats) and one compute thread running :class:`SearchLoop` ticks. They talk
+through two queues, so model compute never blocks Redis traffic and vice versa.
+
+Failure handling: a job's queue entry stays pending until its final event is written. Each
+worker renews the idle time of its own entries every ``lease_s / 3``; a worker that dies stops
+renewing, and after ``lease_s`` another worker takes the entry over with XAUTOCLAIM and runs the
+job again with a higher attempt number. Events are fenced by attempt number, so a stale worker
+cannot write, and the client sees exactly one final event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ponder.proto import pb
+from ponder.proto.config import STRATEGIES, Limits, SolveConfig
+from ponder.proto.errors import InvalidArgument, PonderError
+from ponder.scheduler.store import JobStore, QueuedJob
+from ponder.workers.loop import SearchLoop
+from ponder.workers.policy import Policy
+from ponder.workers.verifier import Verifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    redis_url: str
+    prefix: str = "ponder"
+    capacity: int = 16  # questions searched at once
+    lease_s: float = 30.0  # a job whose worker is silent this long is re-run elsewhere
+    max_attempts: int = 3
+    heartbeat_s: float = 2.0
+    cancel_poll_s: float = 0.25
+    drain_s: float = 30.0  # on SIGTERM, how long running jobs may finish before we leave
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    limits: Limits = Limits()
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1:
+            raise InvalidArgument("capacity", f"must be >= 1, got {self.capacity}")
+        if self.lease_s <= 0.3:
+            raise InvalidArgument("lease_s", f"must be > 0.3 s, got {self.lease_s}")
+        if self.max_attempts < 1:
+            raise InvalidArgument("max_attempts", f"must be >= 1, got {self.max_attempts}")
+
+
+@dataclass
+class Active:
+    qjob: QueuedJob
+    attempt: int
+    created: float
+    started: float
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, policy: Policy, verifier: Verifier | None = None) -> None:
+        self.cfg = config
+        self.policy = policy
+        self.verifier = verifier
+        self.store = JobStore.from_url(config.redis_url, config.prefix)
+        self.active: dict[str, Active] = {}
+        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._outbox: asyncio.Queue[tuple[str, list[pb.SolveEvent]]] | None = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._draining = False
+        self.loop = SearchLoop(policy, verifier, sink=self._sink)
+        self.jobs_done = 0
+
+    # -- compute thread ---------------------------------------------------------------------
+
+    def _sink(self, job_id: str, events: list[pb.SolveEvent]) -> None:
+        assert self._aloop is not None and self._outbox is not None
+        self._aloop.call_soon_threadsafe(self._outbox.put_nowait, (job_id, events))
+
+    def _compute_main(self) -> None:
+        while not self._stop.is_set():
+            try:
+                timeout = 0.0 if self.loop.jobs else 0.2
+                while True:
+                    kind, arg = self._inbox.get(timeout=timeout) if timeout else self._inbox.get_nowait()
+                    timeout = 0.0
+                    self._handle(kind, arg)
+            except queue.Empty:
+                pass
+            if self.loop.jobs:
+                self.loop.tick()
+
+    def _handle(self, kind: str, arg: Any) -> None:
+        if kind == "start":
+            job_id, config, deadline = arg
+            try:
+                self.loop.submit(job_id, config, deadline=deadline)
+            except PonderError as exc:
+                self._sink(job_id, [pb.SolveEvent(job_id=job_id, time=time.time(),
+                                                  error=pb.Error(code=exc.code, message=exc.message))])
+        elif kind == "cancel":
+            self.loop.cancel(arg)
+        elif kind == "drop":  # fenced out: another worker owns the job now
+            job = self.loop.jobs.pop(arg, None)
+            if job is not None:
+                job.done = True
+                self.loop._release(job)
+
+    # -- asyncio side -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until ``stop`` is set, then drain (see WorkerConfig.drain_s) and return."""
+        stop = stop or asyncio.Event()
+        self._aloop = asyncio.get_running_loop()
+        self._outbox = asyncio.Queue()
+        await self.store.ping()
+        await self.store.ensure_groups()
+        compute = threading.Thread(target=self._compute_main, name="ponder-compute", daemon=True)
+        compute.start()
+        tasks = [
+            asyncio.create_task(self._intake(stop), name="intake"),
+            asyncio.create_task(self._publisher(), name="publisher"),
+            asyncio.create_task(self._leases(), name="leases"),
+            asyncio.create_task(self._heartbeats(), name="heartbeat"),
+        ]
+        log.info("worker %s serving model %s", self.cfg.worker_id, self.policy.name)
+        try:
+            await stop.wait()
+            self._draining = True
+            deadline = time.monotonic() + self.cfg.drain_s
+            while self.active and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if self.active:
+                log.warning("leaving %d unfinished jobs to be reclaimed by other workers", len(self.active))
+        finally:
+            self._stop.set()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.to_thread(compute.join, 5.0)
+            try:
+                await self.store.remove_worker(self.cfg.worker_id)
+            except Exception:  # Redis may already be gone on shutdown
+                pass
+            await self.store.close()
+
+    async def _intake(self, stop: asyncio.Event) -> None:
+        last_reclaim = 0.0
+        while not stop.is_set():
+            free = self.cfg.capacity - len(self.active)
+            if free <= 0:
+                await asyncio.sleep(0.02)
+                continue
+            try:
+                jobs: list[QueuedJob] = []
+                if time.monotonic() - last_reclaim >= min(1.0, self.cfg.lease_s / 4):
+                    last_reclaim = time.monotonic()
+                    jobs = await self.store.reclaim(self.cfg.worker_id, int(self.cfg.lease_s * 1000), free)
+                if not jobs:
+                    jobs = await self.store.read_jobs(self.cfg.worker_id, free, block_ms=200)
+                for qjob in jobs:
+                    await self._start(qjob)
+            except PonderError:
+                raise
+            except Exception:
+                log.exception("intake failed; retrying")
+                await asyncio.sleep(0.5)
+
+    async def _start(self, qjob: QueuedJob) -> None:
+        attempt, state = await self.store.claim(qjob.job_id, self.cfg.worker_id, self.cfg.max_attempts)
+        if attempt == 0:  # finished or cancelled while queued: nothing to run
+            await self.store.ack(qjob)
+            return
+        if attempt < 0:
+            err = pb.Error(code="INTERNAL", message=f"job abandoned after {self.cfg.max_attempts} attempts: its workers kept dying")
+            await self.store.publish(qjob.job_id, -attempt, pb.SolveEvent(job_id=qjob.job_id, time=time.time(), error=err))
+            await self.store.ack(qjob)
+            return
+        try:
+            rec = await self.store.load(qjob.job_id)
+            config = rec.config.validate(self.cfg.limits)
+            self._check_model(config)
+        except PonderError as exc:
+            event = pb.SolveEvent(job_id=qjob.job_id, time=time.time(), error=pb.Error(code=exc.code, message=exc.message))
+            await self.store.publish(qjob.job_id, attempt, event)
+            await self.store.ack(qjob)
+            return
+        now = time.time()
+        self.active[qjob.job_id] = Active(qjob, attempt, rec.created, now)
+        deadline = rec.created + config.timeout_s if config.timeout_s else None
+        self._inbox.put(("start", (qjob.job_id, config, deadline)))
+        if rec.cancel:
+            self._inbox.put(("cancel", qjob.job_id))
+
+    def _check_model(self, config: SolveConfig) -> None:
+        if config.model and config.model not in (self.policy.name, getattr(self.policy, "source", "")):
+            raise InvalidArgument("model", f"this worker serves {self.policy.name!r}, not {config.model!r}")
+
+    async def _publisher(self) -> None:
+        assert self._outbox is not None
+        while True:
+            job_id, events = await self._outbox.get()
+            act = self.active.get(job_id)
+            if act is None:
+                continue
+            for event in events:
+                kind = event.WhichOneof("kind")
+                if kind == "started":
+                    event.started.attempt = act.attempt
+                    event.started.worker = self.cfg.worker_id
+                elif kind == "final":
+                    event.final.latency_s = time.time() - act.created
+                    event.final.queue_s = act.started - act.created
+                try:
+                    seq = await self.store.publish(job_id, act.attempt, event)
+                except Exception:
+                    log.exception("publishing an event of job %s failed", job_id)
+                    seq = -2
+                if seq == -1:  # another worker re-ran this job: stop ours, write nothing more
+                    log.warning("job %s attempt %d was taken over; dropping it", job_id, act.attempt)
+                    self._inbox.put(("drop", job_id))
+                    self.active.pop(job_id, None)
+                    break
+                if kind in ("final", "error") and seq > 0:
+                    await self.store.ack(act.qjob)
+                    self.active.pop(job_id, None)
+                    self.jobs_done += 1
+                    break
+
+    async def _leases(self) -> None:
+        last_renew = 0.0
+        while True:
+            await asyncio.sleep(self.cfg.cancel_poll_s)
+            try:
+                ids = list(self.active)
+                for job_id in await self.store.cancel_flags(ids):
+                    self._inbox.put(("cancel", job_id))
+                if time.monotonic() - last_renew >= self.cfg.lease_s / 3:
+                    last_renew = time.monotonic()
+                    await self.store.renew(self.cfg.worker_id, [a.qjob for a in list(self.active.values())])
+            except Exception:
+                log.exception("lease renewal / cancel poll failed")
+
+    async def _heartbeats(self) -> None:
+        host = socket.gethostname()
+        while True:
+            info = pb.WorkerInfo(
+                worker_id=self.cfg.worker_id, host=host, models=[self.policy.name],
+                active_jobs=len(self.active), capacity=0 if self._draining else self.cfg.capacity,
+                last_seen=time.time(), strategies=available_strategies(),
+            )
+            try:
+                await self.store.heartbeat(info)
+            except Exception:
+                log.exception("heartbeat failed")
+            await asyncio.sleep(self.cfg.heartbeat_s)
+
+
+def available_strategies() -> list[str]:
+    from ponder.workers.search import STRATEGY_CLASSES
+
+    return [s for s in STRATEGIES if s in STRATEGY_CLASSES]
