@@ -40,9 +40,11 @@ class BestOfN(Strategy):
         stop = ""
         while live:
             children: list[Node] = yield Expand(live, ctx.sampling())
-            ctx.release([p for p in set(live) if p is not root])
             if self.score_steps:
                 yield Score(children)
+            # Parents go only after their children are scored: a separate PRM extends the
+            # parent's cached prefix to score a child.
+            ctx.release([p for p in set(live) if p is not root])
             live = []
             for child in children:
                 ctx.emit_step(child)
