@@ -117,7 +117,8 @@ def _prm_score_kernel(
             w = w - tl.load(head_ptr + stride_head + offs_d, mask=mask_d, other=0.0).to(tl.float32)
         acc += h * w[None, :]
     logit = tl.sum(acc, axis=1) + bias  # (BLOCK_B,)
-    score = 1.0 / (1.0 + tl.exp(-logit))
+    e = tl.exp(-tl.abs(logit))  # in (0, 1]: no overflow for large |logit|
+    score = tl.where(logit >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
     prev = tl.load(prev_ptr + offs_b * stride_prev, mask=mask_b, other=0.0)
     n = tl.load(nprev_ptr + offs_b * stride_nprev, mask=mask_b, other=0)
     first = n <= 0
