@@ -258,6 +258,7 @@ def _paged_attention_kernel(
     stride_bts, stride_btb, stride_lens,
     stride_os, stride_oh, stride_ls,
     HAS_PREFIX: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     s = tl.program_id(0)
     hkv = tl.program_id(1)
@@ -283,13 +284,13 @@ def _paged_attention_kernel(
                     mask=kv_mask, other=0.0)  # (BLOCK_SIZE, BLOCK_D)
         v = tl.load(v_ptr + blk * stride_vb + offs_t[:, None] * stride_vt + hkv * stride_vh + offs_d[None, :],
                     mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # (BLOCK_G, BLOCK_SIZE)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_G, BLOCK_SIZE)
         qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m, tl.max(qk, axis=1))  # finite: slot 0 of every visited block is valid
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(qk - m_new[:, None])
         l = l * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m = m_new
     o_offs = s * stride_os + heads[:, None] * stride_oh + offs_d[None, :]
     o_mask = mask_g[:, None] & mask_d[None, :]
@@ -321,6 +322,7 @@ def _prefix_attention_kernel(
     stride_ptg, stride_ptb, stride_plens,
     stride_os, stride_oh, stride_ls,
     BLOCK_SIZE: tl.constexpr, GP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     """Program (group, kv head, chunk of BLOCK_M members): rows = members x query heads, so each
     prefix K/V block is loaded once and multiplied against BLOCK_M * GP query rows."""
@@ -353,13 +355,13 @@ def _prefix_attention_kernel(
                         mask=kv_mask, other=0.0)  # (BLOCK_SIZE, BLOCK_D), shared by all R rows
             v = tl.load(v_ptr + blk * stride_vb + offs_t[:, None] * stride_vt + hkv * stride_vh + offs_d[None, :],
                         mask=kv_mask, other=0.0)
-            qk = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # (R, BLOCK_SIZE)
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (R, BLOCK_SIZE)
             qk = tl.where(valid[None, :], qk, float("-inf"))
             m_new = tl.maximum(m, tl.max(qk, axis=1))
             alpha = tl.exp2(m - m_new)
             p = tl.exp2(qk - m_new[:, None])
             l = l * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
             m = m_new
         safe_l = tl.where(l > 0, l, 1.0)
         lse = tl.where(l > 0, (m + tl.log2(safe_l)) * 0.6931471805599453, float("-inf"))
@@ -384,6 +386,12 @@ def _check_layout(op: str, kernel: object, q: torch.Tensor, k_cache: torch.Tenso
         raise ValueError(f"{op}: Triton needs block_size a power of two >= 16 (tl.dot), got {BS}")
     if D > 256:
         raise ValueError(f"{op}: Triton supports head_dim <= 256, got {D}")
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 caches get exact fp32 products (the default, tf32, keeps a 10-bit mantissa: ~1e-3
+    # relative error against the fp32 reference); for fp16/bf16 operands the setting is moot
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _block_g(G: int) -> int:
@@ -435,6 +443,7 @@ def _launch_paged(
         tables.stride(0), tables.stride(1), lens.stride(0),
         out.stride(0), out.stride(1), Hq,
         HAS_PREFIX=has_prefix, BLOCK_SIZE=k_cache.shape[1], BLOCK_G=_block_g(G), BLOCK_D=max(16, next_pow2(D)),
+        DOT_PRECISION=_dot_precision(q.dtype),
     )
 
 
@@ -483,6 +492,7 @@ def shared_prefix_attention_triton(
         prefix_tables.stride(0), prefix_tables.stride(1), prefix_lens.stride(0),
         pre_out.stride(0), pre_out.stride(1), Hq,
         BLOCK_SIZE=k_cache.shape[1], GP=GP, BLOCK_M=block_m, BLOCK_D=max(16, next_pow2(D)),
+        DOT_PRECISION=_dot_precision(q.dtype),
     )
     _launch_paged(q, k_cache, v_cache, suffix_tables, suffix_lens, out, pre_out, pre_lse, scale)
     return out
