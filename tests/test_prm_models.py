@@ -244,3 +244,13 @@ def test_search_with_a_separate_prm(strategy: str, shepherd_dir: Path, tiny_llam
         assert u.prm_tokens == read_once
     else:
         assert u.prm_tokens > read_once
+
+
+def test_load_verifier_picks_the_prm_and_its_mode(qwen_dir: Path) -> None:
+    from fakes import ScriptedPolicy
+    from ponder.workers.prm import load_verifier
+
+    step = load_verifier(str(qwen_dir), ScriptedPolicy())
+    outcome = load_verifier(f"outcome:{qwen_dir}", ScriptedPolicy())
+    assert isinstance(step, ModelPRM) and step.mode == "step"
+    assert isinstance(outcome, ModelPRM) and outcome.mode == "outcome"

@@ -80,3 +80,21 @@ def test_verifier_errors() -> None:
     root = Node(id=0, parent=None, depth=0)
     with pytest.raises(Exception, match="hidden"):
         ver.score([Node(id=1, parent=root, depth=1)], "last")
+
+
+def test_load_verifier_specs(tmp_path: Path) -> None:
+    from fakes import ScriptedPolicy
+    from ponder.workers.prm import load_verifier
+
+    policy = ScriptedPolicy(hidden_size=8)
+    path = tmp_path / "h.safetensors"
+    ValueHead(8, "mlp").save(path)
+    ver = load_verifier(str(path), policy)
+    assert isinstance(ver, ValueHeadVerifier) and ver.head.kind == "mlp"
+    r0, r0b, r1 = (load_verifier(s, policy) for s in ("random", "random:0", "random:1"))
+    h = torch.randn(4, 8)
+    assert torch.equal(r0.head(h), r0b.head(h)) and not torch.equal(r0.head(h), r1.head(h))  # type: ignore[union-attr]
+    ValueHead(9).save(tmp_path / "wrong.safetensors")
+    for bad in (str(tmp_path / "wrong.safetensors"), "random:x", str(tmp_path / "nothing"), f"outcome:{path}"):
+        with pytest.raises(InvalidArgument):
+            load_verifier(bad, policy)
