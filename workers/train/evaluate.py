@@ -1,0 +1,70 @@
+"""Sampling answers to task questions and grading them: the measurements shared by the training
+jobs (validation at the end of a run), the slow recipe test and the quality report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ponder.workers.models import PromptFormat, format_prompt
+from ponder.workers.tasks.arith import Question, grade
+from ponder.workers.train.checkpoint import EOS_ID
+from ponder.workers.train.sample import generate
+
+MAX_NEW = 320  # the longest arith solution in the eval mix is ~230 characters
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def decode(tokenizer: Any, ids: Sequence[int]) -> str:
+    return tokenizer.decode([i for i in ids if i != EOS_ID])
+
+
+def prompt_ids(tokenizer: Any, fmt: PromptFormat, question: str, attempts: Sequence[str] = ()) -> list[int]:
+    """The prompt exactly as a ponder Policy builds it (``format_prompt``), tokenised."""
+    return encode(tokenizer, format_prompt(tokenizer, fmt, question, tuple(attempts)))
+
+
+@dataclass
+class Samples:
+    """``texts[i][j]``: the j-th sampled solution to question i, ``correct[i][j]`` its grade."""
+
+    questions: list[Question]
+    texts: list[list[str]]
+    correct: list[list[bool]]
+
+    def pass_rates(self) -> list[float]:
+        return [sum(c) / len(c) if c else 0.0 for c in self.correct]
+
+    def mean(self) -> float:
+        rates = self.pass_rates()
+        return sum(rates) / len(rates) if rates else 0.0
+
+
+def sample_solutions(
+    model: Any,
+    tokenizer: Any,
+    fmt: PromptFormat,
+    qs: Sequence[Question],
+    n: int,
+    *,
+    temperature: float = 0.8,
+    seed: int = 0,
+    dtype: Any = None,
+    batch_size: int = 256,
+    progress: Any = None,
+) -> Samples:
+    """``n`` samples per question (the whole solution in one go) and their grades."""
+    prompts = [prompt_ids(tokenizer, fmt, q.question) for q in qs for _ in range(n)]
+    outs = generate(
+        model, prompts, temperature=temperature, max_new=MAX_NEW, seed=seed, dtype=dtype or torch.float32,
+        batch_size=batch_size, progress=progress,
+    )
+    texts = [[decode(tokenizer, outs[i * n + j]) for j in range(n)] for i in range(len(qs))]
+    correct = [[grade(t, q.answer) for t in row] for q, row in zip(qs, texts)]
+    return Samples(list(qs), texts, correct)
