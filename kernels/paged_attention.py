@@ -398,6 +398,17 @@ def _block_g(G: int) -> int:
     return max(16, next_pow2(G))
 
 
+def _prefix_config(G: int, max_members: int, D: int) -> tuple[int, int, int]:
+    """(GP, BLOCK_M, num_warps) of the prefix kernel. Up to 64 query rows (members x heads) a
+    tile, at least 16 for tl.dot. ptxas for sm_90 (tests/test_kernels_compile.py): 64 rows x
+    D=128 fp16 needs 228 registers a thread at 4 warps and 113 at 8; 64 rows x D=64 fp32 with
+    32-token blocks spills 712 bytes at 4 warps; so 8 warps from 64 x 64 up."""
+    GP = next_pow2(G)
+    block_m = max(16 // GP, min(next_pow2(max_members), max(64 // GP, 1)))
+    warps = 8 if block_m * GP * next_pow2(D) >= 4096 else 4
+    return GP, block_m, warps
+
+
 def paged_attention_triton(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -443,7 +454,7 @@ def _launch_paged(
         tables.stride(0), tables.stride(1), lens.stride(0),
         out.stride(0), out.stride(1), Hq,
         HAS_PREFIX=has_prefix, BLOCK_SIZE=k_cache.shape[1], BLOCK_G=_block_g(G), BLOCK_D=max(16, next_pow2(D)),
-        DOT_PRECISION=_dot_precision(q.dtype),
+        DOT_PRECISION=_dot_precision(q.dtype), num_warps=4,
     )
 
 
@@ -476,10 +487,7 @@ def shared_prefix_attention_triton(
     group_off = torch.zeros(Gn + 1, dtype=torch.long, device=q.device)
     torch.cumsum(counts, 0, out=group_off[1:])
     members = torch.argsort(grp, stable=True)  # (S,) sequences listed group by group
-    GP = next_pow2(G)
-    # 64 query rows a tile: 64 x 128 fp32 accumulators = 64 registers a thread at 4 warps;
-    # at least 16 rows for tl.dot
-    block_m = max(16 // GP, min(next_pow2(int(counts.max())), max(64 // GP, 1)))
+    GP, block_m, warps = _prefix_config(G, int(counts.max()), D)
     pre_out = torch.empty((S, Hq, D), dtype=torch.float32, device=q.device)
     pre_lse = torch.empty((S, Hq), dtype=torch.float32, device=q.device)
     grid = (Gn, Hkv, triton.cdiv(int(counts.max()), block_m))
@@ -492,7 +500,7 @@ def shared_prefix_attention_triton(
         prefix_tables.stride(0), prefix_tables.stride(1), prefix_lens.stride(0),
         pre_out.stride(0), pre_out.stride(1), Hq,
         BLOCK_SIZE=k_cache.shape[1], GP=GP, BLOCK_M=block_m, BLOCK_D=max(16, next_pow2(D)),
-        DOT_PRECISION=_dot_precision(q.dtype),
+        DOT_PRECISION=_dot_precision(q.dtype), num_warps=warps,
     )
     _launch_paged(q, k_cache, v_cache, suffix_tables, suffix_lens, out, pre_out, pre_lse, scale)
     return out

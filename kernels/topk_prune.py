@@ -86,7 +86,7 @@ def _topk_prune_kernel(
         mask_i = offs_i < n
         s_i = tl.load(scores_ptr + (lo + offs_i) * stride_scores, mask=mask_i, other=0.0).to(tl.float32)
         nan_i = s_i != s_i
-        rank = tl.zeros((BLOCK_I,), dtype=tl.int64)
+        rank = tl.zeros((BLOCK_I,), dtype=tl.int32)
         for j0 in range(0, n, BLOCK_J):
             offs_j = j0 + tl.arange(0, BLOCK_J)  # (BLOCK_J,)
             mask_j = offs_j < n
@@ -98,7 +98,7 @@ def _topk_prune_kernel(
             beats_num = (~nan_j[None, :]) & ((b > a) | ((b == a) & lower))
             beats_nan = (~nan_j[None, :]) | lower
             beats = tl.where(nan_i[:, None], beats_nan, beats_num) & mask_j[None, :]
-            rank += tl.sum(beats.to(tl.int64), axis=1)
+            rank += tl.sum(beats.to(tl.int32), axis=1)
         keep = mask_i & (rank < kq)
         dst = tl.load(out_offsets_ptr + q) + rank
         par = tl.load(parents_ptr + (lo + offs_i) * stride_parents, mask=keep, other=0).to(tl.int64)
