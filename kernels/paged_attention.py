@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ponder.kernels.dispatch import check_launchable, next_pow2
+from ponder.kernels.dispatch import check_launchable, is_interpreted, next_pow2
 
 
 def check_paged_attention_args(
@@ -257,14 +257,14 @@ def _paged_attention_kernel(
     stride_vb, stride_vt, stride_vh,
     stride_bts, stride_btb, stride_lens,
     stride_os, stride_oh, stride_ls,
-    HAS_PREFIX: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    HAS_PREFIX: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     s = tl.program_id(0)
     hkv = tl.program_id(1)
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_t = tl.arange(0, BLOCK_SIZE)
+    offs_n = tl.arange(0, BLOCK_N)
     mask_g = offs_g < G
     mask_d = offs_d < D
     heads = hkv * G + offs_g  # (BLOCK_G,) query heads reading this kv head
@@ -276,17 +276,19 @@ def _paged_attention_kernel(
     m = tl.full((BLOCK_G,), float("-inf"), tl.float32)
     l = tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
-    for b in range(0, tl.cdiv(L, BLOCK_SIZE)):
-        blk = tl.load(bt_ptr + s * stride_bts + b * stride_btb).to(tl.int64)
-        valid = b * BLOCK_SIZE + offs_t < L  # (BLOCK_SIZE,)
+    for n0 in range(0, L, BLOCK_N):  # BLOCK_N tokens = BLOCK_N / BLOCK_SIZE cache blocks a trip
+        tok = n0 + offs_n  # (BLOCK_N,)
+        valid = tok < L
+        blk = tl.load(bt_ptr + s * stride_bts + (tok // BLOCK_SIZE) * stride_btb, mask=valid, other=0).to(tl.int64)
+        slot = tok % BLOCK_SIZE
         kv_mask = valid[:, None] & mask_d[None, :]
-        k = tl.load(k_ptr + blk * stride_kb + offs_t[:, None] * stride_kt + hkv * stride_kh + offs_d[None, :],
-                    mask=kv_mask, other=0.0)  # (BLOCK_SIZE, BLOCK_D)
-        v = tl.load(v_ptr + blk * stride_vb + offs_t[:, None] * stride_vt + hkv * stride_vh + offs_d[None, :],
+        k = tl.load(k_ptr + (blk * stride_kb + slot * stride_kt + hkv * stride_kh)[:, None] + offs_d[None, :],
+                    mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
+        v = tl.load(v_ptr + (blk * stride_vb + slot * stride_vt + hkv * stride_vh)[:, None] + offs_d[None, :],
                     mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_G, BLOCK_SIZE)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_G, BLOCK_N)
         qk = tl.where(valid[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m, tl.max(qk, axis=1))  # finite: slot 0 of every visited block is valid
+        m_new = tl.maximum(m, tl.max(qk, axis=1))  # finite: token n0 of every trip is valid
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(qk - m_new[:, None])
         l = l * alpha + tl.sum(p, axis=1)
@@ -321,8 +323,8 @@ def _prefix_attention_kernel(
     stride_vb, stride_vt, stride_vh,
     stride_ptg, stride_ptb, stride_plens,
     stride_os, stride_oh, stride_ls,
-    BLOCK_SIZE: tl.constexpr, GP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, GP: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Program (group, kv head, chunk of BLOCK_M members): rows = members x query heads, so each
     prefix K/V block is loaded once and multiplied against BLOCK_M * GP query rows."""
@@ -339,7 +341,7 @@ def _prefix_attention_kernel(
         seq = tl.load(members_ptr + start + m0 + mi, mask=row_ok, other=0).to(tl.int64)
         heads = hkv * G + gi
         offs_d = tl.arange(0, BLOCK_D)
-        offs_t = tl.arange(0, BLOCK_SIZE)
+        offs_n = tl.arange(0, BLOCK_N)
         mask_d = offs_d < D
         q = tl.load(q_ptr + seq[:, None] * stride_qs + heads[:, None] * stride_qh + offs_d[None, :],
                     mask=row_ok[:, None] & mask_d[None, :], other=0.0)  # (R, BLOCK_D)
@@ -347,15 +349,17 @@ def _prefix_attention_kernel(
         m = tl.full((BLOCK_M * GP,), float("-inf"), tl.float32)
         l = tl.zeros((BLOCK_M * GP,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M * GP, BLOCK_D), dtype=tl.float32)
-        for b in range(0, tl.cdiv(L, BLOCK_SIZE)):
-            blk = tl.load(pt_ptr + g * stride_ptg + b * stride_ptb).to(tl.int64)
-            valid = b * BLOCK_SIZE + offs_t < L
+        for n0 in range(0, L, BLOCK_N):
+            tok = n0 + offs_n  # (BLOCK_N,)
+            valid = tok < L
+            blk = tl.load(pt_ptr + g * stride_ptg + (tok // BLOCK_SIZE) * stride_ptb, mask=valid, other=0).to(tl.int64)
+            slot = tok % BLOCK_SIZE
             kv_mask = valid[:, None] & mask_d[None, :]
-            k = tl.load(k_ptr + blk * stride_kb + offs_t[:, None] * stride_kt + hkv * stride_kh + offs_d[None, :],
-                        mask=kv_mask, other=0.0)  # (BLOCK_SIZE, BLOCK_D), shared by all R rows
-            v = tl.load(v_ptr + blk * stride_vb + offs_t[:, None] * stride_vt + hkv * stride_vh + offs_d[None, :],
+            k = tl.load(k_ptr + (blk * stride_kb + slot * stride_kt + hkv * stride_kh)[:, None] + offs_d[None, :],
+                        mask=kv_mask, other=0.0)  # (BLOCK_N, BLOCK_D), shared by all R rows
+            v = tl.load(v_ptr + (blk * stride_vb + slot * stride_vt + hkv * stride_vh)[:, None] + offs_d[None, :],
                         mask=kv_mask, other=0.0)
-            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (R, BLOCK_SIZE)
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (R, BLOCK_N)
             qk = tl.where(valid[None, :], qk, float("-inf"))
             m_new = tl.maximum(m, tl.max(qk, axis=1))
             alpha = tl.exp2(m - m_new)
@@ -398,13 +402,34 @@ def _block_g(G: int) -> int:
     return max(16, next_pow2(G))
 
 
-def _prefix_config(G: int, max_members: int, D: int) -> tuple[int, int, int]:
-    """(GP, BLOCK_M, num_warps) of the prefix kernel. Up to 64 query rows (members x heads) a
-    tile, at least 16 for tl.dot. ptxas for sm_90 (tests/test_kernels_compile.py): 64 rows x
-    D=128 fp16 needs 228 registers a thread at 4 warps and 113 at 8; 64 rows x D=64 fp32 with
-    32-token blocks spills 712 bytes at 4 warps; so 8 warps from 64 x 64 up."""
+GPU_BLOCK_N = 64  # KV tokens a loop trip on the GPU for 16-bit caches; see _block_n
+
+
+def _block_n(block_size: int, max_len: int, kernel: object, dtype: torch.dtype) -> int:
+    """KV tokens per loop trip (a trip may span several cache blocks or part of one).
+
+    Interpreter: up to 256, since it pays per trip (~60 Triton ops at ~0.1 ms each), not per
+    element. GPU, from ptxas for sm_90 (tests/test_kernels_compile.py): 64-token trips keep
+    16-bit kernels at 99-150 registers without spills; fp32 (exact FMA dots) spills at 64
+    (up to 14 KB in the prefix kernel) and not at 16. The trip length has not been timed on a
+    GPU (none was available to this work); benchmarks/kernels.py is the check.
+    """
+    if is_interpreted(kernel):
+        return max(16, min(next_pow2(max_len), 256))
+    if dtype == torch.float32:
+        return 16
+    return GPU_BLOCK_N
+
+
+def _prefix_config(G: int, max_members: int, D: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(GP, BLOCK_M, num_warps) of the prefix kernel: BLOCK_M members x GP query heads = up to
+    64 query rows a tile (32 for fp32), at least 16 for tl.dot. From ptxas for sm_90
+    (tests/test_kernels_compile.py): 64 rows x D=128 fp16 take 228 registers a thread at 4 warps,
+    113 at 8; 64 rows x D=64 fp32 spill 712 bytes at 4 warps; 64 rows x D=128 fp32 spill 600
+    bytes even at 8 warps, so fp32 tiles stop at 32 rows. 8 warps from 64 x 64 elements up."""
     GP = next_pow2(G)
-    block_m = max(16 // GP, min(next_pow2(max_members), max(64 // GP, 1)))
+    rows = 32 if dtype == torch.float32 else 64
+    block_m = max(16 // GP, min(next_pow2(max_members), max(rows // GP, 1)))
     warps = 8 if block_m * GP * next_pow2(D) >= 4096 else 4
     return GP, block_m, warps
 
@@ -453,7 +478,9 @@ def _launch_paged(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         tables.stride(0), tables.stride(1), lens.stride(0),
         out.stride(0), out.stride(1), Hq,
-        HAS_PREFIX=has_prefix, BLOCK_SIZE=k_cache.shape[1], BLOCK_G=_block_g(G), BLOCK_D=max(16, next_pow2(D)),
+        HAS_PREFIX=has_prefix, BLOCK_SIZE=k_cache.shape[1],
+        BLOCK_N=_block_n(k_cache.shape[1], int(lens.max()), _paged_attention_kernel, q.dtype),
+        BLOCK_G=_block_g(G), BLOCK_D=max(16, next_pow2(D)),
         DOT_PRECISION=_dot_precision(q.dtype), num_warps=4,
     )
 
@@ -487,7 +514,7 @@ def shared_prefix_attention_triton(
     group_off = torch.zeros(Gn + 1, dtype=torch.long, device=q.device)
     torch.cumsum(counts, 0, out=group_off[1:])
     members = torch.argsort(grp, stable=True)  # (S,) sequences listed group by group
-    GP, block_m, warps = _prefix_config(G, int(counts.max()), D)
+    GP, block_m, warps = _prefix_config(G, int(counts.max()), D, q.dtype)
     pre_out = torch.empty((S, Hq, D), dtype=torch.float32, device=q.device)
     pre_lse = torch.empty((S, Hq), dtype=torch.float32, device=q.device)
     grid = (Gn, Hkv, triton.cdiv(int(counts.max()), block_m))
@@ -499,7 +526,8 @@ def shared_prefix_attention_triton(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         prefix_tables.stride(0), prefix_tables.stride(1), prefix_lens.stride(0),
         pre_out.stride(0), pre_out.stride(1), Hq,
-        BLOCK_SIZE=k_cache.shape[1], GP=GP, BLOCK_M=block_m, BLOCK_D=max(16, next_pow2(D)),
+        BLOCK_SIZE=k_cache.shape[1], BLOCK_N=_block_n(k_cache.shape[1], int(prefix_lens.max()), _prefix_attention_kernel, q.dtype),
+        GP=GP, BLOCK_M=block_m, BLOCK_D=max(16, next_pow2(D)),
         DOT_PRECISION=_dot_precision(q.dtype), num_warps=warps,
     )
     _launch_paged(q, k_cache, v_cache, suffix_tables, suffix_lens, out, pre_out, pre_lse, scale)

@@ -4,6 +4,7 @@ head dims and dtypes, and the launchers' argument checks."""
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -16,6 +17,8 @@ from ponder.kernels.paged_attention import (
     shared_prefix_attention_reference,
     shared_prefix_attention_triton,
 )
+
+pa = importlib.import_module("ponder.kernels.paged_attention")  # the package shadows the module name
 
 # the reference works in fp32 and rounds once; the kernel also rounds p to fp16 before p @ v
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float16: dict(atol=4e-3, rtol=4e-3)}
@@ -156,6 +159,22 @@ def test_shared_prefix_many_members_span_several_chunks() -> None:
     c, rest = args[0], args[1:]
     want = shared_prefix_attention_reference(rest[0], c.k, c.v, *rest[1:])
     torch.testing.assert_close(shared_prefix_attention_triton(rest[0], c.k, c.v, *rest[1:]), want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("gpu_tiles,dtype", [(False, torch.float32), (True, torch.float16), (True, torch.float32)])
+def test_long_sequences_take_several_trips(monkeypatch: pytest.MonkeyPatch, gpu_tiles: bool, dtype: torch.dtype) -> None:
+    """Past one trip (256 tokens in the interpreter; on the GPU, forced here, 64 for fp16 and
+    one 16-token block for fp32) the online softmax carries its running max and sum across
+    trips, and a trip reads several block-table entries."""
+    if gpu_tiles:
+        monkeypatch.setattr(pa, "is_interpreted", lambda _k: False)
+    c = Paged([300, 65, 7], Hq=6, Hkv=2, D=64, BS=16, dtype=dtype, seed=13)
+    want = paged_attention_reference(c.q, c.k, c.v, c.tables, c.lens)
+    torch.testing.assert_close(paged_attention_triton(c.q, c.k, c.v, c.tables, c.lens), want, **TOL[dtype])
+    args = _shared([272, 16], [0, 0, 1, 0], [70, 0, 130, 1], 6, 2, 64, 16, dtype, seed=14)
+    c, rest = args[0], args[1:]
+    want = shared_prefix_attention_reference(rest[0], c.k, c.v, *rest[1:])
+    torch.testing.assert_close(shared_prefix_attention_triton(rest[0], c.k, c.v, *rest[1:]), want, **TOL[dtype])
 
 
 def test_paged_triton_strided_views_and_scale() -> None:
