@@ -74,9 +74,18 @@ def test_batched_decode_of_forked_rows_matches_each_row_alone(tiny_models: dict[
     prompts = [torch.randint(3, 259, (n,), generator=g).tolist() for n in (13, 22)]
     roots = [eng.prefill(p).seq for p in prompts]
     rows = [eng.fork(roots[i % 2]) for i in range(6)]
-    # Grow rows 0 and 1 alone first, so rows have different lengths and partially shared tails.
-    eng.decode_step(rows[:2], torch.tensor([5, 6]))
+    # Grow rows 0 and 1 alone first, so rows have different lengths, and fork row 0 once its
+    # own block is full: rows 0 and 6 then share 4 blocks, the other rows of prompt 0 only 3.
+    for t in (5, 6, 7):
+        eng.decode_step(rows[:2], torch.tensor([t, t + 1]))
     rows.append(eng.fork(rows[0]))
+    if shared_prefix:
+        from ponder.workers.engine.attention import shared_groups
+
+        group, depth, prefixes = shared_groups(rows, [r.length + 1 for r in rows], 4)
+        assert depth == [4, 5, 3, 5, 3, 5, 4] and len(prefixes) == 4
+        assert group[0] == group[6] and group[2] == group[4] and group[1] == group[3] == group[5]
+        assert len({group[0], group[1], group[2]}) == 3 and 0 not in group
     for step in range(7):
         toks = torch.randint(3, 259, (len(rows),), generator=g)
         hidden = eng.decode_step(rows, toks)

@@ -2,10 +2,13 @@
 and used by every layer, and the call into ``ponder.kernels`` (Triton on CUDA, the PyTorch
 reference on the CPU).
 
-With ``shared_prefix`` on, rows are grouped by their first block; a group's common leading
-full blocks (the question's prompt for every sample and beam of a question, plus any steps the
-whole group shares) are read once for all its rows by ``shared_prefix_attention``, and each
-row reads only its own suffix. Rows with no partner go into group 0 with an empty prefix.
+With ``shared_prefix`` on, each row joins the group of the longest run of leading full blocks
+it shares with at least one other row of the batch (found by refining the rows column by
+column, by block id). For one question's samples that is the prompt; for beam search it is
+the parent's whole path (prompt and earlier steps) shared by the M siblings, so the reference
+reads each parent's history once per parent instead of once per child. A group's prefix is
+read once for all its rows by ``shared_prefix_attention``; each row reads only its own suffix.
+Rows that share nothing go into group 0, whose prefix is empty.
 """
 
 from __future__ import annotations
@@ -23,6 +26,45 @@ def _pad(rows: list[list[int]], device: torch.device) -> torch.Tensor:
         if r:
             out[i, : len(r)] = torch.tensor(r, dtype=torch.int32)
     return out.to(device)
+
+
+def shared_groups(seqs: list[Sequence], lengths: list[int], block_size: int) -> tuple[list[int], list[int], list[list[int]]]:
+    """(group of each row, prefix blocks of each row's group, each group's prefix blocks).
+
+    Partition refinement over block-table columns: at column j the rows that agree on blocks
+    0..j form a class; a row's group is the deepest class of two or more rows it belongs to.
+    Only blocks full for every row are compared (a block shared by two rows is never either
+    row's partial last block: writing into it would have copied it first).
+    """
+    S = len(seqs)
+    group = [0] * S
+    depth = [0] * S
+    prefixes: list[list[int]] = [[]]
+    full = [n // block_size for n in lengths]
+    classes = [list(range(S))]
+    j = 0
+    while classes:
+        refined: list[list[int]] = []
+        for rows in classes:
+            split: dict[int, list[int]] = {}
+            for r in rows:
+                if full[r] > j:
+                    split.setdefault(seqs[r].blocks[j], []).append(r)
+            for members in split.values():
+                if len(members) > 1:
+                    refined.append(members)
+        for members in refined:  # deeper classes overwrite shallower ones
+            g = len(prefixes)
+            prefixes.append(seqs[members[0]].blocks[: j + 1])
+            for r in members:
+                group[r], depth[r] = g, j + 1
+        classes = refined
+        j += 1
+    # Drop prefixes no row ended up in (all their rows moved deeper) and renumber.
+    used = sorted(set(group) - {0})
+    renumber = {g: i + 1 for i, g in enumerate(used)}
+    group = [renumber.get(g, 0) for g in group]
+    return group, depth, [[]] + [prefixes[g] for g in used]
 
 
 class DecodeAttention:
@@ -45,42 +87,15 @@ class DecodeAttention:
         self.shared = False
         bs = block_size
         if shared_prefix and len(seqs) > 1:
-            by_first: dict[int, list[int]] = {}
-            for i, s in enumerate(seqs):
-                by_first.setdefault(s.blocks[0], []).append(i)
-            prefix_rows: list[list[int]] = [[]]  # group 0: rows without a shared prefix
-            prefix_lens = [0]
-            group = [0] * len(seqs)
-            cut = [0] * len(seqs)  # blocks of each row served by its group's prefix
-            for members in by_first.values():
-                if len(members) < 2:
-                    continue
-                first = seqs[members[0]].blocks
-                # Only blocks that are full for every member can be shared.
-                n = min(lengths[m] // bs for m in members)
-                for m in members[1:]:
-                    other = seqs[m].blocks
-                    j = 0
-                    while j < n and other[j] == first[j]:
-                        j += 1
-                    n = j
-                    if n == 0:
-                        break
-                if n == 0:
-                    continue
-                g = len(prefix_rows)
-                prefix_rows.append(first[:n])
-                prefix_lens.append(n * bs)
-                for m in members:
-                    group[m], cut[m] = g, n
-            if len(prefix_rows) > 1:
+            group, depth, prefixes = shared_groups(seqs, lengths, bs)
+            if len(prefixes) > 1:
                 self.shared = True
-                self.prefix_tables = _pad(prefix_rows, device)  # (G, nb)
-                self.prefix_lens = torch.tensor(prefix_lens, dtype=torch.int32, device=device)
+                self.prefix_tables = _pad(prefixes, device)  # (G, nb)
+                self.prefix_lens = torch.tensor([len(p) * bs for p in prefixes], dtype=torch.int32, device=device)
                 self.seq_group = torch.tensor(group, dtype=torch.int32, device=device)
-                self.suffix_tables = _pad([s.blocks[c:] for s, c in zip(seqs, cut)], device)
+                self.suffix_tables = _pad([s.blocks[d:] for s, d in zip(seqs, depth)], device)
                 self.suffix_lens = torch.tensor(
-                    [n - c * bs for n, c in zip(lengths, cut)], dtype=torch.int32, device=device
+                    [n - d * bs for n, d in zip(lengths, depth)], dtype=torch.int32, device=device
                 )
                 return
         self.block_tables = _pad([s.blocks for s in seqs], device)  # (B, nb)

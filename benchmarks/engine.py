@@ -1,0 +1,260 @@
+"""Engine benchmark: our paged-KV engine against plain transformers on the same jobs, one run.
+
+(a) sampling: one question, S samples of T new tokens each (EOS masked on both sides so every
+    sample has exactly T tokens): the engine (prompt prefilled once, S forks, one batch)
+    against ``model.generate(num_return_sequences=S)``; tokens/s of each and the ratio.
+(b) tree: PRM-guided beam search (N beams, width M, K steps) through SearchLoop, once with
+    EnginePolicy and once with HFPolicy (which re-encodes each expanded prefix), same seed and
+    the same verifier (a fixed random linear probe of the step-end hidden state); decoded
+    tokens/s of each and the ratio.
+(c) KV memory: bytes of KV blocks held by N beams forked from a P-token prompt after each
+    decoded one token (copy-on-write done), against N unshared caches of P+1 tokens.
+(d) the machine's limit: measured fp32 GEMM GFLOP/s, the GEMM-bound tokens/s it implies
+    (GFLOP/s ÷ 2·P per token, P = non-embedding parameters), and our sampling tokens/s as a
+    fraction of it.
+
+Prints a table and, last, one JSON line. ``--quick`` shrinks every size for a smoke run.
+Usage: python benchmarks/engine.py [--quick] [--json] [--model smollm2|DIR|FILE.gguf]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+
+from ponder.workers.types import Node, Prompt, ScoreOutput
+from ponder.workers.verifier import Verifier, aggregate
+
+QUESTION = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?"
+)
+TARGETS = {"sampling_ratio": 5.0, "tree_ratio": 5.0, "kv_fraction": 0.25, "gemm_fraction": 0.40}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="ponder bench engine", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2", help="smollm2, a model directory or a .gguf file")
+    ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    ap.add_argument("--json", action="store_true", help="print only the JSON line")
+    ap.add_argument("--samples", type=int, default=None, help="(a) samples [64]")
+    ap.add_argument("--new-tokens", type=int, default=None, help="(a) new tokens per sample [256]")
+    ap.add_argument("--beams", type=int, default=None, help="(b, c) beams N [64]")
+    ap.add_argument("--width", type=int, default=None, help="(b) beam width M [4]")
+    ap.add_argument("--steps", type=int, default=None, help="(b) search steps [8]")
+    ap.add_argument("--step-tokens", type=int, default=None, help="(b) token cap per step [64]")
+    ap.add_argument("--kv-prompt", type=int, default=None, help="(c) shared prompt tokens [200]")
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--skip-hf", action="store_true", help="run only our side (no ratios)")
+    args = ap.parse_args(argv)
+    full = dict(samples=64, new_tokens=256, beams=64, width=4, steps=8, step_tokens=64, kv_prompt=200)
+    quick = dict(samples=8, new_tokens=16, beams=8, width=2, steps=2, step_tokens=8, kv_prompt=40)
+    for k, v in (quick if args.quick else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
+
+
+def gemm_gflops(seconds: float = 1.5) -> dict[str, float]:
+    """fp32 GEMM throughput: a large square product (the machine's peak) and a decode-shaped
+    one (64 rows through a 576×1536 MLP matrix, SmolLM2's shape)."""
+    out = {}
+    for name, (m, k, n) in {"square_2048": (2048, 2048, 2048), "decode_64x576x1536": (64, 576, 1536)}.items():
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        for _ in range(3):
+            a @ b
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            reps += 1
+        out[name] = 2.0 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
+    return out
+
+
+class ProbeVerifier(Verifier):
+    """A fixed random linear probe of the step-end hidden state: a deterministic stand-in for a
+    value head, identical for both backends (their hidden states agree to ~1e-5)."""
+
+    name = "probe"
+
+    def __init__(self, hidden_size: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.randn(hidden_size, generator=g) / math.sqrt(hidden_size)
+        self.n_params = hidden_size
+
+    def score(self, nodes: list[Node], aggregation: str) -> ScoreOutput:
+        scores = [float(torch.sigmoid(n.hidden.float() @ self.w)) if n.hidden is not None else 0.5 for n in nodes]
+        aggs = [aggregate(n.aggregate, n.n_scored, s, aggregation) for n, s in zip(nodes, scores)]
+        return ScoreOutput(scores=scores, aggregates=aggs, flops=2.0 * self.n_params * len(nodes))
+
+
+def run_sampling_engine(policy: Any, ids: list[int], args: argparse.Namespace) -> tuple[float, int]:
+    from ponder.workers.engine.decode import StepRow, StopRule, run_steps
+    from ponder.workers.sampling import RowRandom
+    from ponder.workers.types import SamplingParams
+
+    eng = policy.engine
+    params = SamplingParams(temperature=args.temperature, max_step_tokens=args.new_tokens)
+    t0 = time.perf_counter()
+    root = eng.prefill(ids, use_index=False).seq  # computed here, not served from an earlier run
+    rows = [StepRow(eng.fork(root), params, RowRandom(args.seed + i)) for i in range(args.samples)]
+    run_steps(eng, rows, StopRule(policy.eos, None, suppress_eos=True))
+    dt = time.perf_counter() - t0
+    tokens = sum(len(r.tokens) for r in rows)
+    for r in rows:
+        eng.release(r.seq)
+    eng.release(root)
+    return dt, tokens
+
+
+@torch.inference_mode()
+def run_sampling_hf(model: Any, tokenizer: Any, ids: list[int], args: argparse.Namespace) -> tuple[float, int]:
+    torch.manual_seed(args.seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    t0 = time.perf_counter()
+    out = model.generate(
+        torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+        do_sample=True, temperature=args.temperature, top_k=0, top_p=1.0,
+        num_return_sequences=args.samples, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+        pad_token_id=pad,
+    )
+    dt = time.perf_counter() - t0
+    return dt, int(out.shape[0] * (out.shape[1] - len(ids)))
+
+
+def run_tree(policy: Any, verifier: Any, args: argparse.Namespace) -> tuple[float, dict[str, float]]:
+    from ponder.proto.config import SolveConfig
+    from ponder.workers.loop import SearchLoop
+
+    events: list[Any] = []
+    loop = SearchLoop(policy, verifier, sink=lambda _j, evs: events.extend(evs))
+    cfg = SolveConfig(
+        question=QUESTION, strategy="beam", generations=args.beams, beam_width=args.width,
+        max_steps=args.steps, max_step_tokens=args.step_tokens, seed=args.seed, temperature=args.temperature,
+    ).validate()
+    t0 = time.perf_counter()
+    loop.submit("bench", cfg)
+    loop.run_until_idle()
+    dt = time.perf_counter() - t0
+    final = [e.final for e in events if e.HasField("final")]
+    errors = [e.error.message for e in events if e.HasField("error")]
+    if not final:
+        raise RuntimeError(f"tree job failed: {errors}")
+    u = final[0].usage
+    return dt, {"decode_tokens": u.decode_tokens, "prompt_tokens": u.prompt_tokens, "steps": u.steps}
+
+
+def kv_memory(policy: Any, tokenizer: Any, args: argparse.Namespace) -> dict[str, float]:
+    """KV bytes for N beams forked from a P-token prompt, each with one decoded token."""
+    eng = policy.engine
+    text = (QUESTION + " ") * (1 + args.kv_prompt // 8)
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])[: args.kv_prompt]
+    assert len(ids) == args.kv_prompt, "the filler text is too short for --kv-prompt"
+    before = eng.stats().referenced_blocks
+    root = eng.prefill(ids, use_index=False).seq
+    beams = [eng.fork(root) for _ in range(args.beams)]
+    eng.decode_step(beams, torch.full((args.beams,), ids[-1]))
+    held = (eng.stats().referenced_blocks - before) * eng.pool.bytes_per_block
+    unshared = args.beams * (args.kv_prompt + 1) * eng.pool.bytes_per_token
+    for s in [root, *beams]:
+        eng.release(s)
+    return {"ours_bytes": held, "unshared_bytes": unshared, "fraction": held / unshared}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from ponder.workers.engine import EngineConfig, EnginePolicy
+    from ponder.workers.hf_policy import HFPolicy
+    from ponder.workers.models import load_hf_model, load_tokenizer, resolve
+
+    say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    files = resolve(args.model)
+    say(f"loading {files.name} ...")
+    tokenizer = load_tokenizer(files)
+    model = load_hf_model(files)
+    policy = EnginePolicy(files, model=model, tokenizer=tokenizer, config=EngineConfig(block_size=args.block_size))
+    hf_policy = HFPolicy(files, model=model, tokenizer=tokenizer)
+    P = policy.n_params
+    ids = policy.encode(policy.format_prompt(Prompt(QUESTION)))
+    res: dict[str, Any] = {
+        "bench": "engine", "model": files.name, "non_embedding_params": P, "threads": torch.get_num_threads(),
+        "quick": args.quick, "prompt_tokens": len(ids), "targets": TARGETS,
+    }
+
+    say("(d) GEMM throughput ...")
+    gemm = gemm_gflops(0.5 if args.quick else 1.5)
+    peak = max(gemm.values())
+    res["gemm"] = {"gflops": gemm, "limit_tok_s": peak * 1e9 / (2.0 * P)}
+
+    say(f"(a) sampling {args.samples} x {args.new_tokens} tokens ...")
+    dt, n = run_sampling_engine(policy, ids, args)
+    a: dict[str, Any] = {"ours_s": dt, "ours_tokens": n, "ours_tok_s": n / dt}
+    if not args.skip_hf:
+        hdt, hn = run_sampling_hf(model, tokenizer, ids, args)
+        a.update(hf_s=hdt, hf_tokens=hn, hf_tok_s=hn / hdt, ratio=(n / dt) / (hn / hdt))
+    res["sampling"] = a
+    res["gemm"]["fraction"] = a["ours_tok_s"] / res["gemm"]["limit_tok_s"]
+
+    say(f"(b) beam search N={args.beams} M={args.width} steps={args.steps} ...")
+    verifier = ProbeVerifier(policy.hidden_size, args.seed)
+    dt, u = run_tree(policy, verifier, args)
+    b: dict[str, Any] = {"ours_s": dt, "ours_usage": u, "ours_tok_s": u["decode_tokens"] / dt}
+    if not args.skip_hf:
+        hdt, hu = run_tree(hf_policy, verifier, args)
+        b.update(hf_s=hdt, hf_usage=hu, hf_tok_s=hu["decode_tokens"] / hdt)
+        b["ratio"] = b["ours_tok_s"] / b["hf_tok_s"]
+    res["tree"] = b
+
+    say(f"(c) KV memory, {args.beams} beams over a {args.kv_prompt}-token prompt ...")
+    res["kv"] = kv_memory(policy, tokenizer, args)
+
+    met = {
+        "sampling_ratio": a.get("ratio", 0.0) >= TARGETS["sampling_ratio"],
+        "tree_ratio": b.get("ratio", 0.0) >= TARGETS["tree_ratio"],
+        "kv_fraction": res["kv"]["fraction"] <= TARGETS["kv_fraction"],
+        "gemm_fraction": res["gemm"]["fraction"] >= TARGETS["gemm_fraction"],
+    }
+    res["met"] = met
+    if not args.json:
+        print_table(res)
+    print(json.dumps(res, default=float))
+    return 0
+
+
+def print_table(r: dict[str, Any]) -> None:
+    a, b, kv, g = r["sampling"], r["tree"], r["kv"], r["gemm"]
+    na = "n/a"
+    rows = [
+        ("(a) sampling tok/s", f"{a['ours_tok_s']:.1f}", f"{a['hf_tok_s']:.1f}" if "hf_tok_s" in a else na,
+         f"{a['ratio']:.2f}x" if "ratio" in a else na, ">= 5x"),
+        ("(b) beam search tok/s", f"{b['ours_tok_s']:.1f}", f"{b['hf_tok_s']:.1f}" if "hf_tok_s" in b else na,
+         f"{b['ratio']:.2f}x" if "ratio" in b else na, ">= 5x"),
+        ("(c) KV bytes (MiB)", f"{kv['ours_bytes'] / 2**20:.1f}", f"{kv['unshared_bytes'] / 2**20:.1f} (unshared)",
+         f"{kv['fraction']:.3f}", "<= 0.25"),
+        ("(d) GEMM-bound tok/s", f"{a['ours_tok_s']:.1f}", f"{g['limit_tok_s']:.1f} (limit)",
+         f"{g['fraction']:.3f}", ">= 0.40"),
+    ]
+    head = ("job", "ours", "reference", "ratio", "target")
+    widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(5)]
+    for row in [head, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    gf = ", ".join(f"{k} {v:.1f}" for k, v in g["gflops"].items())
+    print(f"GEMM GFLOP/s: {gf}; P = {r['non_embedding_params']:,}; threads = {r['threads']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
