@@ -5,10 +5,21 @@ H_q a multiple of H_kv (grouped-query heads: query head h reads kv head h // (H_
 block_tables (S, max_blocks) int32, row s lists the blocks of sequence s in order (entries past
 its length are ignored); seq_lens (S,) int32 tokens of each sequence (>= 1).
 
-``shared_prefix_attention`` serves sequences grouped by a common prefix: the prefix blocks of
-group g (prefix_tables[g], prefix_lens[g] tokens) are read once for all its sequences, each
-sequence's own suffix (suffix_tables[s], suffix_lens[s] >= 0 tokens) separately, and the two
-partial results are merged with their log-sum-exps.
+``shared_prefix_attention`` serves sequences grouped by a common prefix: seq_group (S,) names
+each sequence's group; the prefix blocks of group g (prefix_tables[g], prefix_lens[g] >= 0
+tokens) are read once for the group's sequences, each sequence's own suffix (suffix_tables[s],
+suffix_lens[s] >= 0 tokens) separately, and the two partial results are merged with their
+log-sum-exps. Every sequence needs at least one token in all.
+
+Both return (S, H_q, D) in q's dtype; ``scale`` defaults to 1/sqrt(D). Block-table entries a
+length reaches must name real cache blocks; entries past it are never read (-1 is fine there).
+
+Triton: ``_paged_attention_kernel`` runs one program per (sequence, kv head) with the G query
+heads of that kv head as the rows of one tile, an online softmax over KV trips of BLOCK_N tokens
+gathered through the block table. ``_prefix_attention_kernel`` runs one program per (group, kv
+head, chunk of members) with members x heads as the rows, so each prefix block is loaded once
+per chunk of up to 64 query rows and multiplied against all of them; it writes fp32 partials
+(out, lse) that the paged kernel, run over the suffixes, merges in its epilogue.
 """
 
 from __future__ import annotations
@@ -33,9 +44,11 @@ def check_paged_attention_args(
     op: str = "paged_attention",
     tables: str = "block_tables",
     lens: str = "seq_lens",
+    values: bool = True,
 ) -> None:
     """Raise ValueError naming the argument on any shape, dtype, device or range mismatch.
-    ``op``/``tables``/``lens`` name the caller's arguments in the messages."""
+    ``op``/``tables``/``lens`` name the caller's arguments in the messages. ``values=False``
+    skips the checks that read tensor contents (lengths, block ids): each costs a device sync."""
     if q.dim() != 3:
         raise ValueError(f"{op}: q must be (S, H_q, D), got {tuple(q.shape)}")
     if k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
@@ -65,7 +78,7 @@ def check_paged_attention_args(
     devices = {t.device for t in (q, k_cache, v_cache, block_tables, seq_lens)}
     if len(devices) != 1:
         raise ValueError(f"{op}: all tensors must be on one device, got {devices}")
-    if S:
+    if S and values:
         lo = 0 if allow_empty else 1
         if int(seq_lens.min()) < lo:
             raise ValueError(f"{op}: {lens} must be >= {lo}")
@@ -149,8 +162,10 @@ def paged_attention_reference(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float | None = None,
+    *,
+    validate: bool = True,
 ) -> torch.Tensor:
-    check_paged_attention_args(q, k_cache, v_cache, block_tables, seq_lens)
+    check_paged_attention_args(q, k_cache, v_cache, block_tables, seq_lens, values=validate)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     out, _ = _attend(q, k_cache, v_cache, block_tables, seq_lens, scale)
     return out.to(q.dtype)
@@ -175,10 +190,11 @@ def check_shared_prefix_args(
     seq_group: torch.Tensor,
     suffix_tables: torch.Tensor,
     suffix_lens: torch.Tensor,
+    values: bool = True,
 ) -> None:
     check_paged_attention_args(
         q, k_cache, v_cache, suffix_tables, suffix_lens,
-        allow_empty=True, op="shared_prefix_attention", tables="suffix_tables", lens="suffix_lens",
+        allow_empty=True, op="shared_prefix_attention", tables="suffix_tables", lens="suffix_lens", values=values,
     )
     op = "shared_prefix_attention"
     Gn = prefix_tables.shape[0] if prefix_tables.dim() == 2 else -1
@@ -193,6 +209,8 @@ def check_shared_prefix_args(
         raise ValueError(f"{op}: seq_group must be an integer ({S},) tensor, got {seq_group.dtype} {tuple(seq_group.shape)}")
     if len({t.device for t in (q, prefix_tables, prefix_lens, seq_group)}) != 1:
         raise ValueError(f"{op}: all tensors must be on one device")
+    if not values:
+        return
     if S and (int(seq_group.min()) < 0 or int(seq_group.max()) >= Gn):
         raise ValueError(f"{op}: seq_group entries must be in [0, {Gn})")
     if Gn > 0:
@@ -215,8 +233,12 @@ def shared_prefix_attention_reference(
     suffix_tables: torch.Tensor,
     suffix_lens: torch.Tensor,
     scale: float | None = None,
+    *,
+    validate: bool = True,
 ) -> torch.Tensor:
-    check_shared_prefix_args(q, k_cache, v_cache, prefix_tables, prefix_lens, seq_group, suffix_tables, suffix_lens)
+    check_shared_prefix_args(
+        q, k_cache, v_cache, prefix_tables, prefix_lens, seq_group, suffix_tables, suffix_lens, values=validate
+    )
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     S, Hq, D = q.shape
     Hkv = k_cache.shape[2]
@@ -405,7 +427,7 @@ def _block_g(G: int) -> int:
 GPU_BLOCK_N = 64  # KV tokens a loop trip on the GPU for 16-bit caches; see _block_n
 
 
-def _block_n(block_size: int, max_len: int, kernel: object, dtype: torch.dtype) -> int:
+def _block_n(lens: torch.Tensor | None, kernel: object, dtype: torch.dtype) -> int:
     """KV tokens per loop trip (a trip may span several cache blocks or part of one).
 
     Interpreter: up to 256, since it pays per trip (~60 Triton ops at ~0.1 ms each), not per
@@ -415,7 +437,8 @@ def _block_n(block_size: int, max_len: int, kernel: object, dtype: torch.dtype) 
     GPU (none was available to this work); benchmarks/kernels.py is the check.
     """
     if is_interpreted(kernel):
-        return max(16, min(next_pow2(max_len), 256))
+        assert lens is not None
+        return max(16, min(next_pow2(int(lens.max())), 256))  # a host sync; the GPU path has none
     if dtype == torch.float32:
         return 16
     return GPU_BLOCK_N
@@ -441,9 +464,11 @@ def paged_attention_triton(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float | None = None,
+    *,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Same contract as :func:`paged_attention_reference`: one launch over (S, H_kv)."""
-    check_paged_attention_args(q, k_cache, v_cache, block_tables, seq_lens)
+    check_paged_attention_args(q, k_cache, v_cache, block_tables, seq_lens, values=validate)
     _check_layout("paged_attention", _paged_attention_kernel, q, k_cache, v_cache)
     S, Hq, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -479,7 +504,7 @@ def _launch_paged(
         tables.stride(0), tables.stride(1), lens.stride(0),
         out.stride(0), out.stride(1), Hq,
         HAS_PREFIX=has_prefix, BLOCK_SIZE=k_cache.shape[1],
-        BLOCK_N=_block_n(k_cache.shape[1], int(lens.max()), _paged_attention_kernel, q.dtype),
+        BLOCK_N=_block_n(lens, _paged_attention_kernel, q.dtype),
         BLOCK_G=_block_g(G), BLOCK_D=max(16, next_pow2(D)),
         DOT_PRECISION=_dot_precision(q.dtype), num_warps=4,
     )
@@ -495,11 +520,15 @@ def shared_prefix_attention_triton(
     suffix_tables: torch.Tensor,
     suffix_lens: torch.Tensor,
     scale: float | None = None,
+    *,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Same contract as :func:`shared_prefix_attention_reference`, in two launches: the prefix
     kernel over (group, H_kv, member chunk) writes fp32 partials (out, lse) per sequence; the
     paged kernel then attends each sequence's suffix and merges the partial in its epilogue."""
-    check_shared_prefix_args(q, k_cache, v_cache, prefix_tables, prefix_lens, seq_group, suffix_tables, suffix_lens)
+    check_shared_prefix_args(
+        q, k_cache, v_cache, prefix_tables, prefix_lens, seq_group, suffix_tables, suffix_lens, values=validate
+    )
     _check_layout("shared_prefix_attention", _prefix_attention_kernel, q, k_cache, v_cache)
     S, Hq, D = q.shape
     Hkv = k_cache.shape[2]
@@ -514,10 +543,11 @@ def shared_prefix_attention_triton(
     group_off = torch.zeros(Gn + 1, dtype=torch.long, device=q.device)
     torch.cumsum(counts, 0, out=group_off[1:])
     members = torch.argsort(grp, stable=True)  # (S,) sequences listed group by group
-    GP, block_m, warps = _prefix_config(G, int(counts.max()), D, q.dtype)
+    max_members = int(counts.max())  # the grid needs it: this path's one host sync when not validating
+    GP, block_m, warps = _prefix_config(G, max_members, D, q.dtype)
     pre_out = torch.empty((S, Hq, D), dtype=torch.float32, device=q.device)
     pre_lse = torch.empty((S, Hq), dtype=torch.float32, device=q.device)
-    grid = (Gn, Hkv, triton.cdiv(int(counts.max()), block_m))
+    grid = (Gn, Hkv, triton.cdiv(max_members, block_m))
     _prefix_attention_kernel[grid](
         q, k_cache, v_cache, prefix_tables, prefix_lens, members, group_off, pre_out, pre_lse,
         scale * _LOG2E, G, D,
@@ -526,7 +556,7 @@ def shared_prefix_attention_triton(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         prefix_tables.stride(0), prefix_tables.stride(1), prefix_lens.stride(0),
         pre_out.stride(0), pre_out.stride(1), Hq,
-        BLOCK_SIZE=k_cache.shape[1], BLOCK_N=_block_n(k_cache.shape[1], int(prefix_lens.max()), _prefix_attention_kernel, q.dtype),
+        BLOCK_SIZE=k_cache.shape[1], BLOCK_N=_block_n(prefix_lens, _prefix_attention_kernel, q.dtype),
         GP=GP, BLOCK_M=block_m, BLOCK_D=max(16, next_pow2(D)),
         DOT_PRECISION=_dot_precision(q.dtype), num_warps=warps,
     )

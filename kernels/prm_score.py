@@ -25,8 +25,10 @@ def check_prm_score_args(
     prev_agg: torch.Tensor,
     n_prev: torch.Tensor,
     mode: str,
+    values: bool = True,
 ) -> None:
-    """Raise ValueError with a clear message on any shape, dtype or mode mismatch."""
+    """Raise ValueError with a clear message on any shape, dtype or mode mismatch; with
+    ``values`` also on row ids outside hidden (a device sync)."""
     if mode not in MODES:
         raise ValueError(f"prm_score: mode must be one of {MODES}, got {mode!r}")
     if hidden.dim() != 2:
@@ -52,7 +54,7 @@ def check_prm_score_args(
         raise ValueError(f"prm_score: all tensors must be on one device, got {devices}")
     if B and R == 0:
         raise ValueError("prm_score: rows index into an empty hidden tensor")
-    if B:
+    if B and values:
         lo, hi = (int(x) for x in torch.aminmax(rows))
         if lo < 0 or hi >= R:
             raise ValueError(f"prm_score: rows must index hidden's {R} rows, got values in [{lo}, {hi}]")
@@ -66,8 +68,10 @@ def prm_score_reference(
     n_prev: torch.Tensor,
     mode: str = "last",
     bias: float = 0.0,
+    *,
+    validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    check_prm_score_args(hidden, rows, head, prev_agg, n_prev, mode)
+    check_prm_score_args(hidden, rows, head, prev_agg, n_prev, mode, values=validate)
     h = hidden.index_select(0, rows.long()).float()  # (B, D)
     w = head.float()
     logit = h @ w if w.dim() == 1 else h @ (w[0] - w[1])  # (B,)
@@ -143,9 +147,11 @@ def prm_score_triton(
     n_prev: torch.Tensor,
     mode: str = "last",
     bias: float = 0.0,
+    *,
+    validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`prm_score_reference`, fused into one Triton launch."""
-    check_prm_score_args(hidden, rows, head, prev_agg, n_prev, mode)
+    check_prm_score_args(hidden, rows, head, prev_agg, n_prev, mode, values=validate)
     check_launchable("prm_score", _prm_score_kernel, hidden, rows, head, prev_agg, n_prev)
     if not head.is_floating_point():
         raise ValueError(f"prm_score: head must be a float tensor, got {head.dtype}")

@@ -17,7 +17,7 @@ from ponder.kernels.dispatch import check_launchable, is_interpreted, next_pow2
 
 
 def check_topk_prune_args(
-    scores: torch.Tensor, offsets: torch.Tensor, k: torch.Tensor, parents: torch.Tensor
+    scores: torch.Tensor, offsets: torch.Tensor, k: torch.Tensor, parents: torch.Tensor, values: bool = True
 ) -> None:
     if scores.dim() != 1 or not scores.is_floating_point():
         raise ValueError(f"topk_prune: scores must be a 1-D float tensor, got {scores.dtype} {tuple(scores.shape)}")
@@ -31,6 +31,8 @@ def check_topk_prune_args(
     devices = {t.device for t in (scores, offsets, k, parents)}
     if len(devices) != 1:
         raise ValueError(f"topk_prune: all tensors must be on one device, got {devices}")
+    if not values:
+        return
     off = offsets.cpu()
     if int(off[0]) != 0 or int(off[-1]) != scores.numel() or bool((off[1:] < off[:-1]).any()):
         raise ValueError("topk_prune: offsets must start at 0, end at len(scores) and never decrease")
@@ -39,9 +41,9 @@ def check_topk_prune_args(
 
 
 def topk_prune_reference(
-    scores: torch.Tensor, offsets: torch.Tensor, k: torch.Tensor, parents: torch.Tensor
+    scores: torch.Tensor, offsets: torch.Tensor, k: torch.Tensor, parents: torch.Tensor, *, validate: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    check_topk_prune_args(scores, offsets, k, parents)
+    check_topk_prune_args(scores, offsets, k, parents, values=validate)
     off = offsets.long().tolist()
     ks = k.long().tolist()
     kept: list[torch.Tensor] = []
@@ -107,10 +109,10 @@ def _topk_prune_kernel(
 
 
 def topk_prune_triton(
-    scores: torch.Tensor, offsets: torch.Tensor, k: torch.Tensor, parents: torch.Tensor
+    scores: torch.Tensor, offsets: torch.Tensor, k: torch.Tensor, parents: torch.Tensor, *, validate: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same contract as :func:`topk_prune_reference`, one Triton launch for all questions."""
-    check_topk_prune_args(scores, offsets, k, parents)
+    check_topk_prune_args(scores, offsets, k, parents, values=validate)
     check_launchable("topk_prune", _topk_prune_kernel, scores, offsets, k, parents)
     if offsets.stride(0) != 1 and offsets.numel() > 1:
         raise ValueError(f"topk_prune: offsets must be contiguous, got stride {offsets.stride(0)}")

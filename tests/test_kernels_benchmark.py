@@ -44,14 +44,15 @@ def test_timed_record_arithmetic_with_a_fake_timer(bench: ModuleType) -> None:
     case = bench.shared_case(2, 2, 32, 10, "smollm2-135m", 16, torch.float32, torch.device("cpu"))
     calls: list[int] = []
 
-    def timer(fn) -> float:  # Triton, reference, then the unshared paged path
+    def timer(fn) -> float:  # Triton, reference, Triton unchecked, then the unshared paged path
         fn()
         calls.append(1)
-        return [10.0, 40.0, 25.0][len(calls) - 1]
+        return [10.0, 40.0, 8.0, 25.0][len(calls) - 1]
 
     rec = bench.run_case(case, timer)
     assert rec["ok"] and rec["triton_us"] == 10.0 and rec["reference_us"] == 40.0 and rec["speedup"] == 4.0
-    assert rec["speedup_vs_paged_triton_unshared"] == 2.5
+    assert rec["triton_unchecked_us"] == 8.0 and rec["speedup_vs_paged_triton_unshared"] == 2.5
+    assert rec["triton_unchecked_gbps"] == round(case.bytes / 8.0 / 1e3, 1)
     assert rec["triton_gbps"] == round(case.bytes / 10.0 / 1e3, 1)
     assert rec["triton_tflops"] == round(case.flops / 10.0 / 1e6, 3)
 

@@ -60,11 +60,11 @@ def configs(full: bool) -> list[tuple[str, dict[str, str], dict[str, Any], int]]
                          pre_lse_ptr="*fp32", **_i32("stride_bts", "stride_btb", "stride_lens"))
             for has_prefix in (False, True):
                 out.append(("_paged_attention_kernel", paged, {"HAS_PREFIX": has_prefix, "BLOCK_SIZE": BS,
-                            "BLOCK_N": _block_n(BS, 4096, None, tdt), "BLOCK_G": _block_g(G), "BLOCK_D": D, "DOT_PRECISION": prec}, 4))
+                            "BLOCK_N": _block_n(None, None, tdt), "BLOCK_G": _block_g(G), "BLOCK_D": D, "DOT_PRECISION": prec}, 4))
             prefix = dict(_attn_base(dt), pt_ptr="*i32", plens_ptr="*i32", members_ptr="*i64", group_off_ptr="*i64",
                           out_ptr="*fp32", lse_ptr="*fp32", **_i32("stride_ptg", "stride_ptb", "stride_plens"))
             GP, block_m, warps = _prefix_config(G, 64, D, tdt)
-            out.append(("_prefix_attention_kernel", prefix, {"BLOCK_SIZE": BS, "BLOCK_N": _block_n(BS, 4096, None, tdt), "GP": GP, "BLOCK_M": block_m,
+            out.append(("_prefix_attention_kernel", prefix, {"BLOCK_SIZE": BS, "BLOCK_N": _block_n(None, None, tdt), "GP": GP, "BLOCK_M": block_m,
                         "BLOCK_D": D, "DOT_PRECISION": prec}, warps))
     return out
 

@@ -114,3 +114,29 @@ def test_forcing_triton_without_the_interpreter_explains_the_fix() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "ValueError: topk_prune: the compiled Triton kernel needs CUDA tensors" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("name,op,make", CALLS)
+def test_validate_false_skips_only_the_syncing_checks(name: str, op: Any, make: Any) -> None:
+    """validate=False (for callers that built the tables themselves) gives the same results on
+    good inputs, through the ops and both implementations; shape/dtype checks still run."""
+    for impl in (ops.TRITON[name], ops.REFERENCE[name], op):
+        got, want = impl(*make(), validate=False), ops.REFERENCE[name](*make())
+        for x, y in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            torch.testing.assert_close(x, y, atol=2e-5, rtol=2e-5)
+        bad = list(make())
+        bad[0] = bad[0][None]  # one dimension too many: caught without reading any values
+        with pytest.raises(ValueError, match=name.split("_attention")[0] if "attention" in name else name):
+            impl(*bad, validate=False)
+
+
+def test_validate_false_does_not_read_values() -> None:
+    """The value checks are what validate=False turns off: a row id past hidden passes the
+    check (and would be read out of bounds, which is why the default validates)."""
+    from ponder.kernels.prm_score import check_prm_score_args
+
+    hidden, rows, head, prev, n_prev = _prm_args()
+    bad_rows = torch.tensor([4, 0, 99])
+    check_prm_score_args(hidden, bad_rows, head, prev, n_prev, "last", values=False)
+    with pytest.raises(ValueError, match="rows must index"):
+        check_prm_score_args(hidden, bad_rows, head, prev, n_prev, "last")
