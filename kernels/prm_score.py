@@ -38,6 +38,8 @@ def check_prm_score_args(
     R, D = hidden.shape
     if head.dim() not in (1, 2) or head.shape[-1] != D or (head.dim() == 2 and head.shape[0] != 2):
         raise ValueError(f"prm_score: head must be (D,) or (2, D) with D={D}, got {tuple(head.shape)}")
+    if not head.is_floating_point():
+        raise ValueError(f"prm_score: head must be a float tensor, got {head.dtype}")
     if rows.dim() != 1 or rows.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"prm_score: rows must be a 1-D integer tensor, got {rows.dtype} {tuple(rows.shape)}")
     B = rows.shape[0]
@@ -153,8 +155,6 @@ def prm_score_triton(
     """Same contract as :func:`prm_score_reference`, fused into one Triton launch."""
     check_prm_score_args(hidden, rows, head, prev_agg, n_prev, mode, values=validate)
     check_launchable("prm_score", _prm_score_kernel, hidden, rows, head, prev_agg, n_prev)
-    if not head.is_floating_point():
-        raise ValueError(f"prm_score: head must be a float tensor, got {head.dtype}")
     if hidden.stride(1) != 1 and hidden.shape[1] > 1:
         raise ValueError(f"prm_score: hidden must be contiguous along D (stride(1) == 1), got strides {hidden.stride()}")
     if head.stride(-1) != 1 and head.shape[-1] > 1:

@@ -137,6 +137,7 @@ def _ok():
         (lambda a: (a[0], a[1], a[2], a[3][:3], a[4]), "prev_agg and n_prev must be"),
         (lambda a: (a[0], a[1], a[2], a[3], a[4].float()), "n_prev must be an integer"),
         (lambda a: (a[0].long(), *a[1:]), "hidden must be a float"),
+        (lambda a: (a[0], a[1], a[2].long(), a[3], a[4]), "head must be a float"),
     ],
 )
 def test_bad_arguments_raise(fn, mutate, match: str) -> None:
