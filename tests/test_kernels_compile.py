@@ -52,7 +52,7 @@ def configs(full: bool) -> list[tuple[str, dict[str, str], dict[str, Any], int]]
                  "out_offsets_ptr": "*i64", "kept_ptr": "*i64", "kept_parents_ptr": "*i64",
                  **_i32("stride_scores", "stride_k", "stride_parents")}
         out.append(("_topk_prune_kernel", types, {"BLOCK_I": 64, "BLOCK_J": 64}, 4))
-    geoms = [(16, 64, 7), (32, 128, 8), (16, 128, 1), (32, 64, 3)] if full else [(32, 128, 8)]
+    geoms = [(16, 64, 7), (32, 128, 8), (16, 128, 1), (32, 64, 3), (12, 64, 2)] if full else [(32, 128, 8)]
     for dt, tdt in dts:
         for BS, D, G in geoms:
             prec = _dot_precision(tdt)

@@ -177,6 +177,24 @@ def test_long_sequences_take_several_trips(monkeypatch: pytest.MonkeyPatch, gpu_
     torch.testing.assert_close(shared_prefix_attention_triton(rest[0], c.k, c.v, *rest[1:]), want, **TOL[dtype])
 
 
+@pytest.mark.parametrize("gpu_tiles", [False, True])
+@pytest.mark.parametrize("BS", [1, 8, 12, 48])
+def test_block_sizes_that_are_not_powers_of_two_or_below_16(monkeypatch: pytest.MonkeyPatch, BS: int,
+                                                            gpu_tiles: bool) -> None:
+    """A trip gathers its tokens through the block table, so it may span many small blocks or
+    part of a large one; the engine's block size is configurable (1..1024)."""
+    if gpu_tiles:
+        monkeypatch.setattr(pa, "is_interpreted", lambda _k: False)
+    dtype = torch.float16 if gpu_tiles else torch.float32
+    c = Paged([1, BS + 1, 70], Hq=4, Hkv=2, D=64, BS=BS, dtype=dtype, seed=BS)
+    want = paged_attention_reference(c.q, c.k, c.v, c.tables, c.lens)
+    torch.testing.assert_close(paged_attention_triton(c.q, c.k, c.v, c.tables, c.lens), want, **TOL[dtype])
+    args = _shared([2 * BS, 5], [0, 1, 0], [3, 0, BS + 2], 4, 2, 64, BS, dtype, seed=BS + 1)
+    c, rest = args[0], args[1:]
+    want = shared_prefix_attention_reference(rest[0], c.k, c.v, *rest[1:])
+    torch.testing.assert_close(shared_prefix_attention_triton(rest[0], c.k, c.v, *rest[1:]), want, **TOL[dtype])
+
+
 def test_paged_triton_strided_views_and_scale() -> None:
     """A layer's K/V as a view into a (layers, ...) cache, q sliced from a wider tensor,
     int64 lengths and tables read column-strided."""
@@ -238,9 +256,8 @@ def test_paged_launcher_rejects_layouts_the_kernel_cannot_read() -> None:
         paged_attention_triton(q, k.transpose(2, 3).contiguous().transpose(2, 3), v, bt, lens)
     with pytest.raises(ValueError, match="contiguous along head_dim"):
         paged_attention_triton(q.transpose(1, 2).contiguous().transpose(1, 2), k, v, bt, lens)
-    small = Paged([3, 20], Hq=4, Hkv=2, D=64, BS=8, dtype=torch.float32)
-    with pytest.raises(ValueError, match="block_size a power of two >= 16"):
-        paged_attention_triton(small.q, small.k, small.v, small.tables, small.lens)
+    with pytest.raises(ValueError, match="head_dim <= 256"):
+        paged_attention_triton(q.repeat(1, 1, 5), k.repeat(1, 1, 1, 5), v.repeat(1, 1, 1, 5), bt, lens)
     with pytest.raises(ValueError, match="bfloat16"):
         paged_attention_triton(q.bfloat16(), k.bfloat16(), v.bfloat16(), bt, lens)
     with pytest.raises(ValueError, match="float16, bfloat16 and float32"):
