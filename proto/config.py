@@ -130,8 +130,8 @@ class SolveConfig:
             generations=b.generations if b.HasField("generations") else DEFAULT_GENERATIONS,
             max_tokens=b.max_tokens if b.HasField("max_tokens") else 0,
             max_flops=b.max_flops if b.HasField("max_flops") else 0.0,
-            temperature=o.temperature if o.HasField("temperature") else 0.8,
-            top_p=o.top_p if o.HasField("top_p") else 1.0,
+            temperature=_f32(o.temperature) if o.HasField("temperature") else 0.8,
+            top_p=_f32(o.top_p) if o.HasField("top_p") else 1.0,
             top_k=o.top_k if o.HasField("top_k") else 0,
             beam_width=o.beam_width if o.HasField("beam_width") else None,
             lookahead=o.lookahead if o.HasField("lookahead") else None,
@@ -140,7 +140,7 @@ class SolveConfig:
             seed=o.seed if o.HasField("seed") else None,
             aggregation=o.aggregation or "last",
             selection=o.selection or None,
-            sequential_ratio=o.sequential_ratio if o.HasField("sequential_ratio") else None,
+            sequential_ratio=_f32(o.sequential_ratio) if o.HasField("sequential_ratio") else None,
             request_id=req.request_id,
             priority=req.priority,
             model=req.model,
@@ -175,6 +175,11 @@ class SolveConfig:
         if self.selection:
             o.selection = self.selection
         return req
+
+
+def _f32(x: float) -> float:
+    """Undo float32 widening on the wire (0.6 arrives as 0.6000000238): 7 significant digits."""
+    return float(f"{x:.7g}")
 
 
 def _int_range(name: str, value: Any, lo: int, hi: int) -> None:

@@ -182,13 +182,14 @@ class Scheduler:
         self.store = JobStore.from_url(cfg.redis_url, cfg.prefix, cfg.result_ttl_s)
         self.service = Reasoner(self.store, cfg)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.server: grpc.aio.Server | None = None  # made in start(), on the running loop
         self.port = 0
         self._health_task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         await self.store.ping()
         await self.store.ensure_groups()
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_ReasonerServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
@@ -219,7 +220,8 @@ class Scheduler:
             self._health_task.cancel()
         await self.health.enter_graceful_shutdown()
         self.service.stopping.set()
-        await self.server.stop(self.cfg.grace_s)
+        if self.server is not None:
+            await self.server.stop(self.cfg.grace_s)
         await self.store.close()
 
     async def serve_forever(self) -> None:

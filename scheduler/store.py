@@ -110,9 +110,16 @@ class JobStore:
         while stop is None or not stop.is_set():
             resp = await self.r.xread({key: last}, count=100, block=block_ms)
             if not resp:
-                if not await self.r.exists(key):
+                state = await self.r.hget(self.k.job(job_id), "state")
+                if state is None:
                     raise NotFound(f"job {job_id!r} expired while being watched")
-                continue
+                if state.decode() in K.TERMINAL:
+                    # the terminal event was written before the state: one last look, then done
+                    resp = await self.r.xread({key: last}, count=100)
+                    if not resp:
+                        return
+                else:
+                    continue
             for entry_id, fields in resp[0][1]:
                 last = entry_id.decode()
                 event = pb.SolveEvent.FromString(fields[b"data"])

@@ -7,8 +7,13 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests run tiny models, where two intra-op threads fighting other processes for 2 cores cost
+# far more than they give (measured: a tiny-model search took 12.5 s with the default threads
+# under load, 0.47 s with one). Subprocesses (workers, schedulers) inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +33,22 @@ def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_models import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A private Redis server on a free port for the whole session (tests use their own prefix)."""
+    from ponder.scheduler.redis_server import RedisServer
+
+    server = RedisServer()
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A Redis key prefix of this test's own: tests share the server, never their keys."""
+    import uuid
+
+    return f"t{uuid.uuid4().hex[:10]}"

@@ -7,6 +7,7 @@ encodable and decodable, so the real loading, prompting and decoding code paths 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,22 @@ def tiny_config(arch: str = "llama", **overrides: Any) -> Any:
 
 
 def make_tiny_model(
-    path: Path, arch: str = "llama", seed: int = 0, ponder_json: dict[str, Any] | None = None, **overrides: Any
+    path: Path,
+    arch: str = "llama",
+    seed: int = 0,
+    ponder_json: dict[str, Any] | None = None,
+    mutate: Callable[[Any], None] | None = None,
+    **overrides: Any,
 ) -> Path:
-    """Save a random ``arch`` causal LM and the byte tokenizer under ``path``; return it."""
+    """Save a random ``arch`` causal LM and the byte tokenizer under ``path``; return it.
+    ``mutate(model)`` may edit the weights before saving."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, **overrides))
+    if mutate is not None:
+        with torch.no_grad():
+            mutate(model)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path))
     byte_tokenizer().save_pretrained(str(path))

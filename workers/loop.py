@@ -99,6 +99,7 @@ class SearchLoop:
         """Advance every job by one request; return how many jobs are still live."""
         for job in list(self.jobs.values()):
             self._advance(job)
+            self._flush(job)  # stream what the strategy just emitted before the next model call
         live = [j for j in self.jobs.values() if not j.done]
         self._serve_prefill([j for j in live if isinstance(j.pending, Prefill)])
         self._serve_expand([j for j in live if isinstance(j.pending, Expand)])

@@ -78,11 +78,9 @@ class SearchContext:
         self.usage.generations += n
 
     def stop_reason(self) -> str:
-        """Why the search must wrap up now ('' when it may go on)."""
-        if self.cancelled:
-            return "cancelled"
-        if self.deadline is not None and time.time() >= self.deadline:
-            return "deadline"
+        """Why the search must wrap up now with what it has ('' when it may go on): a token or
+        FLOP cap. Cancellation and deadlines are not the strategy's business: the loop stops
+        the job before its next step and reports CANCELLED / DEADLINE_EXCEEDED."""
         c = self.config
         if c.max_tokens and self.usage.tokens >= c.max_tokens:
             return "max_tokens"
