@@ -1,0 +1,56 @@
+"""The `ponder` command line, as a user runs it: serve, ask, info, serve --demo."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from service_utils import Proc, wait_until, workers_alive
+
+from ponder.scheduler.redis_server import free_port
+
+ASK_OPTS = ["--budget", "2", "--max-steps", "2", "--max-step-tokens", "8", "--seed", "1"]
+
+
+def ponder(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ponder.clients.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_serve_then_ask(tiny_llama_dir: Path) -> None:
+    port = free_port()
+    serve = Proc("serve", ["serve", "--port", str(port), "--model", str(tiny_llama_dir), "--backend", "hf"])
+    try:
+        wait_until(lambda: workers_alive(port) >= 1, 180, "ponder serve", [serve])
+        out = ponder("ask", "What is 12 + 30?", "--server", f"localhost:{port}", *ASK_OPTS)
+        assert out.returncode == 0, out.stderr
+        assert "queued as job" in out.stdout and "step #" in out.stdout
+        assert "Answer:" in out.stdout and "Usage: 2 generations" in out.stdout
+
+        out = ponder("ask", "What is 12 + 30?", "--server", f"localhost:{port}", "--json", *ASK_OPTS)
+        assert out.returncode == 0, out.stderr
+        events = [json.loads(line) for line in out.stdout.splitlines()]
+        assert "queued" in events[0] and "final" in events[-1]
+        assert int(events[-1]["final"]["usage"]["generations"]) == 2
+
+        out = ponder("ask", "", "--server", f"localhost:{port}")
+        assert out.returncode == 2 and "INVALID_ARGUMENT: question: must not be empty" in out.stderr
+
+        out = ponder("info", "--server", f"localhost:{port}")
+        info = json.loads(out.stdout)
+        assert info["workers_alive"] == 1 and "best_of_n" in info["strategies"]
+    finally:
+        serve.signal(signal.SIGINT)  # Ctrl-C stops everything it started
+        assert serve.proc.wait(60) == 0
+        serve.stop()
+    log = serve.log_path.read_text()
+    assert "private Redis" in log and "shutting down" in log
+
+
+def test_serve_demo_answers_one_question(tiny_llama_dir: Path) -> None:
+    out = ponder("serve", "--port", str(free_port()), "--model", str(tiny_llama_dir), "--backend", "hf",
+                 "--demo", "What is 2 + 2?", "--budget", "2", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Answer:" in out.stdout and "step #" in out.stdout
