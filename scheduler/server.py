@@ -70,13 +70,22 @@ class Reasoner(pb_grpc.ReasonerServicer):
             cfg = SolveConfig.from_proto(request).validate(self.cfg.limits)
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
-        if cfg.model:
-            workers = await self._guard(context, self.store.workers(self.cfg.worker_alive_s))
+        # What live workers offer (a job for nobody would wait forever). With no worker alive
+        # the job is queued for the workers to come.
+        workers = await self._guard(context, self.store.workers(self.cfg.worker_alive_s))
+        if workers:
             models = {m for w in workers for m in w.models}
-            if workers and cfg.model not in models:
+            if cfg.model and cfg.model not in models:
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"model: no live worker serves {cfg.model!r} (available: {', '.join(sorted(models))})",
+                )
+            strategies = {s for w in workers for s in w.strategies}
+            if strategies and cfg.strategy not in strategies:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"strategy: {cfg.strategy!r} is not offered by any live worker "
+                    f"(available: {', '.join(sorted(strategies, key=_strategy_order))})",
                 )
         remaining = context.time_remaining()
         if remaining is not None:  # the caller's deadline also bounds the job on the worker

@@ -181,6 +181,7 @@ def test_deadline_cancels_the_job(svc: Service) -> None:
         (dict(generations=-3), "budget.generations"),
         (dict(generations=100_000), "budget.generations"),
         (dict(strategy="magic"), "strategy"),
+        (dict(strategy="auto"), "strategy"),  # known to the contract, offered by no worker yet
         (dict(temperature=5.0), "options.temperature"),
         (dict(top_p=0.0), "options.top_p"),
         (dict(strategy="beam", beam_width=8, generations=4), "options.beam_width"),
