@@ -54,7 +54,9 @@ def cut_steps(text: str, delimiter: str = STEP_DELIMITER) -> list[str] | None:
             continue
         steps.append(step)
         if "\\boxed" in step:
-            return steps if extract_answer(step) is not None else None
+            answer = extract_answer(step)
+            # An unbalanced \boxed{ falls through to the "answer is" rule: not an answer.
+            return steps if answer is not None and "\\boxed" not in answer else None
     return None
 
 

@@ -24,6 +24,7 @@ import torch
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.models import PromptFormat, format_prompt
 from ponder.workers.tasks import arith
+from ponder.workers.train import manifest
 from ponder.workers.train.checkpoint import ModelShape, byte_tokenizer, new_model, save_checkpoint
 from ponder.workers.train.sft import Example, LoopConfig, bucketed, encode_example, train_loop
 
@@ -54,7 +55,7 @@ def example_stream(tokenizer: Any, fmt: PromptFormat, seed: int) -> Iterator[Exa
         yield encode_example(tokenizer, format_prompt(tokenizer, fmt, q.question), q.solution)
 
 
-def train_policy(recipe: PolicyRecipe, out: Path, *, command: str = "") -> dict[str, Any]:
+def train_policy(recipe: PolicyRecipe, out: Path, *, command: str = "", save_every: int = 0) -> dict[str, Any]:
     """Train and save; returns the run's summary (also written to ``out/train.json``)."""
     if recipe.task != "arith":
         raise InvalidArgument("task", f"unknown task {recipe.task!r}; the built-in task is 'arith'")
@@ -65,7 +66,14 @@ def train_policy(recipe: PolicyRecipe, out: Path, *, command: str = "") -> dict[
     model = new_model(recipe.shape, recipe.seed)
     batches = bucketed(example_stream(tokenizer, fmt, recipe.seed), recipe.batch, seed=recipe.seed)
     started = time.time()
-    stats = train_loop(model, batches, recipe.loop, desc="train policy")
+    on_step = None
+    if save_every:
+
+        def on_step(step: int, loss: float) -> None:
+            if (step + 1) % save_every == 0 and step + 1 < recipe.loop.steps:
+                save_checkpoint(model, tokenizer, out / f"step-{step + 1}", arith.PromptSpec().ponder_json())
+
+    stats = train_loop(model, batches, recipe.loop, desc="train policy", on_step=on_step)
     val = validate(model, tokenizer, fmt, recipe.val_questions, recipe.seed)
     summary = {
         "recipe": asdict(recipe),
@@ -76,7 +84,8 @@ def train_policy(recipe: PolicyRecipe, out: Path, *, command: str = "") -> dict[
         "torch_threads": recipe.threads,
         "load_average": _loadavg(),
     }
-    save_checkpoint(model, tokenizer, out, arith.PromptSpec().ponder_json(), summary)
+    files = save_checkpoint(model, tokenizer, out, arith.PromptSpec().ponder_json(), summary)
+    manifest.update(out.parent, out.name, files, command)
     return summary
 
 
@@ -115,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 (slower on CPUs with bf16)")
     p.add_argument("--val-questions", type=int, default=d.val_questions)
+    p.add_argument("--save-every", type=int, default=0, help="also save out/step-N every N steps")
     return p
 
 
@@ -137,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     recipe = recipe_from_args(args)
     command = "ponder train policy " + " ".join(argv)
-    summary = train_policy(recipe, args.out, command=command)
+    summary = train_policy(recipe, args.out, command=command, save_every=args.save_every)
     print(json.dumps({
         "out": str(args.out),
         "seconds": round(summary["wall_seconds"], 1),

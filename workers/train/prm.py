@@ -23,6 +23,7 @@ import torch
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.prm.value_head import ValueHead
 from ponder.workers.tasks import arith
+from ponder.workers.train import manifest
 from ponder.workers.train.checkpoint import load_checkpoint
 from ponder.workers.train.mc_labels import (
     LabeledSolution,
@@ -129,7 +130,7 @@ def train_prm(recipe: PrmRecipe, policy: Path, out: Path, labels: Path | None, c
     torch.set_num_threads(recipe.threads)
     model, tokenizer, fmt = load_checkpoint(policy)
     started = time.time()
-    labels_path = labels or out.with_suffix(".labels.jsonl")
+    labels_path = labels or out.parent / "prm_labels.jsonl"
     counts: dict[str, Any] = {}
     if labels is not None and labels.exists():
         data = load_labels(labels)
@@ -168,6 +169,10 @@ def train_prm(recipe: PrmRecipe, policy: Path, out: Path, labels: Path | None, c
         "load_average": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]],
     }
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    files = [out, out.with_suffix(".json")]
+    if labels_path.resolve().parent == out.resolve().parent:
+        files.append(labels_path)
+    manifest.update(out.parent, out.stem, files, command)
     return summary
 
 

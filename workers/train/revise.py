@@ -26,6 +26,7 @@ import torch
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.models import PromptFormat, format_prompt
 from ponder.workers.tasks import arith
+from ponder.workers.train import manifest
 from ponder.workers.train.checkpoint import load_checkpoint, save_checkpoint
 from ponder.workers.train.evaluate import sample_solutions
 from ponder.workers.train.mc_labels import cut_steps
@@ -148,7 +149,8 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
         "sample_seconds": sample_seconds, "wall_seconds": time.time() - started,
         "load_average": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]],
     }
-    save_checkpoint(model, tokenizer, out, arith.PromptSpec().ponder_json(), summary)
+    files = save_checkpoint(model, tokenizer, out, arith.PromptSpec().ponder_json(), summary)
+    manifest.update(out.parent, out.name, files, command)
     return summary
 
 

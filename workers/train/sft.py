@@ -122,7 +122,7 @@ def train_loop(
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
         tokens += int(mask.sum())
-        value = float(loss)
+        value = float(loss.detach())
         ema = value if step == 0 else 0.98 * ema + 0.02 * value
         if step % 10 == 0:
             bar.set_postfix(loss=f"{ema:.4f}", tok_s=f"{tokens / max(1e-9, time.time() - start):.0f}")

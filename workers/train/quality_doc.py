@@ -1,0 +1,154 @@
+"""Renders the quality report (``ponder train report``) as docs/quality.md plus its PNG figures.
+Every figure in the document comes from the report's result dict or from the artifacts'
+training summaries (train.json, value_head.json, manifest.json); nothing is typed in by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HIST_PNG = "arith_pass_rates.png"
+SELECT_PNG = "arith_best_of_n.png"
+REVISE_PNG = "arith_revisions.png"
+NOTES_MARKER = "<!-- notes: everything below this line is kept when the report is regenerated -->"
+
+
+def _plots(result: dict[str, Any], docs: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = result["policy"]["rates"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(rates, bins=[i / 16 for i in range(17)] if result["policy"]["samples"] == 16 else 20, color="#4c72b0", edgecolor="white")
+    ax.axvline(0.1, color="grey", ls=":")
+    ax.axvline(0.8, color="grey", ls=":")
+    ax.set_xlabel("per-question pass@1 (test split)")
+    ax.set_ylabel("questions")
+    ax.set_title(f"arith policy: {len(rates)} test questions, mean pass@1 {result['policy']['pass_at_1']:.3f}")
+    fig.tight_layout()
+    fig.savefig(docs / HIST_PNG, dpi=110)
+    plt.close(fig)
+
+    curve = result["prm"]["selection"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for mode, style in (("majority", "o-"), ("weighted", "s-"), ("best", "^--")):
+        xs = sorted(int(n) for n in curve[mode])
+        ax.plot(xs, [curve[mode][n] for n in xs], style, label={"weighted": "PRM-weighted vote", "best": "best PRM score", "majority": "majority vote"}[mode])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (samples per question)")
+    ax.set_ylabel("accuracy (test split)")
+    ax.set_title("best-of-N selection")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(docs / SELECT_PNG, dpi=110)
+    plt.close(fig)
+
+    rev = result["reviser"]["pass_at_1_by_step"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(rev) + 1), rev, "o-", label="reviser, attempt k")
+    ax.axhline(result["reviser"]["policy_pass_at_1_same_questions"], color="grey", ls=":", label="policy pass@1")
+    ax.set_xlabel("revision step")
+    ax.set_ylabel("pass@1 (test split)")
+    ax.set_title("sequential revisions")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(docs / REVISE_PNG, dpi=110)
+    plt.close(fig)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _fmt_time(s: float | None) -> str:
+    return "?" if s is None else f"{s / 60:.1f} min"
+
+
+def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
+    docs.mkdir(parents=True, exist_ok=True)
+    _plots(result, docs)
+    pol, prm, rev, cfg = result["policy"], result["prm"], result["reviser"], result["config"]
+    ptrain = _read(art / "policy" / "train.json")
+    htrain = _read(art / "value_head.json")
+    rtrain = _read(art / "reviser" / "train.json")
+    L: list[str] = []
+    L += ["# Quality of the built-in arith models", ""]
+    L += [
+        "Produced by `ponder train report` (workers/train/report.py) from the committed artifacts under",
+        f"`{art}/`; seed {cfg['seed']}, sampling temperature {cfg['temperature']}. Regenerate with that one command;",
+        "figures below are measured, not typed in.", "",
+        "## Training commands and their timings on this machine", "",
+        "The machine: 2 CPU cores shared with other jobs; the load average at the end of each run is",
+        "given because it changes the wall time several-fold (one torch thread per job).", "",
+        "| step | command | wall time | load average (1/5/15 min) |", "|---|---|---|---|",
+    ]
+    for name, t, key in (("policy", ptrain, "wall_seconds"), ("PRM (value head)", htrain, "wall_seconds"), ("reviser", rtrain, "wall_seconds")):
+        L.append(f"| {name} | `{t.get('command', '?')}` | {_fmt_time(t.get(key))} | {t.get('load_average', '?')} |")
+    if htrain:
+        L += ["", f"PRM labelling (sampling and rollouts) took {_fmt_time(htrain.get('label_seconds'))} of the PRM's time; "
+              f"MC counts: {json.dumps(htrain.get('counts', {}))}."]
+    if rtrain:
+        L += ["", f"Reviser data: {json.dumps(rtrain.get('data', {}))}; sampling took {_fmt_time(rtrain.get('sample_seconds'))}."]
+    L += ["", f"Report run time: " + ", ".join(f"{k} {_fmt_time(v)}" for k, v in result["timings"].items()) + ".", ""]
+
+    L += ["## Policy: pass@1 on the test split", ""]
+    L += [
+        f"{pol['questions']} test questions (the evaluation mix), {pol['samples']} samples each at T={cfg['temperature']}:",
+        f"mean pass@1 **{pol['pass_at_1']:.3f}**; questions with pass@1 ≥ 0.8: {pol['share_ge_0.8']:.1%},",
+        f"≤ 0.1: {pol['share_le_0.1']:.1%}, in between: **{pol['share_between']:.1%}**. Samples without a parsable",
+        f"answer: {pol['no_answer_rate']:.1%}.", "",
+        f"![per-question pass rates]({HIST_PNG})", "",
+    ]
+    for knob, title in (("n_ops", "operations"), ("digits", "largest operand's digits"), ("parens", "parentheses")):
+        L += [f"| {title} | " + " | ".join(pol["by"][knob]) + " |", "|---|" + "---|" * len(pol["by"][knob])]
+        L += ["| pass@1 | " + " | ".join(f"{v:.3f}" for v in pol["by"][knob].values()) + " |"]
+        L += ["| questions | " + " | ".join(f"{int(v)}" for v in pol["by"][knob + "_count"].values()) + " |", ""]
+
+    L += ["## PRM (value head on the policy's step-end hidden states)", ""]
+    L += [
+        f"Held-out Monte Carlo labels: {cfg['prm_questions']} test questions × {cfg['prm_samples']} samples, "
+        f"{cfg['prm_rollouts']} rollouts per step ({prm['labelled_steps']} labelled steps; a step counts as positive when",
+        "at least half its rollouts reach the right answer).", "",
+        "| AUC, all steps | AUC, intermediate steps | AUC, answer step vs correctness | BCE vs soft labels |",
+        "|---|---|---|---|",
+        f"| {prm['auc_steps']:.3f} | {prm['auc_non_final_steps']:.3f} | {prm['auc_final_step']:.3f} | {prm['bce']:.3f} |", "",
+        f"Best-of-N on the same {pol['questions']} questions and samples as the pass@1 above (score = the PRM's last step):", "",
+    ]
+    ns = sorted(int(n) for n in prm["selection"]["majority"])
+    L += ["| selection | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+    for mode, title in (("majority", "majority vote"), ("weighted", "PRM-weighted vote"), ("best", "best PRM score")):
+        L.append(f"| {title} | " + " | ".join(f"{prm['selection'][mode][n]:.3f}" for n in ns) + " |")
+    d = prm["weighted_minus_majority_at_max"]
+    L += ["", f"![best-of-N]({SELECT_PNG})", ""]
+    if d > 0:
+        L += [f"The PRM-weighted vote beats majority voting at N={ns[-1]} by {d:+.3f} accuracy.", ""]
+    else:
+        L += [f"The PRM-weighted vote does **not** beat majority voting at N={ns[-1]} ({d:+.3f}); see the discussion below.", ""]
+
+    L += ["## Reviser: sequential revisions", ""]
+    L += [
+        f"{rev['questions']} test questions × {rev['chains']} chains of {len(rev['pass_at_1_by_step'])} attempts; attempt k sees",
+        "the previous attempts (at most 4, newest last) through `format_prompt`, as the revision strategy passes them.", "",
+        "| revision step | " + " | ".join(str(i + 1) for i in range(len(rev["pass_at_1_by_step"]))) + " |",
+        "|---|" + "---|" * len(rev["pass_at_1_by_step"]),
+        "| pass@1 | " + " | ".join(f"{v:.3f}" for v in rev["pass_at_1_by_step"]) + " |", "",
+        f"![revisions]({REVISE_PNG})", "",
+        f"- policy pass@1 on the same questions: {rev['policy_pass_at_1_same_questions']:.3f}",
+        f"- correct answers that the next revision turns wrong: **{rev['correct_turned_wrong']:.1%}** (paper: ~38%)",
+        f"- wrong answers that the next revision fixes: {rev['wrong_turned_correct']:.1%}",
+        f"- last attempt correct: {rev['last_attempt_accuracy']:.3f}; majority over the chain: {rev['chain_majority_accuracy']:.3f};"
+        f" some attempt correct: {rev['any_attempt_correct']:.3f}", "",
+    ]
+    path = docs / "quality.md"
+    # The hand-written discussion below the marker survives regeneration.
+    old = path.read_text() if path.exists() else ""
+    notes = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else NOTES_MARKER + "\n"
+    path.write_text("\n".join(L) + "\n" + notes)
+    (art / "report.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return path
