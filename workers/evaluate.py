@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,11 +99,17 @@ def evaluate(
     *,
     seed: int = 0,
     concurrency: int = 8,
+    max_rows: int = 64,
     progress: bool = True,
+    on_result: Callable[[list[Result]], None] | None = None,
     **options: Any,
 ) -> list[Result]:
     """Run every question under every (strategy, budget); ``options`` go into SolveConfig
-    (temperature, max_steps, max_step_tokens, beam_width, lookahead, ...)."""
+    (temperature, max_steps, max_step_tokens, beam_width, lookahead, ...).
+
+    At most ``concurrency`` questions are in flight, and fewer when the budget is large: about
+    ``max_rows`` sequences at a time (``max_rows // budget`` questions), which bounds the KV
+    memory. ``on_result`` is called with the results so far after every group."""
     from tqdm import tqdm
 
     for s in strategies:
@@ -117,7 +123,10 @@ def evaluate(
         for strategy in strategies:
             for budget in budgets:
                 bar.set_description(f"{strategy} N={budget}")
-                results.append(_run_group(loop, items, strategy, budget, seed, concurrency, options, bar))
+                in_flight = max(1, min(concurrency, max_rows // max(1, budget)))
+                results.append(_run_group(loop, items, strategy, budget, seed, in_flight, options, bar))
+                if on_result is not None:
+                    on_result(results)
     finally:
         bar.close()
     return results
@@ -205,6 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=8, help="questions in flight per group")
+    p.add_argument("--max-rows", type=int, default=64, help="sequences in flight (bounds KV memory)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--max-step-tokens", type=int, default=None)
@@ -232,23 +242,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if v is not None
     }
     start = time.perf_counter()
-    results = evaluate(
-        policy, verifier, args.dataset, strategies, budgets, args.limit, seed=args.seed,
-        concurrency=args.concurrency, progress=not args.no_progress, **options,
-    )
-    print(format_table(results))
-    summary = {
+    header = {
         "model": policy.name,
         "backend": type(policy).__name__,
         "verifier": getattr(verifier, "name", "none"),
         "dataset": str(args.dataset),
         "limit": args.limit,
+        "seed": args.seed,
         "options": options,
-        "total_wall_s": time.perf_counter() - start,
-        "results": [r.as_dict() for r in results],
     }
-    if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=2))
+
+    def save(results: list[Result]) -> dict[str, Any]:
+        summary = header | {"total_wall_s": time.perf_counter() - start, "results": [r.as_dict() for r in results]}
+        if args.out:  # after every group, so a long run leaves its finished groups behind
+            Path(args.out).write_text(json.dumps(summary, indent=2))
+        return summary
+
+    results = evaluate(
+        policy, verifier, args.dataset, strategies, budgets, args.limit, seed=args.seed,
+        concurrency=args.concurrency, max_rows=args.max_rows, progress=not args.no_progress,
+        on_result=save, **options,
+    )
+    print(format_table(results))
+    summary = save(results)
     print(json.dumps({k: v for k, v in summary.items() if k != "results"} | {
         "table": [{k: v for k, v in r.as_dict().items() if k != "answers"} for r in results]
     }))
