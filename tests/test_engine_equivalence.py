@@ -119,3 +119,47 @@ def test_smollm2_logits_match_transformers(smollm2: Any) -> None:
     assert (logits[0] - ref[40]).abs().max().item() <= TOL
     other = hf_logits(smollm2, ids[:40] + [17])[-1]
     assert (logits[1] - other).abs().max().item() <= TOL
+
+
+def test_bfloat16_engine_stays_close_to_fp32_transformers(tiny_models: dict[str, Any]) -> None:
+    """bf16 weights, activations and cache: not bit-exact, but within bf16 rounding."""
+    model = tiny_models["qwen2"]
+    ids = list(range(3, 60))
+    ref = hf_logits(model, ids)
+    eng = Engine(model, EngineConfig(block_size=8, max_kv_bytes=1 << 22, dtype="bfloat16"))
+    assert eng.pool.k.dtype == torch.bfloat16
+    ours = eng.forward_logits(ids, split=30)
+    assert ours.dtype == torch.float32
+    assert (ours - ref).abs().max().item() <= 2e-2 * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_decode_through_the_triton_kernels(tiny_models: dict[str, Any], shared_prefix: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seam: with PONDER_KERNELS=triton (the interpreter on the CPU, see conftest) the
+    engine's calls reach the Triton launchers and give the same logits as transformers."""
+    import os
+
+    from ponder.kernels import ops
+
+    needed = {"shared_prefix_attention" if shared_prefix else "paged_attention"}
+    if not needed <= set(ops.TRITON) or os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton attention kernels not registered or not in interpreter mode")
+    monkeypatch.setenv("PONDER_KERNELS", "triton")
+    (name,) = needed
+    launcher, calls = ops.TRITON[name], []
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return launcher(*args, **kw)
+
+    monkeypatch.setitem(ops.TRITON, name, counted)
+    model = tiny_models["qwen2"]
+    eng = Engine(model, EngineConfig(block_size=4, max_kv_bytes=1 << 22, shared_prefix=shared_prefix))
+    root = eng.prefill(list(range(3, 20))).seq
+    rows = [eng.fork(root) for _ in range(3)]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        logits = eng.model.logits(eng.decode_step(rows, torch.randint(3, 259, (3,), generator=g)))
+        for i, r in enumerate(rows):
+            assert (logits[i] - hf_logits(model, r.tokens)[-1]).abs().max().item() <= TOL
+    assert len(calls) == 2 * model.config.num_hidden_layers  # every layer of both steps

@@ -109,7 +109,7 @@ class EnginePolicy(Policy):
             finished=row.reason == "eos" or row.at_limit,
             stop_reason=row.reason,
             handle=row.seq,
-            hidden=row.hidden,
+            hidden=None if row.hidden is None else row.hidden.float(),  # verifiers read fp32
             computed_tokens=len(row.tokens),  # each sampled token ran through the model once
         )
 
