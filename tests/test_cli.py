@@ -21,7 +21,7 @@ def ponder(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
 
 def test_serve_then_ask(tiny_llama_dir: Path) -> None:
     port = free_port()
-    serve = Proc("serve", ["serve", "--port", str(port), "--model", str(tiny_llama_dir), "--backend", "hf"])
+    serve = Proc("serve", ["serve", "--port", str(port), "--model", str(tiny_llama_dir)])
     try:
         wait_until(lambda: workers_alive(port) >= 1, 180, "ponder serve", [serve])
         out = ponder("ask", "What is 12 + 30?", "--server", f"localhost:{port}", *ASK_OPTS)
@@ -50,6 +50,7 @@ def test_serve_then_ask(tiny_llama_dir: Path) -> None:
 
 
 def test_serve_demo_answers_one_question(tiny_llama_dir: Path) -> None:
+    # the plain-transformers backend, end to end (the other tests run the default engine)
     out = ponder("serve", "--port", str(free_port()), "--model", str(tiny_llama_dir), "--backend", "hf",
                  "--demo", "What is 2 + 2?", "--budget", "2", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -18,7 +18,7 @@ from ponder.proto import pb_grpc
 # On the zero-norm model (see test_service) greedy decoding never stops early: this job runs
 # 12 steps of 96 tokens — a few seconds, long enough to kill things in the middle of it.
 MEDIUM = dict(generations=2, max_steps=12, max_step_tokens=96, temperature=0.0)
-BACKEND = "hf"  # TODO(engine): the default backend once the engine has landed
+BACKEND = "auto"  # the worker's default: our paged-KV engine for Llama-family models
 
 
 def _zero_final_norm(model: Any) -> None:

@@ -26,8 +26,7 @@ QUICK = dict(generations=2, max_steps=2, max_step_tokens=8, seed=7)
 LONG = dict(generations=2, max_steps=64, max_step_tokens=512, temperature=0.0)
 
 
-# TODO(engine): switch to the default backend once the engine has landed.
-BACKEND = "hf"
+BACKEND = "auto"  # the worker's default: our paged-KV engine for Llama-family models
 
 
 def _zero_final_norm(model: Any) -> None:
