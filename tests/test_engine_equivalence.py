@@ -64,12 +64,16 @@ def test_prefill_and_decode_logits_match_transformers(tiny_models: dict[str, Any
     assert eng.stats().referenced_blocks == 0
 
 
+@pytest.mark.parametrize("attention", ["auto", "kernels"])
 @pytest.mark.parametrize("shared_prefix", [True, False])
-def test_batched_decode_of_forked_rows_matches_each_row_alone(tiny_models: dict[str, Any], shared_prefix: bool) -> None:
+def test_batched_decode_of_forked_rows_matches_each_row_alone(
+    tiny_models: dict[str, Any], shared_prefix: bool, attention: str
+) -> None:
     """Rows of two prompts, forked several times and grown unevenly, decoded in one batch:
-    every row's logits equal transformers' on that row's full token sequence."""
+    every row's logits equal transformers' on that row's full token sequence. ``auto`` runs
+    the engine's CPU attention, ``kernels`` the kernels' reference."""
     model = tiny_models["qwen2"]
-    eng = Engine(model, EngineConfig(block_size=4, max_kv_bytes=1 << 22, shared_prefix=shared_prefix))
+    eng = Engine(model, EngineConfig(block_size=4, max_kv_bytes=1 << 22, shared_prefix=shared_prefix, attention=attention))
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 259, (n,), generator=g).tolist() for n in (13, 22)]
     roots = [eng.prefill(p).seq for p in prompts]

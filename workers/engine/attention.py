@@ -1,6 +1,7 @@
 """Decode attention over the paged cache: the batch's block tables, built once per decode step
-and used by every layer, and the call into ``ponder.kernels`` (Triton on CUDA, the PyTorch
-reference on the CPU).
+and used by every layer, and the call into ``ponder.kernels`` (Triton on CUDA) or, for CPU
+tensors, into the engine's own implementation of the same contract (``cpu_attention.py``; the
+kernels' PyTorch reference with ``EngineConfig(attention="kernels")``).
 
 With ``shared_prefix`` on, each row joins the group of the longest run of leading full blocks
 it shares with at least one other row of the batch (found by refining the rows column by
@@ -16,6 +17,8 @@ from __future__ import annotations
 import torch
 
 from ponder import kernels
+from ponder.kernels import dispatch
+from ponder.workers.engine.cpu_attention import shared_prefix_attention_cpu
 from ponder.workers.engine.kv_cache import Sequence
 
 
@@ -82,9 +85,12 @@ class DecodeAttention:
         scale: float,
         device: torch.device,
         shared_prefix: bool = True,
+        attention: str = "auto",
     ) -> None:
         self.scale = scale
         self.shared = False
+        # Our CPU path only where the dispatch would pick the reference on its own.
+        self.own_cpu = attention == "auto" and device.type == "cpu" and dispatch.mode() == "auto"
         bs = block_size
         if shared_prefix and len(seqs) > 1:
             group, depth, prefixes = shared_groups(seqs, lengths, bs)
@@ -102,6 +108,15 @@ class DecodeAttention:
         self.seq_lens = torch.tensor(lengths, dtype=torch.int32, device=device)
 
     def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        if self.own_cpu:
+            if self.shared:
+                return shared_prefix_attention_cpu(
+                    q, k_cache, v_cache, self.prefix_tables, self.prefix_lens, self.seq_group,
+                    self.suffix_tables, self.suffix_lens, self.scale,
+                )
+            return shared_prefix_attention_cpu(
+                q, k_cache, v_cache, None, None, None, self.block_tables, self.seq_lens, self.scale
+            )
         if self.shared:
             return kernels.shared_prefix_attention(
                 q, k_cache, v_cache, self.prefix_tables, self.prefix_lens, self.seq_group,

@@ -60,6 +60,10 @@ class EngineConfig:
     # Decode attention reads a prefix shared by several rows once (shared_prefix_attention)
     # instead of once per row (paged_attention).
     shared_prefix: bool = True
+    # Decode attention: "auto" runs our CPU implementation (workers/engine/cpu_attention.py,
+    # the kernels' contract in fewer, larger ops) for CPU tensors when PONDER_KERNELS is unset,
+    # and ponder.kernels (Triton on CUDA) otherwise; "kernels" always calls ponder.kernels.
+    attention: str = "auto"
     # Rows decoded in one forward; an expand call with more rows runs in chunks of this size.
     max_batch_rows: int = 256
     # Prompt tokens per prefill forward (bounds the (T, T) attention scores of a long prompt).
@@ -76,6 +80,8 @@ class EngineConfig:
         if self.dtype == torch.float16 and not self.device.startswith("cuda"):
             # Measured: fp16 matmul on this CPU runs at ~15-20 GFLOP/s against ~200 for fp32.
             raise InvalidArgument("engine.dtype", "float16 is only supported on CUDA; use float32 or bfloat16")
+        if self.attention not in ("auto", "kernels"):
+            raise InvalidArgument("engine.attention", f"must be 'auto' or 'kernels', got {self.attention!r}")
         if not isinstance(self.max_batch_rows, int) or self.max_batch_rows < 1:
             raise InvalidArgument("engine.max_batch_rows", f"must be >= 1, got {self.max_batch_rows!r}")
         if not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 1:

@@ -110,7 +110,8 @@ class Engine:
         lengths = [s.length + 1 for s in seqs]
         slots = torch.tensor([s.blocks[s.length // bs] * bs + s.length % bs for s in seqs], device=self.device)
         positions = torch.tensor([s.length for s in seqs], device=self.device)
-        attend = DecodeAttention(seqs, lengths, bs, self.model.scale, self.device, self.config.shared_prefix)
+        c = self.config
+        attend = DecodeAttention(seqs, lengths, bs, self.model.scale, self.device, c.shared_prefix, c.attention)
         hidden = self.model.decode(pool, tokens, positions, slots, attend)  # (B, D)
         toks = tokens.tolist()
         for i, s in enumerate(seqs):

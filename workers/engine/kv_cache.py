@@ -97,6 +97,11 @@ class BlockPool:
         # until blocks are used.
         self.k = torch.empty(shape, dtype=dtype, device=device)  # (L, NB, BS, H_kv, D)
         self.v = torch.empty(shape, dtype=dtype, device=device)
+        # A block is zeroed the first time it is handed out (and block 0, the padding entry of
+        # block tables, now): never-written memory may hold NaN, and a masked slot's value
+        # times probability 0 must stay 0 in the attention products.
+        self._clean = bytearray(num_blocks)
+        self._zero([0])
         self.ref = [0] * num_blocks
         self._free = list(range(num_blocks - 1, -1, -1))  # a stack: low ids first
         self._cached: OrderedDict[int, None] = OrderedDict()  # unreferenced, indexed; LRU first
@@ -157,7 +162,16 @@ class BlockPool:
                 self.evictions += 1
             self.ref[b] = 1
             out.append(b)
+        self._zero([b for b in out if not self._clean[b]])
         return out
+
+    def _zero(self, blocks: list[int]) -> None:
+        if blocks:
+            idx = torch.tensor(blocks, device=self.k.device)
+            self.k[:, idx] = 0
+            self.v[:, idx] = 0
+            for b in blocks:
+                self._clean[b] = 1
 
     def _unindex(self, block: int) -> None:
         eid = self._entry_of_block.pop(block, None)
