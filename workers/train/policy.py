@@ -38,7 +38,7 @@ class PolicyRecipe:
     seed: int = 0
     batch: int = 32
     shape: ModelShape = field(default_factory=ModelShape)
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2000, lr=1e-3, warmup=100))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2500, lr=1e-3, warmup=100))
     # One thread: on the shared 2-core machine two threads ran a (32, 140) step in 4.1 s
     # against 0.7-1.3 s for one (load average ~4); on an idle machine pass --threads 2.
     threads: int = 1

@@ -140,7 +140,9 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
     if not trajs:
         raise InvalidArgument("policy", "the policy answered no training question correctly; no trajectories")
     sample_seconds = time.time() - started
-    model.float()
+    # Revision prompts carry up to 4 earlier attempts (~1,300 characters at most on the
+    # eval mix), past the policy's 1,024; RoPE has no learned positions, so only the bound moves.
+    model.config.max_position_embeddings = max(int(model.config.max_position_embeddings), 2048)
     batches = bucketed(examples(tokenizer, fmt, trajs, recipe.seed), recipe.batch, seed=recipe.seed)
     loop = LoopConfig(steps=recipe.steps, lr=recipe.lr, warmup=min(50, recipe.steps), min_lr_ratio=0.1)
     fit = train_loop(model, batches, loop, desc="train reviser")
