@@ -173,14 +173,19 @@ class JobStore:
                 continue
         return total
 
-    async def workers(self, alive_within_s: float = 15.0) -> list[Any]:
+    async def workers(self, alive_within_s: float = 15.0, forget_after_s: float = 3600.0) -> list[Any]:
+        """Workers whose heartbeat is recent; entries silent for an hour are removed."""
         now = time.time()
-        out = []
-        for raw in (await self.r.hgetall(self.k.workers)).values():
+        out, gone = [], []
+        for wid, raw in (await self.r.hgetall(self.k.workers)).items():
             info = pb.WorkerInfo.FromString(raw)
             if now - info.last_seen <= alive_within_s:
                 out.append(info)
-        return out
+            elif now - info.last_seen > forget_after_s:
+                gone.append(wid)
+        if gone:
+            await self.r.hdel(self.k.workers, *gone)
+        return sorted(out, key=lambda w: w.worker_id)
 
     # -- worker side ------------------------------------------------------------------------
 

@@ -75,4 +75,4 @@ def run_worker(args: Any) -> int:
         await worker.run(stop)
 
     asyncio.run(main())
-    return 0
+    return 1 if worker.failed else 0

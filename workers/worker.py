@@ -80,6 +80,8 @@ class Worker:
         self._draining = False
         self.loop = SearchLoop(policy, verifier, sink=self._sink)
         self.jobs_done = 0
+        self.failed = False
+        self._stop_event: asyncio.Event | None = None
 
     # -- compute thread ---------------------------------------------------------------------
 
@@ -88,6 +90,17 @@ class Worker:
         self._aloop.call_soon_threadsafe(self._outbox.put_nowait, (job_id, events))
 
     def _compute_main(self) -> None:
+        try:
+            self._compute_loop()
+        except BaseException:
+            # The loop contains every error of a job; reaching here is a bug or a dying process.
+            # Stop the worker: its jobs are reclaimed by the others once its lease runs out.
+            log.exception("the compute thread died; stopping this worker")
+            self.failed = True
+            if self._aloop is not None and self._stop_event is not None:
+                self._aloop.call_soon_threadsafe(self._stop_event.set)
+
+    def _compute_loop(self) -> None:
         while not self._stop.is_set():
             try:
                 timeout = 0.0 if self.loop.jobs else 0.2
@@ -121,6 +134,7 @@ class Worker:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set, then drain (see WorkerConfig.drain_s) and return."""
         stop = stop or asyncio.Event()
+        self._stop_event = stop
         self._aloop = asyncio.get_running_loop()
         self._outbox = asyncio.Queue()
         await self.store.ping()
@@ -137,6 +151,8 @@ class Worker:
         try:
             await stop.wait()
             self._draining = True
+            if self.failed:
+                self.active.clear()  # nothing can finish them here
             deadline = time.monotonic() + self.cfg.drain_s
             while self.active and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -170,8 +186,6 @@ class Worker:
                     jobs = await self.store.read_jobs(self.cfg.worker_id, free, block_ms=200)
                 for qjob in jobs:
                     await self._start(qjob)
-            except PonderError:
-                raise
             except Exception:
                 log.exception("intake failed; retrying")
                 await asyncio.sleep(0.5)
@@ -221,11 +235,7 @@ class Worker:
                 elif kind == "final":
                     event.final.latency_s = time.time() - act.created
                     event.final.queue_s = act.started - act.created
-                try:
-                    seq = await self.store.publish(job_id, act.attempt, event)
-                except Exception:
-                    log.exception("publishing an event of job %s failed", job_id)
-                    seq = -2
+                seq = await self._publish_retrying(job_id, act.attempt, event)
                 if seq == -1:  # another worker re-ran this job: stop ours, write nothing more
                     log.warning("job %s attempt %d was taken over; dropping it", job_id, act.attempt)
                     self._inbox.put(("drop", job_id))
@@ -236,6 +246,18 @@ class Worker:
                     self.active.pop(job_id, None)
                     self.jobs_done += 1
                     break
+
+    async def _publish_retrying(self, job_id: str, attempt: int, event: pb.SolveEvent) -> int:
+        """Publish, retrying while Redis is unreachable: an event is never dropped. If the
+        outage outlasts the lease, the job is re-run elsewhere and this returns -1 (fenced)."""
+        delay = 0.1
+        while True:
+            try:
+                return await self.store.publish(job_id, attempt, event)
+            except Exception:
+                log.exception("publishing an event of job %s failed; retrying in %.1f s", job_id, delay)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     async def _leases(self) -> None:
         last_renew = 0.0
