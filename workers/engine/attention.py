@@ -18,7 +18,7 @@ import torch
 
 from ponder import kernels
 from ponder.kernels import dispatch
-from ponder.workers.engine.cpu_attention import shared_prefix_attention_cpu
+from ponder.workers.engine.cpu_attention import AttentionPlan, attend, make_plan
 from ponder.workers.engine.kv_cache import Sequence
 
 
@@ -91,6 +91,7 @@ class DecodeAttention:
         self.shared = False
         # Our CPU path only where the dispatch would pick the reference on its own.
         self.own_cpu = attention == "auto" and device.type == "cpu" and dispatch.mode() == "auto"
+        self.plan: AttentionPlan | None = None
         bs = block_size
         if shared_prefix and len(seqs) > 1:
             group, depth, prefixes = shared_groups(seqs, lengths, bs)
@@ -109,14 +110,14 @@ class DecodeAttention:
 
     def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         if self.own_cpu:
-            if self.shared:
-                return shared_prefix_attention_cpu(
-                    q, k_cache, v_cache, self.prefix_tables, self.prefix_lens, self.seq_group,
-                    self.suffix_tables, self.suffix_lens, self.scale,
-                )
-            return shared_prefix_attention_cpu(
-                q, k_cache, v_cache, None, None, None, self.block_tables, self.seq_lens, self.scale
-            )
+            if self.plan is None:  # built on the first layer, reused by the others
+                bs = k_cache.shape[1]
+                if self.shared:
+                    self.plan = make_plan(bs, self.prefix_tables, self.prefix_lens, self.seq_group,
+                                          self.suffix_tables, self.suffix_lens)
+                else:
+                    self.plan = make_plan(bs, None, None, None, self.block_tables, self.seq_lens)
+            return attend(q, k_cache, v_cache, self.plan, self.scale)
         if self.shared:
             return kernels.shared_prefix_attention(
                 q, k_cache, v_cache, self.prefix_tables, self.prefix_lens, self.seq_group,

@@ -204,8 +204,8 @@ class EngineModel:
             vf = pool.v[li].view(-1, Hkv, Dh)
             kf.index_copy_(0, new_slots, k)
             vf.index_copy_(0, new_slots, v)
-            keys = kf[all_slots] if start else k  # (start+T, H_kv, Dh)
-            vals = vf[all_slots] if start else v
+            keys = kf.index_select(0, all_slots) if start else k  # (start+T, H_kv, Dh)
+            vals = vf.index_select(0, all_slots) if start else v
             o = F.scaled_dot_product_attention(
                 q.transpose(0, 1).unsqueeze(0),  # (1, H_q, T, Dh)
                 keys.transpose(0, 1).unsqueeze(0),  # (1, H_kv, start+T, Dh)
