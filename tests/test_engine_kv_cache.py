@@ -134,6 +134,9 @@ def test_lru_eviction_of_unreferenced_cached_blocks(hf_llama) -> None:
     eng.release(a2.seq)
     eng.release(c.seq)
     eng.pool.check_consistent()
+    assert eng.pool.clear_cache() == 8 and eng.stats().free_blocks == 8  # a cold index
+    assert eng.prefill(prompt_a).reused_tokens == 0
+    eng.pool.check_consistent()
 
 
 def test_running_out_is_a_typed_error_and_leaves_the_cache_usable(hf_llama) -> None:

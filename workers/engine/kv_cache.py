@@ -179,6 +179,15 @@ class BlockPool:
             entry = self._entries.pop(eid)
             del self._index[entry.key]
 
+    def clear_cache(self) -> int:
+        """Drop every cached (unreferenced, indexed) block: a cold prefix index. Returns how many."""
+        n = len(self._cached)
+        while self._cached:
+            b, _ = self._cached.popitem(last=False)
+            self._unindex(b)
+            self._free.append(b)
+        return n
+
     def incref(self, blocks: list[int]) -> None:
         for b in blocks:
             if self.ref[b] == 0:
