@@ -121,6 +121,8 @@ class JobStore:
                 else:
                     continue
             for entry_id, fields in resp[0][1]:
+                if stop is not None and stop.is_set():
+                    return  # the caller resumes after the last event it was given
                 last = entry_id.decode()
                 event = pb.SolveEvent.FromString(fields[b"data"])
                 event.seq = int(fields[b"seq"])

@@ -16,8 +16,8 @@ from ponder.clients.client import Client, build_request
 from ponder.proto import pb_grpc
 
 # On the zero-norm model (see test_service) greedy decoding never stops early: this job runs
-# 12 steps of 96 tokens — a few seconds, long enough to kill things in the middle of it.
-MEDIUM = dict(generations=2, max_steps=12, max_step_tokens=96, temperature=0.0)
+# 24 steps of 128 tokens — several seconds, long enough to kill things in the middle of it.
+MEDIUM = dict(generations=2, max_steps=24, max_step_tokens=128, temperature=0.0)
 BACKEND = "auto"  # the worker's default: our paged-KV engine for Llama-family models
 
 
