@@ -21,6 +21,9 @@ from ponder.workers.answers import Candidate, equivalent, extract_answer, is_cor
         ("The answer is $\\frac{3}{4}$.", "\\frac{3}{4}"),
         ("The answer is 3.5 apples.", "3.5"),
         ("So the answer is 1,000 dollars", "1000"),
+        ("The answer is 180 + 420 = 600 meters.", "600"),
+        ("The answer is x = 5.", "5"),
+        ("The answer is yes", "yes"),
     ],
 )
 def test_extract(text: str, expected: str) -> None:
@@ -32,6 +35,9 @@ def test_extract_none_and_lenient() -> None:
     assert extract_answer("I think it is 5 and then 6", lenient=True) == "6"
     assert extract_answer("cut off \\boxed{12") is None  # unbalanced braces: no answer
     assert extract_answer("") is None
+    prose = "The answer is the step in the problem where you do not know how many"
+    assert extract_answer(prose) is None
+    assert extract_answer("We had 12 eggs.\n" + prose, lenient=True) == "12"
 
 
 @pytest.mark.parametrize(

@@ -65,10 +65,14 @@ def extract_answer(text: str, *, lenient: bool = False) -> str | None:
     found = _ANSWER_IS.findall(text)
     if found:
         ans = found[-1].strip().rstrip(".").strip().strip("$").strip()
+        if "=" in ans:  # "The answer is 180 + 420 = 600 meters": the result is after the last "="
+            ans = ans.rsplit("=", 1)[1].strip()
         unit = _NUMBER_THEN_WORDS.match(ans)
         if unit:
             ans = unit.group(1).replace(",", "")
-        if ans:
+        # a clause with no digit and no LaTeX is prose, not an answer ("the answer is the step
+        # where ..."): fall through to the lenient reading
+        if ans and (any(ch.isdigit() for ch in ans) or "\\" in ans or len(ans.split()) <= 3):
             return ans
     if lenient:
         numbers = _NUMBER.findall(text)
