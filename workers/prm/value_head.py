@@ -148,13 +148,18 @@ class ValueHeadVerifier(Verifier):
         hidden = torch.stack([n.hidden.reshape(-1) for n in nodes]).float()  # (B, D)
         if hidden.shape[1] != self.head.hidden_size:
             self.check_policy(int(hidden.shape[1]))
+        dev = hidden.device  # the policy's device (the engine may run on a GPU): move the head once
+        if self.head.out.weight.device != dev:
+            self.head.to(dev)
         feats = self.head.features(hidden)  # (B, D) or (B, H)
         B = feats.shape[0]
-        rows = torch.arange(B, dtype=torch.long)
+        rows = torch.arange(B, dtype=torch.long, device=dev)
         w = self.head.out.weight[0].float()  # (D,) or (H,)
         bias = float(self.head.out.bias[0])
-        prev = torch.tensor([n.aggregate if n.aggregate is not None else 0.0 for n in nodes], dtype=torch.float32)
-        n_prev = torch.tensor([n.n_scored if n.aggregate is not None else 0 for n in nodes], dtype=torch.int32)
+        prev = torch.tensor(
+            [n.aggregate if n.aggregate is not None else 0.0 for n in nodes], dtype=torch.float32, device=dev
+        )
+        n_prev = torch.tensor([n.n_scored if n.aggregate is not None else 0 for n in nodes], dtype=torch.int32, device=dev)
         scores, aggs = prm_score(feats.contiguous(), rows, w, prev, n_prev, aggregation, bias=bias)
         return ScoreOutput(
             scores=scores.tolist(),
