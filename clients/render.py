@@ -32,7 +32,8 @@ def render(event: Any) -> str:
         return f"· queued as job {event.job_id} ({e.queue_depth} ahead)"
     if kind == "started":
         again = f", attempt {e.attempt}" if e.attempt > 1 else ""
-        return f"· started on {e.worker or 'a worker'} with {e.model}: {e.plan}{again}"
+        verifier = f" + {e.verifier}" if e.verifier else ""
+        return f"· started on {e.worker or 'a worker'} with {e.model}{verifier}: {e.plan}{again}"
     if kind == "step":
         score = f" score {e.score:.3f}" if e.HasField("score") else ""
         end = " ■" if e.finished else ""

@@ -28,10 +28,8 @@ def worker_command(args: Any, redis_url: str) -> list[str]:
     cmd = [
         sys.executable, "-m", "ponder.clients.cli", "worker", "--redis", redis_url, "--model", args.model,
         "--backend", args.backend, "--prefix", args.prefix, "--capacity", str(args.capacity),
-        "--drain", "2",
+        "--drain", "2", "--verifier", args.verifier, "--threads", str(args.threads),
     ]
-    if args.verifier:
-        cmd += ["--verifier", args.verifier]
     return cmd
 
 

@@ -76,6 +76,7 @@ class SearchLoop:
                 plan=strategy.plan(),
                 model=self.policy.name,
                 generations=ctx.budget,
+                verifier=self.verifier.name if self.has_verifier else "",
             )
         )
         self.jobs[job_id] = Job(ctx=ctx, strategy=strategy, gen=strategy.run(), started=time.time())

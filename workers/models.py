@@ -52,6 +52,17 @@ class ModelFiles:
     path: Path  # directory to load from
     gguf_file: str | None = None
     fmt: PromptFormat = field(default_factory=PromptFormat)
+    # the verifier a worker uses when none is named (`--verifier auto`): a value-head file or a
+    # PRM directory; from ponder.json's "verifier" (relative to the model directory)
+    default_verifier: Path | None = None
+
+
+# Built-in models shipped in the repository (artifacts/, see docs/quality.md).
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+BUILTIN = {
+    "arith": ARTIFACTS / "arith" / "policy",
+    "arith-reviser": ARTIFACTS / "arith" / "reviser",
+}
 
 
 def smollm2_dir() -> Path:
@@ -72,18 +83,32 @@ def resolve(name: str) -> ModelFiles:
         if not (d / SMOLLM2_GGUF).exists():
             raise InvalidArgument("model", f"{d / SMOLLM2_GGUF} is missing")
         return ModelFiles("SmolLM2-135M-Instruct", d, SMOLLM2_GGUF, PromptFormat(use_chat_template=True))
+    if name in BUILTIN:
+        if not (BUILTIN[name] / "config.json").exists():
+            raise InvalidArgument("model", f"the built-in model {name!r} is missing at {BUILTIN[name]}")
+        files = resolve(str(BUILTIN[name]))
+        files.name = name
+        head = BUILTIN[name].parent / "value_head.safetensors"  # trained on this policy's rollouts
+        if files.default_verifier is None and head.exists():
+            files.default_verifier = head
+        return files
     p = Path(os.path.expanduser(name))
     if p.is_file() and p.suffix == ".gguf":
         return ModelFiles(p.stem, p.parent, p.name, PromptFormat(use_chat_template=True))
     if p.is_dir() and (p / "config.json").exists():
         fmt = PromptFormat()
+        verifier = None
         meta = p / "ponder.json"
         if meta.exists():
-            fmt = PromptFormat(**{k: v for k, v in json.loads(meta.read_text()).items() if k in PromptFormat.__dataclass_fields__})
-        return ModelFiles(p.name, p, None, fmt)
+            data = json.loads(meta.read_text())
+            fmt = PromptFormat(**{k: v for k, v in data.items() if k in PromptFormat.__dataclass_fields__})
+            if data.get("verifier"):
+                verifier = (p / data["verifier"]).resolve()
+        return ModelFiles(p.name, p, None, fmt, verifier)
     raise InvalidArgument(
         "model",
-        f"{name!r} is neither 'smollm2', a .gguf file nor a model directory with config.json",
+        f"{name!r} is not a built-in model ({', '.join(['smollm2', *BUILTIN])}), "
+        "a .gguf file, or a model directory with config.json",
     )
 
 

@@ -280,6 +280,7 @@ class Worker:
                 worker_id=self.cfg.worker_id, host=host, models=[self.policy.name],
                 active_jobs=len(self.active), capacity=0 if self._draining else self.cfg.capacity,
                 last_seen=time.time(), strategies=available_strategies(),
+                verifier=self.loop.verifier.name if self.loop.has_verifier else "",
             )
             try:
                 await self.store.heartbeat(info)

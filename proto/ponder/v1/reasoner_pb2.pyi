@@ -97,20 +97,22 @@ class Queued(_message.Message):
     def __init__(self, queue_depth: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Started(_message.Message):
-    __slots__ = ("strategy", "plan", "worker", "attempt", "model", "generations")
+    __slots__ = ("strategy", "plan", "worker", "attempt", "model", "generations", "verifier")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     plan: str
     worker: str
     attempt: int
     model: str
     generations: int
-    def __init__(self, strategy: _Optional[str] = ..., plan: _Optional[str] = ..., worker: _Optional[str] = ..., attempt: _Optional[int] = ..., model: _Optional[str] = ..., generations: _Optional[int] = ...) -> None: ...
+    verifier: str
+    def __init__(self, strategy: _Optional[str] = ..., plan: _Optional[str] = ..., worker: _Optional[str] = ..., attempt: _Optional[int] = ..., model: _Optional[str] = ..., generations: _Optional[int] = ..., verifier: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
     __slots__ = ("node_id", "parent_id", "depth", "text", "score", "aggregate", "finished")
@@ -259,7 +261,7 @@ class ServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "host", "models", "active_jobs", "capacity", "last_seen", "strategies")
+    __slots__ = ("worker_id", "host", "models", "active_jobs", "capacity", "last_seen", "strategies", "verifier")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -267,6 +269,7 @@ class WorkerInfo(_message.Message):
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     STRATEGIES_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     host: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -274,7 +277,8 @@ class WorkerInfo(_message.Message):
     capacity: int
     last_seen: float
     strategies: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., active_jobs: _Optional[int] = ..., capacity: _Optional[int] = ..., last_seen: _Optional[float] = ..., strategies: _Optional[_Iterable[str]] = ...) -> None: ...
+    verifier: str
+    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., active_jobs: _Optional[int] = ..., capacity: _Optional[int] = ..., last_seen: _Optional[float] = ..., strategies: _Optional[_Iterable[str]] = ..., verifier: _Optional[str] = ...) -> None: ...
 
 class ServerInfoResponse(_message.Message):
     __slots__ = ("version", "models", "strategies", "workers_alive", "queue_depth", "jobs_running", "workers", "max_generations", "max_question_chars")
