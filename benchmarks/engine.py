@@ -57,6 +57,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="weights/activations of both sides and of the GEMM probe (like for like)")
     ap.add_argument("--skip-hf", action="store_true", help="run only our side (no ratios)")
     args = ap.parse_args(argv)
     full = dict(samples=64, new_tokens=256, beams=64, width=4, steps=8, step_tokens=64, kv_prompt=200)
@@ -67,12 +69,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def gemm_gflops(seconds: float = 1.5) -> dict[str, float]:
-    """fp32 GEMM throughput: a large square product (the machine's peak) and a decode-shaped
-    one (64 rows through a 576×1536 MLP matrix, SmolLM2's shape)."""
+def gemm_gflops(seconds: float = 1.5, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """GEMM throughput: a large square product (the machine's peak) and a decode-shaped one
+    (64 rows through a 576×1536 MLP matrix, SmolLM2's shape)."""
     out = {}
     for name, (m, k, n) in {"square_2048": (2048, 2048, 2048), "decode_64x576x1536": (64, 576, 1536)}.items():
-        a, b = torch.randn(m, k), torch.randn(k, n)
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
         for _ in range(3):
             a @ b
         reps, t0 = 0, time.perf_counter()
@@ -188,20 +190,23 @@ def main(argv: list[str] | None = None) -> int:
     files = resolve(args.model)
     say(f"loading {files.name} ...")
     tokenizer = load_tokenizer(files)
-    model = load_hf_model(files)
-    policy = EnginePolicy(files, model=model, tokenizer=tokenizer, config=EngineConfig(block_size=args.block_size))
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    model = load_hf_model(files, dtype=dtype)
+    policy = EnginePolicy(
+        files, model=model, tokenizer=tokenizer, config=EngineConfig(block_size=args.block_size, dtype=dtype)
+    )
     hf_policy = HFPolicy(files, model=model, tokenizer=tokenizer)
     P = policy.n_params
     ids = policy.encode(policy.format_prompt(Prompt(QUESTION)))
     res: dict[str, Any] = {
         "bench": "engine", "model": files.name, "non_embedding_params": P, "threads": torch.get_num_threads(),
-        "quick": args.quick, "prompt_tokens": len(ids), "targets": TARGETS,
+        "quick": args.quick, "dtype": args.dtype, "prompt_tokens": len(ids), "targets": TARGETS,
         # The machine is shared: the load average says how much the figures were disturbed.
         "loadavg_start": os.getloadavg()[0],
     }
 
     say("(d) GEMM throughput ...")
-    gemm = gemm_gflops(0.2 if args.quick else 1.5)
+    gemm = gemm_gflops(0.2 if args.quick else 1.5, dtype)
     peak = max(gemm.values())
     res["gemm"] = {"gflops": gemm, "limit_tok_s": peak * 1e9 / (2.0 * P)}
 
@@ -263,7 +268,7 @@ def print_table(r: dict[str, Any]) -> None:
     for row in [head, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
     gf = ", ".join(f"{k} {v:.1f}" for k, v in g["gflops"].items())
-    print(f"GEMM GFLOP/s: {gf}; P = {r['non_embedding_params']:,}; threads = {r['threads']}")
+    print(f"GEMM GFLOP/s ({r['dtype']}): {gf}; P = {r['non_embedding_params']:,}; threads = {r['threads']}")
 
 
 if __name__ == "__main__":
