@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -32,6 +33,15 @@ def build_request(question: str | SolveConfig, **options: Any) -> Any:
 def _typed(exc: grpc.RpcError) -> PonderError:
     code = exc.code()
     return from_status(code.name if code else "UNKNOWN", exc.details() or "")
+
+
+@contextmanager
+def _typed_errors() -> Iterator[None]:
+    """gRPC errors of a unary call surface as ponder's typed errors."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise _typed(exc) from None
 
 
 def _final_of(events: list[Any]) -> Any:
@@ -93,28 +103,20 @@ class Client:
         return _final_of(list(self.solve(question, timeout=timeout, **options)))
 
     def submit(self, question: str | SolveConfig, **options: Any) -> str:
-        try:
+        with _typed_errors():
             return self.stub.Submit(build_request(question, **options)).job_id
-        except grpc.RpcError as exc:
-            raise _typed(exc) from None
 
     def cancel(self, job_id: str) -> str:
-        try:
+        with _typed_errors():
             return self.stub.Cancel(pb.JobRef(job_id=job_id)).state
-        except grpc.RpcError as exc:
-            raise _typed(exc) from None
 
     def result(self, job_id: str) -> Any:
-        try:
+        with _typed_errors():
             return self.stub.GetResult(pb.JobRef(job_id=job_id))
-        except grpc.RpcError as exc:
-            raise _typed(exc) from None
 
     def info(self) -> Any:
-        try:
+        with _typed_errors():
             return self.stub.ServerInfo(pb.ServerInfoRequest())
-        except grpc.RpcError as exc:
-            raise _typed(exc) from None
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
@@ -170,25 +172,17 @@ class AsyncClient:
         return _final_of([e async for e in self.solve(question, timeout=timeout, **options)])
 
     async def submit(self, question: str | SolveConfig, **options: Any) -> str:
-        try:
+        with _typed_errors():
             return (await self.stub.Submit(build_request(question, **options))).job_id
-        except grpc.RpcError as exc:
-            raise _typed(exc) from None
 
     async def cancel(self, job_id: str) -> str:
-        try:
+        with _typed_errors():
             return (await self.stub.Cancel(pb.JobRef(job_id=job_id))).state
-        except grpc.RpcError as exc:
-            raise _typed(exc) from None
 
     async def result(self, job_id: str) -> Any:
-        try:
+        with _typed_errors():
             return await self.stub.GetResult(pb.JobRef(job_id=job_id))
-        except grpc.RpcError as exc:
-            raise _typed(exc) from None
 
     async def info(self) -> Any:
-        try:
+        with _typed_errors():
             return await self.stub.ServerInfo(pb.ServerInfoRequest())
-        except grpc.RpcError as exc:
-            raise _typed(exc) from None
