@@ -43,6 +43,8 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="engine (paged KV) or plain transformers")
     p.add_argument("--verifier", default="auto",
                    help="'auto' (the model's own, e.g. arith's value head), 'none', a value-head .safetensors or a PRM directory")
+    p.add_argument("--reviser", default="auto",
+                   help="model for revision prompts: 'auto' (the model's own, e.g. arith-reviser), 'none', or a model")
     p.add_argument("--capacity", type=int, default=16, help="questions one worker searches at once")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = auto: 1 for models under 20M parameters, else every core)")

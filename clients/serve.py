@@ -28,7 +28,7 @@ def worker_command(args: Any, redis_url: str) -> list[str]:
     cmd = [
         sys.executable, "-m", "ponder.clients.cli", "worker", "--redis", redis_url, "--model", args.model,
         "--backend", args.backend, "--prefix", args.prefix, "--capacity", str(args.capacity),
-        "--drain", "2", "--verifier", args.verifier, "--threads", str(args.threads),
+        "--drain", "2", "--verifier", args.verifier, "--reviser", args.reviser, "--threads", str(args.threads),
     ]
     return cmd
 

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ponder.proto import pb
 from ponder.proto.config import SolveConfig
@@ -16,10 +16,11 @@ from ponder.proto.errors import PonderError
 from ponder.workers.policy import Policy
 from ponder.workers.search import base as search_base
 from ponder.workers.search.base import SearchContext, Strategy, usage_to_proto
-from ponder.workers.types import Expand, Node, Outcome, Prefill, Score
+from ponder.workers.types import Expand, Node, Outcome, Prefill, Prompt, Score
 from ponder.workers.verifier import NullVerifier, Verifier
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EventSink = Callable[[str, list[pb.SolveEvent]], None]
 
@@ -48,13 +49,22 @@ class SearchLoop:
         policy: Policy,
         verifier: Verifier | None = None,
         sink: EventSink | None = None,
+        reviser: Policy | None = None,
     ) -> None:
         self.policy = policy
+        # A reviser, when given, serves every prompt that carries earlier attempts (and every
+        # step under such a root); first attempts stay with the policy.
+        self.reviser = reviser
         self.verifier = verifier or NullVerifier()
         self.has_verifier = not isinstance(self.verifier, NullVerifier)
         self.sink = sink or (lambda job_id, events: None)
         self.jobs: dict[str, Job] = {}
-        self._policy_flops_per_token = 2.0 * policy.n_params
+
+    def _owner(self, prompt: Prompt | None) -> Policy:
+        """The policy that serves a prompt, and every node under the root built from it."""
+        if self.reviser is not None and prompt is not None and prompt.attempts:
+            return self.reviser
+        return self.policy
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -146,16 +156,32 @@ class SearchLoop:
         job.done = True
         job.pending = None
 
-    def _serve(self, jobs: list[Job], fn: Callable[[], None]) -> None:
+    def _serve(self, jobs: list[Job], fn: Callable[[list[Job]], None]) -> None:
+        """Serve the jobs' requests in one call. If the batched call fails, each job is retried
+        on its own, so one bad request (or a batch too big for the KV cache) fails only the
+        jobs that fail alone."""
+        ids = {id(j): j.ctx._next_id for j in jobs}
         try:
-            fn()
-        except PonderError as exc:
-            for job in jobs:
-                self._fail(job, exc.code, exc.message)
+            fn(jobs)
+            return
         except Exception as exc:
-            log.exception("batched call failed for %d jobs", len(jobs))
-            for job in jobs:
-                self._fail(job, "INTERNAL", f"{type(exc).__name__}: {exc}")
+            if len(jobs) == 1:
+                self._fail_with(jobs[0], exc)
+                return
+            log.warning("batched call for %d jobs failed (%s); retrying them one by one", len(jobs), exc)
+        for job in jobs:
+            job.ctx._next_id = ids[id(job)]  # the retry draws the same node ids, hence seeds
+            try:
+                fn([job])
+            except Exception as exc:
+                self._fail_with(job, exc)
+
+    def _fail_with(self, job: Job, exc: Exception) -> None:
+        if isinstance(exc, PonderError):
+            self._fail(job, exc.code, exc.message)
+        else:
+            log.error("job %s failed", job.ctx.job_id, exc_info=exc)
+            self._fail(job, "INTERNAL", f"{type(exc).__name__}: {exc}")
 
     # -- serving requests -------------------------------------------------------------------
 
@@ -163,24 +189,24 @@ class SearchLoop:
         if not jobs:
             return
 
-        def run() -> None:
+        def run(jobs: list[Job]) -> None:
             prompts = [p for j in jobs for p in j.pending.prompts]
-            outs = iter(self.policy.prefill(prompts))
+            outs = iter(_per_owner(prompts, self._owner, lambda pol, ps: pol.prefill(ps)))
             for job in jobs:
                 ctx, roots = job.ctx, []
                 for prompt in job.pending.prompts:
-                    out = next(outs)
+                    out, owner = next(outs), self._owner(prompt)
                     root = Node(
-                        id=ctx.new_id(), parent=None, depth=0, text=self.policy.format_prompt(prompt),
+                        id=ctx.new_id(), parent=None, depth=0, text=owner.format_prompt(prompt),
                         token_ids=out.token_ids, handle=out.handle, prompt=prompt,
                     )
                     ctx.nodes.append(root)
                     roots.append(root)
-                    u = ctx.usage
+                    u, f = ctx.usage, 2.0 * owner.n_params
                     u.prompt_tokens += out.computed_tokens
                     u.tokens_saved += out.reused_tokens
-                    u.flops += self._policy_flops_per_token * out.computed_tokens
-                    u.flops_unshared += self._policy_flops_per_token * len(out.token_ids)
+                    u.flops += f * out.computed_tokens
+                    u.flops_unshared += f * len(out.token_ids)
                 job.reply, job.pending = roots, None
 
         self._serve(jobs, run)
@@ -189,7 +215,7 @@ class SearchLoop:
         if not jobs:
             return
 
-        def run() -> None:
+        def run(jobs: list[Job]) -> None:
             parents: list[Node] = []
             params, seeds, ids = [], [], []
             for job in jobs:
@@ -199,7 +225,12 @@ class SearchLoop:
                     params.append(job.pending.sampling)
                     ids.append(node_id)
                     seeds.append(job.ctx.row_seed(node_id))
-            outs = self.policy.expand(parents, params, seeds)
+            rows = list(range(len(parents)))
+            outs = _per_owner(
+                rows,
+                lambda i: self._owner(parents[i].root.prompt),
+                lambda pol, idx: pol.expand([parents[i] for i in idx], [params[i] for i in idx], [seeds[i] for i in idx]),
+            )
             k = 0
             for job in jobs:
                 ctx, children = job.ctx, []
@@ -221,7 +252,7 @@ class SearchLoop:
         self._serve(jobs, run)
 
     def _charge_step(self, ctx: SearchContext, parent: Node, child: Node, computed: int) -> None:
-        u, f = ctx.usage, self._policy_flops_per_token
+        u, f = ctx.usage, 2.0 * self._owner(parent.root.prompt).n_params
         new = len(child.token_ids)
         u.decode_tokens += new
         u.prompt_tokens += max(0, computed - new)  # a re-encoded prefix is prefill work
@@ -241,7 +272,7 @@ class SearchLoop:
             by_mode.setdefault(job.ctx.config.aggregation, []).append(job)
         for mode, group in by_mode.items():
 
-            def run(group: list[Job] = group, mode: str = mode) -> None:
+            def run(group: list[Job], mode: str = mode) -> None:
                 nodes = [n for j in group for n in j.pending.nodes]
                 out = self.verifier.score(nodes, mode)
                 total = max(1, len(nodes))
@@ -285,7 +316,7 @@ class SearchLoop:
         nodes = ctx.nodes if job.done else ctx.released
         todo = [n for n in nodes if not n.released]
         if todo:
-            self.policy.release(todo)
+            _per_owner(todo, lambda n: self._owner(n.root.prompt), lambda pol, ns: pol.release(ns) or [])
             self.verifier.release(todo)
             for n in todo:
                 n.released = True
@@ -299,3 +330,17 @@ class SearchLoop:
     def _finish(self, job: Job) -> None:
         self.jobs.pop(job.ctx.job_id, None)
         job.ctx.nodes = []
+
+
+def _per_owner(items: list[T], owner: Callable[[T], Policy], call: Callable[[Policy, list[T]], list[Any]]) -> list[Any]:
+    """One batched call per policy (the policy, and the reviser when there is one), results
+    back in the order of ``items``."""
+    groups: dict[int, tuple[Policy, list[int]]] = {}
+    for i, item in enumerate(items):
+        pol = owner(item)
+        groups.setdefault(id(pol), (pol, []))[1].append(i)
+    out: list[Any] = [None] * len(items)
+    for pol, idx in groups.values():
+        for i, result in zip(idx, call(pol, [items[i] for i in idx])):
+            out[i] = result
+    return out

@@ -55,6 +55,8 @@ class ModelFiles:
     # the verifier a worker uses when none is named (`--verifier auto`): a value-head file or a
     # PRM directory; from ponder.json's "verifier" (relative to the model directory)
     default_verifier: Path | None = None
+    # the model that writes revisions (prompts with earlier attempts) with `--reviser auto`
+    default_reviser: str | None = None
 
 
 # Built-in models shipped in the repository (artifacts/, see docs/quality.md).
@@ -91,6 +93,9 @@ def resolve(name: str) -> ModelFiles:
         head = BUILTIN[name].parent / "value_head.safetensors"  # trained on this policy's rollouts
         if files.default_verifier is None and head.exists():
             files.default_verifier = head
+        reviser = f"{name}-reviser"
+        if reviser in BUILTIN and (BUILTIN[reviser] / "config.json").exists():
+            files.default_reviser = reviser
         return files
     p = Path(os.path.expanduser(name))
     if p.is_file() and p.suffix == ".gguf":

@@ -73,6 +73,16 @@ def set_threads(threads: int, policy: Policy) -> int:
     return threads
 
 
+def build_reviser(spec: str, model: str, backend: str = "auto") -> Policy | None:
+    """``auto``: the model's own reviser (the built-in ``arith`` has ``arith-reviser``), else
+    none — the policy then writes revisions itself; ``none``; or any model name or path."""
+    if spec == "auto":
+        spec = resolve(model).default_reviser or "none"
+    if spec in ("", "none"):
+        return None
+    return build_policy(spec, backend)
+
+
 def run_worker(args: Any) -> int:
     """Entry point of `ponder worker`."""
     from ponder.workers.worker import Worker, WorkerConfig
@@ -85,7 +95,8 @@ def run_worker(args: Any) -> int:
     policy = build_policy(args.model, args.backend)
     set_threads(args.threads, policy)
     verifier = build_verifier(args.verifier, policy, args.model)
-    worker = Worker(cfg, policy, verifier)
+    reviser = build_reviser(args.reviser, args.model, args.backend)
+    worker = Worker(cfg, policy, verifier, reviser)
 
     async def main() -> None:
         stop = asyncio.Event()

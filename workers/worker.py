@@ -67,7 +67,9 @@ class Active:
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, policy: Policy, verifier: Verifier | None = None) -> None:
+    def __init__(
+        self, config: WorkerConfig, policy: Policy, verifier: Verifier | None = None, reviser: Policy | None = None
+    ) -> None:
         self.cfg = config
         self.policy = policy
         self.verifier = verifier
@@ -78,7 +80,7 @@ class Worker:
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._draining = False
-        self.loop = SearchLoop(policy, verifier, sink=self._sink)
+        self.loop = SearchLoop(policy, verifier, sink=self._sink, reviser=reviser)
         self.jobs_done = 0
         self.failed = False
         self._stop_event: asyncio.Event | None = None
