@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from ponder.proto.config import AGGREGATIONS, SELECTIONS, STRATEGIES, Limits, SolveConfig
 from ponder.proto.errors import PonderError
 
-DEFAULT_QUESTION = "What is 12 + 30?"
+DEFAULT_QUESTION = "Compute 37 + 48 * 3 - 19."  # the built-in arith task's form
 SERVER_HELP = "scheduler address (default: localhost:50051)"
 
 
@@ -39,7 +39,7 @@ def _common_service(p: argparse.ArgumentParser) -> None:
 def _worker_options(p: argparse.ArgumentParser) -> None:
     from ponder.workers.runtime import BACKENDS, DEFAULT_MODEL
 
-    p.add_argument("--model", default=DEFAULT_MODEL, help="'smollm2', a .gguf file or an HF model directory")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="'arith' (built in), 'smollm2', a .gguf file or an HF model directory")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="engine (paged KV) or plain transformers")
     p.add_argument("--verifier", default="auto",
                    help="'auto' (the model's own, e.g. arith's value head), 'none', a value-head .safetensors or a PRM directory")

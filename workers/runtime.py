@@ -15,7 +15,7 @@ from ponder.workers.verifier import Verifier
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "engine", "hf")
-DEFAULT_MODEL = "smollm2"
+DEFAULT_MODEL = "arith"  # the built-in arithmetic policy (artifacts/arith); SmolLM2: --model smollm2
 
 
 def build_policy(model: str = DEFAULT_MODEL, backend: str = "auto") -> Policy:
