@@ -92,6 +92,7 @@ class DecodeAttention:
         # Our CPU path only where the dispatch would pick the reference on its own.
         self.own_cpu = attention == "auto" and device.type == "cpu" and dispatch.mode() == "auto"
         self.plan: AttentionPlan | None = None
+        self.validated = False
         bs = block_size
         if shared_prefix and len(seqs) > 1:
             group, depth, prefixes = shared_groups(seqs, lengths, bs)
@@ -118,9 +119,14 @@ class DecodeAttention:
                 else:
                     self.plan = make_plan(bs, None, None, None, self.block_tables, self.seq_lens)
             return attend(q, k_cache, v_cache, self.plan, self.scale)
+        # The tables are the same for every layer: the kernels check their values (host syncs)
+        # on the first layer of the step only.
+        validate, self.validated = not self.validated, True
         if self.shared:
             return kernels.shared_prefix_attention(
                 q, k_cache, v_cache, self.prefix_tables, self.prefix_lens, self.seq_group,
-                self.suffix_tables, self.suffix_lens, scale=self.scale,
+                self.suffix_tables, self.suffix_lens, scale=self.scale, validate=validate,
             )
-        return kernels.paged_attention(q, k_cache, v_cache, self.block_tables, self.seq_lens, scale=self.scale)
+        return kernels.paged_attention(
+            q, k_cache, v_cache, self.block_tables, self.seq_lens, scale=self.scale, validate=validate
+        )
