@@ -117,4 +117,4 @@ def test_prompt_format_round_trips(tmp_path) -> None:  # type: ignore[no-untyped
     q = questions("test", 1)[0]
     assert format_prompt(None, files.fmt, q.question) == q.question + "\n\n"
     revised = format_prompt(None, files.fmt, q.question, ("a\n\nb", "c"))
-    assert revised == f"{q.question}\n\nAttempt 1:\na\n\nb\n\nAttempt 2:\nc\n\nRevised:\n\n"
+    assert revised == f"Attempt 1:\na\n\nb\n\nAttempt 2:\nc\n\nRevise: {q.question}\n\n"

@@ -285,7 +285,10 @@ class PromptSpec:
 
     prompt_template: str = "{question}\n\n"
     attempt_template: str = "Attempt {index}:\n{attempt}\n\n"
-    revision_template: str = "{question}\n\n{attempts}Revised:\n\n"
+    # The question goes right before the new solution, as in a plain prompt: with the question
+    # first and up to 4 attempts in between, the 4-layer reviser copied operands from the
+    # attempts instead (pass@1 fell from 0.45 at revision 1 to 0.05 at revision 3).
+    revision_template: str = "{attempts}Revise: {question}\n\n"
     step_delimiter: str = STEP_DELIMITER
     use_chat_template: bool = False
     system_prompt: str = ""

@@ -1,9 +1,9 @@
 """A lean Llama forward with a preallocated KV cache, for the training jobs' bulk sampling.
 
-transformers' generation loop spent 44 of every ~120 ms per decode step (B=256, the 3.4M arith
-model, one CPU thread) growing its cache with ``torch.cat`` and another ~10 ms in Python
-around it; this forward writes keys and values in place and fuses the QKV and gate/up
-projections. It reads the weights of a loaded ``LlamaForCausalLM`` (no copy of the recipe), and
+Profiled with transformers' own cache (B=256, the 3.4M arith model, one CPU thread), 44 of every
+~144 ms per decode step went to growing the cache with ``torch.cat``. This forward writes keys
+and values in place and fuses the QKV and gate/up projections: 256 rows × 150 new tokens took
+10.5 s against 28.1 s through transformers in the same session (fp32). It reads the weights of a loaded ``LlamaForCausalLM`` (no copy of the recipe), and
 its hidden states match transformers' to fp32 rounding (tests/test_train_sampling.py).
 
 Only what the built-in tasks' models use: Llama layout, default RoPE, no biases.

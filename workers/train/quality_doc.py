@@ -33,15 +33,18 @@ def _plots(result: dict[str, Any], docs: Path) -> None:
     plt.close(fig)
 
     curve = result["prm"]["selection"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for mode, style in (("majority", "o-"), ("weighted", "s-"), ("best", "^--")):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for mode in curve:
+        if mode != "majority" and mode != "oracle" and "(last)" not in mode:
+            continue  # the figure shows the paper's aggregation; the table has every one
         xs = sorted(int(n) for n in curve[mode])
-        ax.plot(xs, [curve[mode][n] for n in xs], style, label={"weighted": "PRM-weighted vote", "best": "best PRM score", "majority": "majority vote"}[mode])
+        style = {"majority": "o-", "oracle": "k:"}.get(mode, "s-" if "weighted" in mode else "^--")
+        ax.plot(xs, [curve[mode][n] for n in xs], style, label=mode)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("N (samples per question)")
     ax.set_ylabel("accuracy (test split)")
     ax.set_title("best-of-N selection")
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(docs / SELECT_PNG, dpi=110)
     plt.close(fig)
@@ -110,26 +113,33 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
         L += ["| pass@1 | " + " | ".join(f"{v:.3f}" for v in pol["by"][knob].values()) + " |"]
         L += ["| questions | " + " | ".join(f"{int(v)}" for v in pol["by"][knob + "_count"].values()) + " |", ""]
 
-    L += ["## PRM (value head on the policy's step-end hidden states)", ""]
+    L += ["## PRM: the value head (and the optional separate PRM model)", ""]
     L += [
         f"Held-out Monte Carlo labels: {cfg['prm_questions']} test questions × {cfg['prm_samples']} samples, "
-        f"{cfg['prm_rollouts']} rollouts per step ({prm['labelled_steps']} labelled steps; a step counts as positive when",
-        "at least half its rollouts reach the right answer).", "",
-        "| AUC, all steps | AUC, intermediate steps | AUC, answer step vs correctness | BCE vs soft labels |",
-        "|---|---|---|---|",
-        f"| {prm['auc_steps']:.3f} | {prm['auc_non_final_steps']:.3f} | {prm['auc_final_step']:.3f} | {prm['bce']:.3f} |", "",
-        f"Best-of-N on the same {pol['questions']} questions and samples as the pass@1 above (score = the PRM's last step):", "",
+        f"{cfg['prm_rollouts']} rollouts per step ({prm['labelled_steps']} labelled steps; for the AUC a step is",
+        "positive when at least half its rollouts reach the right answer).", "",
+        "| verifier | AUC, all steps | AUC, intermediate steps | AUC, answer step vs correctness | BCE vs soft labels "
+        "| within-question AUC (last) | within-question AUC (min) |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for name, v in prm["verifiers"].items():
+        w = v["within_question_auc"]
+        L.append(f"| {name} | {v['auc_steps']:.3f} | {v['auc_non_final_steps']:.3f} | {v['auc_final_step']:.3f} | {v['bce']:.3f} "
+                 f"| {w['last']:.3f} | {w['min']:.3f} |")
+    L += ["", "The within-question AUC is measured on the best-of-N samples below: how often a correct sample",
+          "outscores a wrong sample of the same question. Selection can only beat majority voting through it."]
+    L += ["", f"Best-of-N on the same {pol['questions']} questions and samples as the pass@1 above. `weighted` is the",
+          "PRM-weighted vote (sum of scores per distinct answer), `best` the single highest score; `(last)` scores a",
+          "solution by its last step (the paper), `(min)` by its worst step.", ""]
     ns = sorted(int(n) for n in prm["selection"]["majority"])
     L += ["| selection | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
-    for mode, title in (("majority", "majority vote"), ("weighted", "PRM-weighted vote"), ("best", "best PRM score")):
-        L.append(f"| {title} | " + " | ".join(f"{prm['selection'][mode][n]:.3f}" for n in ns) + " |")
-    d = prm["weighted_minus_majority_at_max"]
+    for mode, row in prm["selection"].items():
+        L.append(f"| {mode} | " + " | ".join(f"{row[n]:.3f}" for n in ns) + " |")
     L += ["", f"![best-of-N]({SELECT_PNG})", ""]
-    if d > 0:
-        L += [f"The PRM-weighted vote beats majority voting at N={ns[-1]} by {d:+.3f} accuracy.", ""]
-    else:
-        L += [f"The PRM-weighted vote does **not** beat majority voting at N={ns[-1]} ({d:+.3f}); see the discussion below.", ""]
+    for name, d in prm["weighted_minus_majority_at_max"].items():
+        verdict = "beats" if d > 0 else "does **not** beat"
+        L.append(f"- {name} {verdict} majority voting at N={ns[-1]} ({d:+.3f} accuracy)")
+    L += [""]
 
     L += ["## Reviser: sequential revisions", ""]
     L += [

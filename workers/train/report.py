@@ -20,11 +20,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ponder.workers.answers import Candidate, select
+from ponder.workers.answers import Candidate, extract_answer, is_correct, select
 from ponder.workers.prm.value_head import ValueHead
 from ponder.workers.tasks import arith
 from ponder.workers.train.checkpoint import load_checkpoint
@@ -43,12 +44,13 @@ class ReportConfig:
     policy: Path = ART / "policy"
     value_head: Path = ART / "value_head.safetensors"
     reviser: Path = ART / "reviser"
+    prm_model: Path | None = ART / "prm"  # the optional separate PRM model (skipped if absent)
     questions: int = 200  # test questions for pass@1 and best-of-N
     samples: int = 16
     temperature: float = 0.8
     prm_questions: int = 64  # test questions MC-labelled for the AUC
     prm_samples: int = 4
-    prm_rollouts: int = 8
+    prm_rollouts: int = 4
     revise_questions: int = 100
     chains: int = 4
     revise_steps: int = 8
@@ -80,8 +82,28 @@ def policy_section(samples: Samples) -> dict[str, Any]:
     }
 
 
-def last_step_scores(model: Any, tokenizer: Any, fmt: Any, head: ValueHead, samples: Samples) -> list[list[float | None]]:
-    """The value head's score of each sample's answer step (None: no parsable answer)."""
+StepScorer = Callable[[list[LabeledSolution]], list[list[float]]]
+
+
+def value_head_scorer(model: Any, tokenizer: Any, fmt: Any, head: ValueHead) -> StepScorer:
+    def score(sols: list[LabeledSolution]) -> list[list[float]]:
+        X, _, owner = step_features(model, tokenizer, fmt, sols)
+        with torch.no_grad():
+            p = torch.sigmoid(head(X))
+        return [p[owner == k].tolist() for k in range(len(sols))]
+
+    return score
+
+
+def prm_model_scorer(path: Path) -> StepScorer:
+    from ponder.workers.train.prm_model import prm_model_scores
+
+    model, tokenizer, _ = load_checkpoint(path)
+    return lambda sols: prm_model_scores(model, tokenizer, sols)
+
+
+def sample_step_scores(samples: Samples, scorer: StepScorer) -> list[list[list[float] | None]]:
+    """Per-step scores of every sample (None: no parsable answer, never voted)."""
     sols, where = [], []
     for i, (q, row) in enumerate(zip(samples.questions, samples.texts)):
         for j, text in enumerate(row):
@@ -89,61 +111,85 @@ def last_step_scores(model: Any, tokenizer: Any, fmt: Any, head: ValueHead, samp
             if steps is not None:
                 sols.append(LabeledSolution(q.question, q.answer, steps, [0.0] * len(steps), False))
                 where.append((i, j))
-    X, _, owner = step_features(model, tokenizer, fmt, sols)
-    with torch.no_grad():
-        s = torch.sigmoid(head(X))
-    last = {}
-    for k in range(len(sols)):
-        last[k] = float(s[owner == k][-1])
-    out: list[list[float | None]] = [[None] * len(row) for row in samples.texts]
-    for k, (i, j) in enumerate(where):
-        out[i][j] = last[k]
+    scores = scorer(sols)
+    out: list[list[list[float] | None]] = [[None] * len(row) for row in samples.texts]
+    for (i, j), sc in zip(where, scores):
+        out[i][j] = sc
     return out
 
 
-def selection_curve(samples: Samples, scores: list[list[float | None]], budgets: list[int]) -> dict[str, dict[int, float]]:
-    """Accuracy of majority / PRM-weighted / best-score selection over the first N samples."""
-    from ponder.workers.answers import is_correct
-
-    curve: dict[str, dict[int, float]] = {"majority": {}, "weighted": {}, "best": {}}
-    for n in budgets:
-        for mode in curve:
-            right = 0
-            for q, row, srow in zip(samples.questions, samples.texts, scores):
-                cands = []
-                for text, score in list(zip(row, srow))[:n]:
-                    steps = cut_steps(text)
-                    from ponder.workers.answers import extract_answer
-
-                    answer = extract_answer(steps[-1]) if steps else None
-                    cands.append(Candidate(answer=answer, solution=text, score=score if score is not None else 0.0))
-                sel = select(cands, mode)
-                right += is_correct(sel.answer or None, q.answer)
-            curve[mode][n] = right / len(samples.questions)
-    return curve
+def _fold(steps: list[float] | None, aggregation: str) -> float:
+    if steps is None:
+        return 0.0
+    if aggregation == "last":
+        return steps[-1]
+    if aggregation == "min":
+        return min(steps)
+    return float(torch.tensor(steps).prod())
 
 
-def prm_section(model: Any, tokenizer: Any, fmt: Any, head: ValueHead, samples: Samples, cfg: ReportConfig) -> dict[str, Any]:
+def select_accuracy(samples: Samples, scores: list[list[float]] | None, mode: str, n: int) -> float:
+    right = 0
+    for i, (q, row) in enumerate(zip(samples.questions, samples.texts)):
+        cands = [
+            Candidate(answer=_answer(t), solution=t, score=scores[i][j] if scores is not None else None)
+            for j, t in enumerate(row[:n])
+        ]
+        right += is_correct(select(cands, mode).answer or None, q.answer)
+    return right / len(samples.questions)
+
+
+def within_question_auc(
+    scores: list[list[float]], correct: list[list[bool]], per_sample: list[list[list[float] | None]]
+) -> float:
+    """How often a correct sample outscores a wrong one *of the same question* (ties half;
+    samples without an answer left out). This, not the AUC across questions, is what decides
+    whether scores can improve on majority voting."""
+    hits, pairs = 0.0, 0
+    for srow, crow, prow in zip(scores, correct, per_sample):
+        right = [s for s, c, p in zip(srow, crow, prow) if c and p is not None]
+        wrong = [s for s, c, p in zip(srow, crow, prow) if not c and p is not None]
+        for a in right:
+            for b in wrong:
+                hits += 1.0 if a > b else 0.5 if a == b else 0.0
+                pairs += 1
+    return hits / pairs if pairs else float("nan")
+
+
+def prm_section(
+    model: Any, tokenizer: Any, fmt: Any, scorers: dict[str, StepScorer], samples: Samples, cfg: ReportConfig
+) -> dict[str, Any]:
     qs = arith.questions("test", cfg.prm_questions, seed=cfg.seed + 1)
     roll = ModelRollouts(model, tokenizer, fmt, temperature=cfg.temperature, dtype=torch.bfloat16)
     sols, counts = mc_label(qs, roll, samples=cfg.prm_samples, rollouts_per_step=cfg.prm_rollouts, seed=cfg.seed + 2)
-    X, y, owner = step_features(model, tokenizer, fmt, sols)
-    with torch.no_grad():
-        s = torch.sigmoid(head(X))
+    y = torch.tensor([lab for t in sols for lab in t.labels])
     last = torch.tensor([i == len(t.labels) - 1 for t in sols for i in range(len(t.labels))])
-    bce = float(torch.nn.functional.binary_cross_entropy(s.clamp(1e-6, 1 - 1e-6), y))
-    scores = last_step_scores(model, tokenizer, fmt, head, samples)
     budgets = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= len(samples.texts[0])]
-    curve = selection_curve(samples, scores, budgets)
+    selection: dict[str, dict[int, float]] = {
+        "majority": {n: select_accuracy(samples, None, "majority", n) for n in budgets},
+        "oracle": {n: sum(any(c[:n]) for c in samples.correct) / len(samples.questions) for n in budgets},
+    }
+    verifiers: dict[str, Any] = {}
+    for name, scorer in scorers.items():
+        s = torch.tensor([x for row in scorer(sols) for x in row])
+        per_sample = sample_step_scores(samples, scorer)
+        within: dict[str, float] = {}
+        for agg in ("last", "min"):
+            folded = [[_fold(st, agg) for st in row] for row in per_sample]
+            within[agg] = within_question_auc(folded, samples.correct, per_sample)
+            for mode in ("weighted", "best"):
+                selection[f"{name} {mode} ({agg})"] = {n: select_accuracy(samples, folded, mode, n) for n in budgets}
+        verifiers[name] = {
+            "auc_steps": auc(s, y), "auc_non_final_steps": auc(s[~last], y[~last]),
+            "auc_final_step": auc(s[last], y[last]),
+            "bce": float(torch.nn.functional.binary_cross_entropy(s.clamp(1e-6, 1 - 1e-6), y)),
+            "within_question_auc": within,
+        }
+    top = budgets[-1]
+    margins = {k: v[top] - selection["majority"][top] for k, v in selection.items() if "weighted" in k}
     return {
-        "mc_counts": counts,
-        "labelled_steps": int(y.numel()),
-        "auc_steps": auc(s, y),
-        "auc_non_final_steps": auc(s[~last], y[~last]),
-        "auc_final_step": auc(s[last], y[last]),
-        "bce": bce,
-        "selection": curve,
-        "weighted_minus_majority_at_max": curve["weighted"][budgets[-1]] - curve["majority"][budgets[-1]],
+        "mc_counts": counts, "labelled_steps": int(y.numel()), "verifiers": verifiers, "selection": selection,
+        "budgets": budgets, "weighted_minus_majority_at_max": margins,
     }
 
 
@@ -185,8 +231,6 @@ def revise_section(cfg: ReportConfig, policy_rates: dict[str, float]) -> dict[st
 
 
 def _answer(text: str) -> str | None:
-    from ponder.workers.answers import extract_answer
-
     steps = cut_steps(text)
     return extract_answer(steps[-1]) if steps else None
 
@@ -201,8 +245,10 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     pol = policy_section(samples)
     timings["policy"] = time.time() - t
     t = time.time()
-    head = ValueHead.load(cfg.value_head)
-    prm = prm_section(model, tokenizer, fmt, head, samples, cfg)
+    scorers = {"value head": value_head_scorer(model, tokenizer, fmt, ValueHead.load(cfg.value_head))}
+    if cfg.prm_model is not None and (cfg.prm_model / "config.json").exists():
+        scorers["PRM model"] = prm_model_scorer(cfg.prm_model)
+    prm = prm_section(model, tokenizer, fmt, scorers, samples, cfg)
     timings["prm"] = time.time() - t
     t = time.time()
     rates = {q.question: r for q, r in zip(qs, pol["rates"])}
@@ -218,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     d = ReportConfig()
     p = argparse.ArgumentParser(prog="ponder train report", description=__doc__.splitlines()[0])
-    for name in ("policy", "value_head", "reviser", "docs"):
+    for name in ("policy", "value_head", "reviser", "prm_model", "docs"):
         p.add_argument("--" + name.replace("_", "-"), type=Path, default=getattr(d, name))
     for name in ("questions", "samples", "prm_questions", "prm_samples", "prm_rollouts", "revise_questions",
                  "chains", "revise_steps", "seed", "threads"):
@@ -230,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "pass_at_1": result["policy"]["pass_at_1"],
         "share_between": result["policy"]["share_between"],
-        "prm_auc_steps": result["prm"]["auc_steps"],
+        "prm_auc_steps": {k: v["auc_steps"] for k, v in result["prm"]["verifiers"].items()},
         "weighted_minus_majority": result["prm"]["weighted_minus_majority_at_max"],
         "revision_pass_at_1": result["reviser"]["pass_at_1_by_step"],
         "correct_turned_wrong": result["reviser"]["correct_turned_wrong"],

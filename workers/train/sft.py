@@ -55,7 +55,8 @@ def collate(batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 def bucketed(examples: Iterator[Example], batch: int, pool: int = 16, seed: int = 0) -> Iterator[list[Example]]:
     """Batches of similar length: ``pool`` batches' worth are drawn, sorted by length, cut into
-    batches and shuffled. Padding fell from ~35% to ~5% of the tokens on arith."""
+    batches and shuffled. On the arith training mix, padding fell from 42% to 4% of the tokens
+    (100 batches of 32, measured)."""
     rng = random.Random(seed)
     while True:
         chunk = [next(examples) for _ in range(batch * pool)]
@@ -74,7 +75,8 @@ class LoopConfig:
     weight_decay: float = 0.01
     clip: float = 1.0
     # bf16 autocast halves the step time on this CPU (avx512_bf16): 0.85 s → 0.45 s for a
-    # (32, 140) batch of the 3.4M model. Master weights and optimizer state stay fp32.
+    # (32, 140) batch of the 3.4M model (2 threads, machine nearly idle). Master weights and
+    # optimizer state stay fp32.
     bf16: bool = True
 
 

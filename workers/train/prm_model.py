@@ -1,0 +1,181 @@
+"""A separate small PRM model trained on the same Monte Carlo labels as the value head (issue 6's
+optional extra): a copy of the policy fine-tuned end to end so that, at a tag token after every
+step, ``sigmoid(logit("+") − logit("-"))`` predicts the step's soft label.
+
+It is saved in the Math-Shepherd layout that :func:`ponder.workers.prm.model_prm.load_prm`
+reads (a causal LM plus ``ponder_prm.json`` naming the prompt, the step suffix and its tag), so
+the worker loads it with ``--verifier artifacts/arith/prm`` like any other PRM directory.
+
+Why it exists: the value head reads a frozen policy's hidden state, which on arith carries the
+question's difficulty but little about whether this sample's arithmetic was right; fine-tuning
+the whole network lets the PRM re-check each step (docs/quality.md compares both).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ponder.workers.train.checkpoint import PAD_ID
+from ponder.workers.train.mc_labels import LabeledSolution
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrmModelFormat:
+    """Written to ``ponder_prm.json`` (keys of ``model_prm.PRMFormat``). The tag ``@`` is one
+    byte-level token that arith text never contains; ``+``/``-`` are single tokens."""
+
+    layout: str = "shepherd"
+    prompt_template: str = "{question}\n\n"
+    step_suffix: str = " @\n\n"
+    tag: str = "@"
+    good: str = "+"
+    bad: str = "-"
+    outcome_join: str = "\n\n"
+
+
+@dataclass(frozen=True)
+class PrmModelRecipe:
+    steps: int = 600
+    batch: int = 16
+    lr: float = 3e-4
+    eval_every: int = 50
+    patience: int = 4  # evaluations without a better held-out BCE before stopping
+    seed: int = 0
+
+
+def encode_solution(tokenizer: Any, fmt: PrmModelFormat, s: LabeledSolution) -> tuple[list[int], list[int]]:
+    """Token ids of ``prompt, step₁ suffix, step₂ suffix, …`` and the tag position of each step,
+    exactly as ``ModelPRM`` builds them (step text stripped, then the suffix)."""
+    enc = lambda t: list(tokenizer(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+    tag_id = enc(fmt.tag)[0]
+    ids = enc(fmt.prompt_template.format(question=s.question))
+    tags: list[int] = []
+    for step in s.steps:
+        piece = enc(step.strip() + fmt.step_suffix)
+        at = len(piece) - 1 - piece[::-1].index(tag_id)
+        tags.append(len(ids) + at)
+        ids += piece
+    return ids, tags
+
+
+def _batch(items: Sequence[tuple[list[int], list[int], list[float]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    T = max(len(ids) for ids, _, _ in items)
+    ids = torch.full((len(items), T), PAD_ID, dtype=torch.long)
+    rows, cols, labels = [], [], []
+    for i, (seq, tags, labs) in enumerate(items):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        rows += [i] * len(tags)
+        cols += tags
+        labels += labs
+    return ids, torch.tensor(rows), torch.tensor(cols), torch.tensor(labels, dtype=torch.float32), torch.empty(0)
+
+
+def _margin(model: Any, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, good: int, bad: int) -> torch.Tensor:
+    """logit(+) − logit(−) at the tag positions: (N,). Right padding needs no mask (causal)."""
+    hidden = model.get_decoder()(input_ids=ids).last_hidden_state  # (B, T, D)
+    at = hidden[rows, cols]  # (N, D)
+    w = model.get_output_embeddings().weight  # (V, D)
+    return at @ (w[good] - w[bad]).to(at.dtype)
+
+
+def train_prm_model(
+    policy_model: Any, tokenizer: Any, train: Sequence[LabeledSolution], val: Sequence[LabeledSolution],
+    recipe: PrmModelRecipe, out: Path, command: str,
+) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from ponder.workers.train.checkpoint import save_checkpoint
+
+    fmt = PrmModelFormat()
+    good = tokenizer(fmt.good, add_special_tokens=False)["input_ids"][0]
+    bad = tokenizer(fmt.bad, add_special_tokens=False)["input_ids"][0]
+    model = copy.deepcopy(policy_model).float().train()
+    enc_train = [(*encode_solution(tokenizer, fmt, s), s.labels) for s in train]
+    enc_val = [(*encode_solution(tokenizer, fmt, s), s.labels) for s in val]
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    rng = random.Random(recipe.seed)
+    torch.manual_seed(recipe.seed)
+
+    def val_bce() -> float:
+        model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(enc_val), 64):
+                ids, rows, cols, y, _ = _batch(enc_val[i : i + 64])
+                total += float(bce(_margin(model, ids, rows, cols, good, bad), y, reduction="sum"))
+                n += len(y)
+        model.train()
+        return total / max(1, n)
+
+    started = time.time()
+    best, best_state, best_step, bad_evals, history = val_bce(), None, 0, 0, []
+    order: list[int] = []
+    bar = tqdm(range(recipe.steps), desc="train PRM model", unit="step", dynamic_ncols=True, mininterval=2.0)
+    for step in bar:
+        if len(order) < recipe.batch:
+            order += rng.sample(range(len(enc_train)), len(enc_train))
+        idx, order = order[: recipe.batch], order[recipe.batch :]
+        ids, rows, cols, y, _ = _batch([enc_train[i] for i in idx])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            margin = _margin(model, ids, rows, cols, good, bad)
+        loss = bce(margin.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % recipe.eval_every == 0:
+            v = val_bce()
+            history.append((step + 1, float(loss.detach()), v))
+            bar.set_postfix(val_bce=f"{v:.4f}")
+            if v < best - 1e-4:
+                best, best_step, bad_evals = v, step + 1, 0
+                best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            else:
+                bad_evals += 1
+                if bad_evals >= recipe.patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    summary = {
+        "recipe": asdict(recipe), "format": asdict(fmt), "command": command, "val_bce": best, "best_step": best_step,
+        "history": history, "seconds": time.time() - started,
+    }
+    files = save_checkpoint(model, tokenizer, out, {}, summary)
+    (out / "ponder.json").unlink()  # not a policy: its format file is ponder_prm.json
+    (out / "ponder_prm.json").write_text(json.dumps(asdict(fmt), indent=1) + "\n")
+    summary["files"] = [str(f) for f in files if f.name != "ponder.json"] + [str(out / "ponder_prm.json")]
+    return summary
+
+
+@torch.no_grad()
+def prm_model_scores(model: Any, tokenizer: Any, sols: Sequence[LabeledSolution], batch: int = 64) -> list[list[float]]:
+    """Step scores of a PRM model directory's model on many solutions at once (teacher-forced),
+    the same numbers ``ModelPRM.score`` streams step by step (tests/test_train_prm_model.py)."""
+    fmt = PrmModelFormat()
+    good = tokenizer(fmt.good, add_special_tokens=False)["input_ids"][0]
+    bad = tokenizer(fmt.bad, add_special_tokens=False)["input_ids"][0]
+    enc = [(*encode_solution(tokenizer, fmt, s), [0.0] * len(s.steps)) for s in sols]
+    out: list[list[float]] = []
+    for i in range(0, len(enc), batch):
+        part = enc[i : i + batch]
+        ids, rows, cols, _, _ = _batch(part)
+        p = torch.sigmoid(_margin(model, ids, rows, cols, good, bad)).tolist()
+        k = 0
+        for _, tags, _ in part:
+            out.append(p[k : k + len(tags)])
+            k += len(tags)
+    return out
