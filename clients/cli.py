@@ -192,8 +192,27 @@ def _bench(what: str, argv: list[str]) -> int:
     return 0
 
 
+DELEGATED = ("eval", "train", "bench")  # commands whose options belong to another module's parser
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """argparse's REMAINDER drops a remainder that starts with an option (``eval --dataset X``),
+    so the delegated commands are split off by hand; their own parsers check the rest."""
+    i = next((k for k, a in enumerate(argv) if not a.startswith("-")), None)
+    if i is not None and argv[i] in DELEGATED and all(a in ("-v", "--verbose") for a in argv[:i]):
+        cmd, rest = argv[i], argv[i + 1 :]
+        ns = argparse.Namespace(command=cmd, verbose=bool(argv[:i]), rest=rest)
+        if cmd != "eval":
+            choices = ("engine", "kernels", "service") if cmd == "bench" else ("policy", "prm", "revise", "report")
+            if not rest or rest[0] not in choices:
+                build_parser().parse_args(argv[: i + 2])  # prints the usage error and exits 2
+            ns.what, ns.rest = rest[0], rest[1:]
+        return ns
+    return build_parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

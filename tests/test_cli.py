@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from service_utils import Proc, wait_until, workers_alive
 
 from ponder.scheduler.redis_server import free_port
@@ -55,3 +57,20 @@ def test_serve_demo_answers_one_question(tiny_llama_dir: Path) -> None:
                  "--demo", "What is 2 + 2?", "--budget", "2", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Answer:" in out.stdout and "step #" in out.stdout
+
+
+def test_delegated_commands_keep_their_options() -> None:
+    """``eval --dataset X`` starts with an option, which argparse's REMAINDER would refuse."""
+    from ponder.clients.cli import _parse
+
+    ns = _parse(["eval", "--dataset", "d.jsonl", "--budgets", "4"])
+    assert (ns.command, ns.rest, ns.verbose) == ("eval", ["--dataset", "d.jsonl", "--budgets", "4"], False)
+    ns = _parse(["-v", "train", "policy", "--steps", "5"])
+    assert (ns.command, ns.what, ns.rest, ns.verbose) == ("train", "policy", ["--steps", "5"], True)
+    ns = _parse(["bench", "engine", "--json"])
+    assert (ns.what, ns.rest) == ("engine", ["--json"])
+    for bad in (["bench"], ["bench", "nope"], ["train", "--steps", "5"]):
+        with pytest.raises(SystemExit) as exc:
+            _parse(bad)
+        assert exc.value.code == 2
+    assert _parse(["info", "--server", "h:1"]).command == "info"
