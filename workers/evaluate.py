@@ -220,6 +220,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-step-tokens", type=int, default=None)
     p.add_argument("--beam-width", type=int, default=None)
     p.add_argument("--lookahead", type=int, default=None)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: auto, as for a worker)")
     p.add_argument("--out", default="", help="write the results as JSON here")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -227,9 +228,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from ponder.workers.runtime import build_policy, build_verifier
+    from ponder.workers.runtime import build_policy, build_verifier, set_threads
 
     policy = build_policy(args.model, args.backend)
+    threads = set_threads(args.threads, policy)
     verifier = build_verifier("" if args.verifier == "none" else args.verifier, policy)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
@@ -249,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dataset": str(args.dataset),
         "limit": args.limit,
         "seed": args.seed,
+        "threads": threads,
         "options": options,
     }
 
