@@ -263,6 +263,35 @@ def test_many_questions_one_policy_call_per_tick() -> None:
     assert len(kind(events, "final")) == 6
 
 
+def test_prunes_of_all_questions_share_one_topk_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beam and DVTS questions of one tick are pruned in one segmented topk_prune call, and a
+    prune costs no tick of its own: the questions still expand together in one policy call."""
+    import ponder.workers.loop as loop_mod
+
+    launches: list[int] = []  # segments per launch
+    real = loop_mod.topk_prune
+
+    def counting(scores, offsets, k, parents):  # type: ignore[no-untyped-def]
+        launches.append(len(offsets) - 1)
+        return real(scores, offsets, k, parents)
+
+    monkeypatch.setattr(loop_mod, "topk_prune", counting)
+    policy = ScriptedPolicy(StepScript(steps=100))
+    events: list[pb.SolveEvent] = []
+    loop = SearchLoop(policy, ScriptedVerifier(), sink=lambda _j, evs: events.extend(evs))
+    for i, strategy in enumerate(["beam", "beam", "dvts", "beam"]):
+        loop.submit(f"job{i}", SolveConfig(question=f"Question {i}?", strategy=strategy, generations=8, beam_width=2, max_steps=5, seed=i))
+    while not loop.idle:
+        n0 = len(launches)
+        loop.tick()
+        assert len(launches) - n0 <= 1
+    # a launch holds the 3 beam questions' segments and the dvts question's 4 subtrees; in the
+    # 5th round the beams end at the step cap without pruning, dvts still picks its best children
+    assert launches == [7, 7, 7, 7, 4]
+    assert [len({n.root.prompt.question for n in call}) for call in policy.expand_calls] == [4] * 5  # type: ignore[union-attr]
+    assert len(kind(events, "final")) == 4
+
+
 def test_search_strategies_without_a_verifier() -> None:
     from ponder.proto.errors import InvalidArgument
 

@@ -4,19 +4,23 @@ call per aggregation mode (score). Accounting happens here, in one place."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import torch
+
+from ponder.kernels import topk_prune
 from ponder.proto import pb
 from ponder.proto.config import SolveConfig
 from ponder.proto.errors import PonderError
 from ponder.workers.policy import Policy
 from ponder.workers.search import base as search_base
 from ponder.workers.search.base import SearchContext, Strategy, usage_to_proto
-from ponder.workers.types import Expand, Node, Outcome, Prefill, Prompt, Score
+from ponder.workers.types import Expand, Node, Outcome, Prefill, Prompt, Prune, Score
 from ponder.workers.verifier import NullVerifier, Verifier
 
 log = logging.getLogger(__name__)
@@ -108,9 +112,13 @@ class SearchLoop:
 
     def tick(self) -> int:
         """Advance every job by one request; return how many jobs are still live."""
-        for job in list(self.jobs.values()):
-            self._advance(job)
-            self._flush(job)  # stream what the strategy just emitted before the next model call
+        todo = list(self.jobs.values())
+        while todo:  # prunes need no model: answer them and advance those jobs again at once
+            for job in todo:
+                self._advance(job)
+                self._flush(job)  # stream what the strategy just emitted before the next model call
+            todo = [j for j in self.jobs.values() if not j.done and isinstance(j.pending, Prune)]
+            self._serve_prune(todo)
         live = [j for j in self.jobs.values() if not j.done]
         self._serve_prefill([j for j in live if isinstance(j.pending, Prefill)])
         self._serve_expand([j for j in live if isinstance(j.pending, Expand)])
@@ -293,6 +301,27 @@ class SearchLoop:
                     job.reply, job.pending = scores, None
 
             self._serve(group, run)
+
+    def _serve_prune(self, jobs: list[Job]) -> None:
+        """Every segment of every job's Prune request in one segmented ``topk_prune`` launch."""
+        if not jobs:
+            return
+
+        def run(jobs: list[Job]) -> None:
+            segments = [(job, g, keep) for job in jobs for g, keep in zip(job.pending.groups, job.pending.keep, strict=True)]
+            nodes = [n for _, g, _ in segments for n in g]
+            scores = torch.tensor([n.aggregate if n.aggregate is not None else 0.0 for n in nodes], dtype=torch.float32)
+            offsets = torch.tensor([0, *itertools.accumulate(len(g) for _, g, _ in segments)], dtype=torch.long)
+            k = torch.tensor([max(0, keep) for _, _, keep in segments], dtype=torch.long)
+            kept, _, kept_offsets = topk_prune(scores, offsets, k, torch.arange(len(nodes), dtype=torch.long))
+            kept_list, bounds = kept.tolist(), kept_offsets.tolist()
+            replies: dict[int, list[list[Node]]] = {id(job): [] for job in jobs}
+            for i, (job, _, _) in enumerate(segments):
+                replies[id(job)].append([nodes[j] for j in kept_list[bounds[i] : bounds[i + 1]]])
+            for job in jobs:
+                job.reply, job.pending = replies[id(job)], None
+
+        self._serve(jobs, run)
 
     # -- events and cleanup -----------------------------------------------------------------
 

@@ -131,7 +131,18 @@ class Score:
     nodes: list[Node]
 
 
-Request = Prefill | Expand | Score
+@dataclass
+class Prune:
+    """Keep the ``keep[i]`` best nodes of each segment ``groups[i]`` by aggregate score (ties
+    to the earlier node). Reply: ``list[list[Node]]``, each segment's kept nodes best first.
+    The loop answers the Prune requests of every question in one segmented ``topk_prune``
+    launch, without a model call, and advances those questions again in the same tick."""
+
+    groups: list[list[Node]]
+    keep: list[int]
+
+
+Request = Prefill | Expand | Score | Prune
 
 
 # ---------------------------------------------------------------------------------------------

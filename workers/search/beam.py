@@ -14,8 +14,8 @@ exactly N candidates. Until a beam finishes that is exactly N/M parents with M c
 This also makes the compute of beam search and best-of-N at the same N comparable: both expand
 about N·(solution length) steps (checked on SmolLM2 in docs/strategies.md).
 
-Pruning goes through ``ponder.kernels.topk_prune`` (one segment per question here; the op is
-segmented so a batched caller can prune many questions in one launch).
+Pruning is a ``Prune`` request: the search loop prunes the beams of every question of the tick in
+one segmented ``ponder.kernels.topk_prune`` launch (one segment per question).
 
 Lookahead (k > 0): every unfinished child is rolled out k more steps at temperature 0 and the
 PRM's score at the end of the rollout stands for the child (§5.1, "lookahead search"). The
@@ -30,9 +30,6 @@ import math
 from collections.abc import Generator
 from typing import Any
 
-import torch
-
-from ponder.kernels import topk_prune
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.answers import Candidate
 from ponder.workers.search.base import (
@@ -45,7 +42,7 @@ from ponder.workers.search.base import (
     is_complete,
     register,
 )
-from ponder.workers.types import Expand, Node, Prefill, Prompt, Request, Score
+from ponder.workers.types import Expand, Node, Prefill, Prompt, Prune, Request, Score
 
 DEFAULT_BEAM_WIDTH = 4  # the paper's M (it also tries √N; 4 did as well or better at N ≤ 64)
 
@@ -55,17 +52,6 @@ def require_verifier(ctx: SearchContext, name: str) -> None:
         raise InvalidArgument(
             "strategy", f"{name} prunes by PRM score and this worker has no verifier; use best_of_n or revision"
         )
-
-
-def prune(nodes: list[Node], keep: int) -> list[Node]:
-    """The ``keep`` nodes with the highest aggregate (ties to the earlier node), best first."""
-    if keep <= 0 or not nodes:
-        return []
-    scores = torch.tensor([n.aggregate if n.aggregate is not None else 0.0 for n in nodes], dtype=torch.float32)
-    offsets = torch.tensor([0, len(nodes)], dtype=torch.long)
-    parents = torch.arange(len(nodes), dtype=torch.long)
-    kept, _, _ = topk_prune(scores, offsets, torch.tensor([keep], dtype=torch.long), parents)
-    return [nodes[i] for i in kept.tolist()]
 
 
 def score_with_lookahead(
@@ -141,7 +127,7 @@ class BeamSearch(Strategy):
             stop = ctx.stop_reason()
             if stop or not live or slots <= 0:
                 break
-            kept = prune(live, math.ceil(slots / m))
+            (kept,) = yield Prune([live], [math.ceil(slots / m)])
             kept_ids = {id(p) for p in kept}
             ctx.release([c for c in live if id(c) not in kept_ids])
             frontier = [p for p in kept for _ in range(m)][:slots]

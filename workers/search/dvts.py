@@ -9,14 +9,12 @@ budget, which is where beam search loses diversity at large N.
 
 Every child that finishes is a candidate (not only a subtree's final one: it is a full solution
 already paid for). The answer is chosen by PRM-weighted vote across all of them. The best child
-of every subtree is found in one segmented ``topk_prune`` call (one segment per subtree).
+of every subtree is one ``Prune`` request (a segment per subtree), which the search loop answers
+for every question of the tick in one segmented ``topk_prune`` launch.
 """
 
 from __future__ import annotations
 
-import torch
-
-from ponder.kernels import topk_prune
 from ponder.workers.answers import Candidate
 from ponder.workers.search.beam import DEFAULT_BEAM_WIDTH, require_verifier
 from ponder.workers.search.base import (
@@ -29,19 +27,7 @@ from ponder.workers.search.base import (
     is_complete,
     register,
 )
-from ponder.workers.types import Expand, Node, Prefill, Prompt, Score
-
-
-def best_per_segment(nodes: list[Node], sizes: list[int]) -> list[Node]:
-    """The highest-aggregate node of each consecutive segment (ties to the earlier node)."""
-    scores = torch.tensor([n.aggregate if n.aggregate is not None else 0.0 for n in nodes], dtype=torch.float32)
-    bounds = [0]
-    for s in sizes:
-        bounds.append(bounds[-1] + s)
-    offsets = torch.tensor(bounds, dtype=torch.long)
-    k = torch.ones(len(sizes), dtype=torch.long)
-    kept, _, _ = topk_prune(scores, offsets, k, torch.arange(len(nodes), dtype=torch.long))
-    return [nodes[i] for i in kept.tolist()]
+from ponder.workers.types import Expand, Node, Prefill, Prompt, Prune, Score
 
 
 @register
@@ -75,7 +61,9 @@ class DVTS(Strategy):
             children: list[Node] = yield Expand([p for p in current for _ in range(m)], ctx.sampling())
             yield Score(children)
             ctx.release([p for p in current if p is not root])
-            best = best_per_segment(children, [m] * len(current))
+            segments = [children[i * m : (i + 1) * m] for i in range(len(current))]
+            kept: list[list[Node]] = yield Prune(segments, [1] * len(segments))
+            best = [seg[0] for seg in kept]
             best_ids = {id(b) for b in best}
             for child in children:
                 ctx.emit_step(child)
