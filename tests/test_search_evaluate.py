@@ -10,7 +10,7 @@ import pytest
 
 from fakes import ScriptedPolicy, ScriptedVerifier, StepScript
 from ponder.proto.errors import InvalidArgument
-from ponder.workers.evaluate import evaluate, format_table, load_dataset, main
+from ponder.workers.evaluate import evaluate, format_markdown, format_table, load_dataset, main
 
 
 def write_jsonl(path: Path, records: list[dict[str, str]]) -> Path:
@@ -47,6 +47,12 @@ def test_evaluate_grades_and_accounts(tmp_path: Path) -> None:
         assert [a["correct"] for a in r.answers] == [True, False, False, True]
     table = format_table(results)
     assert "best_of_n" in table and "50.0%" in table
+    md = format_markdown([r.as_dict() for r in results]).splitlines()
+    assert len(md) == 2 + len(results) and md[2].startswith("| best_of_n | 2 | 2/4 | 2.0 |")
+    beam4 = results[3]
+    ratio = beam4.flops / results[1].flops
+    assert md[5].split(" | ")[7] == f"{ratio:.2f}"  # beam's FLOPs against best-of-N at N=4
+    assert md[6].split(" | ")[7] == f"{results[4].flops / results[0].flops:.2f}"
 
 
 def test_evaluate_records_strategies_that_cannot_run(tmp_path: Path) -> None:

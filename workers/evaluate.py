@@ -202,6 +202,24 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of result rows (``Result.as_dict()`` or the ``results`` of a saved
+    ``--out`` file). ``FLOPs / best_of_n`` compares each row with best-of-N at the same budget."""
+    bon = {r["budget"]: r["flops"] for r in rows if r["strategy"] == "best_of_n" and r["flops"]}
+    lines = [
+        "| strategy | N | accuracy | generations | tokens (prompt+decode+PRM) | decode tokens | FLOPs | FLOPs / best_of_n | FLOPs without sharing | wall s | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{r['flops'] / bon[r['budget']]:.2f}" if r["budget"] in bon else "–"
+        lines.append(
+            f"| {r['strategy']} | {r['budget']} | {r['correct']}/{r['questions']} | {r['generations']:.1f} | "
+            f"{r['tokens']:.0f} | {r['decode_tokens']:.0f} | {r['flops']:.3g} | {ratio} | {r['flops_unshared']:.3g} | "
+            f"{r['wall_s']:.0f} | {r['failed']} |"
+        )
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ponder eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, help="JSONL with question/answer (GSM8K) or problem/answer (MATH)")
@@ -222,6 +240,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lookahead", type=int, default=None)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: auto, as for a worker)")
     p.add_argument("--out", default="", help="write the results as JSON here")
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -266,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         concurrency=args.concurrency, max_rows=args.max_rows, progress=not args.no_progress,
         on_result=save, **options,
     )
-    print(format_table(results))
+    print(format_markdown([r.as_dict() for r in results]) if args.markdown else format_table(results))
     summary = save(results)
     print(json.dumps({k: v for k, v in summary.items() if k != "results"} | {
         "table": [{k: v for k, v in r.as_dict().items() if k != "answers"} for r in results]
