@@ -74,3 +74,12 @@ def test_main_end_to_end(tmp_path: Path, tiny_llama_dir: Path, capsys: pytest.Ca
     saved = json.loads(out.read_text())
     assert all(r["questions"] == 2 and r["generations"] == 2 for r in saved["results"])
     assert saved["verifier"].startswith("random-value-head")
+
+
+def test_rows_per_question_sizes_the_groups() -> None:
+    from ponder.workers.evaluate import rows_per_question
+
+    assert rows_per_question("best_of_n", 16, {}) == 16 and rows_per_question("beam", 4, {}) == 4
+    assert rows_per_question("revision", 16, {}) == 1  # one chain, one sequence at a time
+    assert rows_per_question("hybrid", 16, {}) == 4  # √16 chains of √16 attempts
+    assert rows_per_question("hybrid", 16, {"sequential_ratio": 0.0}) == 16

@@ -47,6 +47,7 @@ class Result:
     questions: int = 0
     correct: int = 0
     failed: int = 0  # jobs that ended in an error event
+    in_flight: int = 0  # questions run concurrently
     generations: float = 0.0
     tokens: float = 0.0
     decode_tokens: float = 0.0
@@ -107,8 +108,8 @@ def evaluate(
     """Run every question under every (strategy, budget); ``options`` go into SolveConfig
     (temperature, max_steps, max_step_tokens, beam_width, lookahead, ...).
 
-    At most ``concurrency`` questions are in flight, and fewer when the budget is large: about
-    ``max_rows`` sequences at a time (``max_rows // budget`` questions), which bounds the KV
+    At most ``concurrency`` questions are in flight, and fewer when they would hold more than
+    about ``max_rows`` sequences at once (see :func:`rows_per_question`), which bounds the KV
     memory. ``on_result`` is called with the results so far after every group."""
     from tqdm import tqdm
 
@@ -123,13 +124,26 @@ def evaluate(
         for strategy in strategies:
             for budget in budgets:
                 bar.set_description(f"{strategy} N={budget}")
-                in_flight = max(1, min(concurrency, max_rows // max(1, budget)))
+                in_flight = max(1, min(concurrency, max_rows // rows_per_question(strategy, budget, options)))
                 results.append(_run_group(loop, items, strategy, budget, seed, in_flight, options, bar))
                 if on_result is not None:
                     on_result(results)
     finally:
         bar.close()
     return results
+
+
+def rows_per_question(strategy: str, budget: int, options: dict[str, Any]) -> int:
+    """Sequences one question keeps in flight: the budget for the parallel strategies, one for
+    a revision chain, one per chain for hybrid."""
+    from ponder.workers.search.revision import DEFAULT_SEQUENTIAL_RATIO, split_budget
+
+    if strategy == "revision":
+        return 1
+    if strategy == "hybrid":
+        ratio = options.get("sequential_ratio")
+        return len(split_budget(max(1, budget), DEFAULT_SEQUENTIAL_RATIO if ratio is None else ratio))
+    return max(1, budget)
 
 
 def _run_group(
@@ -142,7 +156,7 @@ def _run_group(
     options: dict[str, Any],
     bar: Any,
 ) -> Result:
-    res = Result(strategy, budget)
+    res = Result(strategy, budget, in_flight=concurrency)
     finals: dict[str, pb.SolveEvent] = {}
     loop.sink = lambda job_id, events: finals.update(
         {job_id: e for e in events if e.WhichOneof("kind") in ("final", "error")}
@@ -207,15 +221,15 @@ def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
     ``--out`` file). ``FLOPs / best_of_n`` compares each row with best-of-N at the same budget."""
     bon = {r["budget"]: r["flops"] for r in rows if r["strategy"] == "best_of_n" and r["flops"]}
     lines = [
-        "| strategy | N | accuracy | generations | tokens (prompt+decode+PRM) | decode tokens | FLOPs | FLOPs / best_of_n | FLOPs without sharing | wall s | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| strategy | N | accuracy | generations | tokens (prompt+decode+PRM) | decode tokens | FLOPs | FLOPs / best_of_n | FLOPs without sharing | wall s | in flight | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = f"{r['flops'] / bon[r['budget']]:.2f}" if r["budget"] in bon else "–"
         lines.append(
             f"| {r['strategy']} | {r['budget']} | {r['correct']}/{r['questions']} | {r['generations']:.1f} | "
             f"{r['tokens']:.0f} | {r['decode_tokens']:.0f} | {r['flops']:.3g} | {ratio} | {r['flops_unshared']:.3g} | "
-            f"{r['wall_s']:.0f} | {r['failed']} |"
+            f"{r['wall_s']:.0f} | {r.get('in_flight', '–')} | {r['failed']} |"
         )
     return "\n".join(lines)
 
