@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from ponder.proto.config import AGGREGATIONS, SELECTIONS, STRATEGIES, Limits, SolveConfig
 from ponder.proto.errors import PonderError
 
-DEFAULT_QUESTION = "Compute 37 + 48 * 3 - 19."  # the built-in arith task's form
+DEFAULT_QUESTION = "Compute 5 + 8 + 3 + 7 * 7."  # a test-split question of the built-in arith task
 SERVER_HELP = "scheduler address (default: localhost:50051)"
 
 
