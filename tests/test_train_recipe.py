@@ -1,4 +1,4 @@
-"""The training recipe end to end at a reduced size (slow: ~25 min on the shared 2-core machine,
+"""The training recipe end to end at a reduced size (slow: ~15–25 min on 2 cores, by load;
 excluded from the default run): ``train policy`` → ``train prm`` → ``train revise``
 through their command-line entry points, checking the policy learns the task's format and some
 arithmetic, the value head trains on real MC labels, and every checkpoint loads and answers."""
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# past the suite's 600 s per-test timeout: the policy alone trains for ~9 min
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def test_recipe_reduced(tmp_path: Path) -> None:
