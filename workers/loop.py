@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EventSink = Callable[[str, list[pb.SolveEvent]], None]
+MAX_PRUNE_ROUNDS_PER_TICK = 8
 
 
 @dataclass
@@ -113,11 +114,15 @@ class SearchLoop:
     def tick(self) -> int:
         """Advance every job by one request; return how many jobs are still live."""
         todo = list(self.jobs.values())
-        while todo:  # prunes need no model: answer them and advance those jobs again at once
+        # Prunes need no model: answer them and advance those jobs again at once, a bounded
+        # number of times (a strategy that only ever prunes is served on the next tick).
+        for _ in range(MAX_PRUNE_ROUNDS_PER_TICK):
             for job in todo:
                 self._advance(job)
                 self._flush(job)  # stream what the strategy just emitted before the next model call
             todo = [j for j in self.jobs.values() if not j.done and isinstance(j.pending, Prune)]
+            if not todo:
+                break
             self._serve_prune(todo)
         live = [j for j in self.jobs.values() if not j.done]
         self._serve_prefill([j for j in live if isinstance(j.pending, Prefill)])
