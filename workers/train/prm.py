@@ -171,23 +171,20 @@ def train_prm(
         "val_auc_steps": auc(sv, yv),
         "val_auc_final_step": auc(sv[last], yv[last]),
         "label_seconds": label_seconds,
-        "wall_seconds": time.time() - started,
-        "load_average": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]],
     }
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    files = [out, out.with_suffix(".json")]
-    if labels_path.resolve().parent == out.resolve().parent:
-        files.append(labels_path)
-    manifest.update(out.parent, out.stem, files, command)
     if model_out is not None:
         from ponder.workers.train.prm_model import PrmModelRecipe, train_prm_model
 
         pm = train_prm_model(model, tokenizer, train, val, PrmModelRecipe(seed=recipe.seed), model_out, command)
         summary["prm_model"] = {k: pm[k] for k in ("val_bce", "best_step", "seconds")}
         manifest.update(model_out.parent, model_out.name, [Path(f) for f in pm["files"]], command)
-        summary["wall_seconds"] = time.time() - started
-        out.with_suffix(".json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-        manifest.update(out.parent, out.stem, files, command)
+    summary["wall_seconds"] = time.time() - started
+    summary["load_average"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    files = [out, out.with_suffix(".json")]
+    if labels_path.resolve().parent == out.resolve().parent:
+        files.append(labels_path)
+    manifest.update(out.parent, out.stem, files, command)
     return summary
 
 

@@ -70,7 +70,12 @@ def encode_solution(tokenizer: Any, fmt: PrmModelFormat, s: LabeledSolution) -> 
     return ids, tags
 
 
-def _batch(items: Sequence[tuple[list[int], list[int], list[float]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _label_ids(tokenizer: Any, fmt: PrmModelFormat) -> tuple[int, int]:
+    """Token ids of the "+" and "-" labels."""
+    return tuple(tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (fmt.good, fmt.bad))  # type: ignore[return-value]
+
+
+def _batch(items: Sequence[tuple[list[int], list[int], list[float]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     T = max(len(ids) for ids, _, _ in items)
     ids = torch.full((len(items), T), PAD_ID, dtype=torch.long)
     rows, cols, labels = [], [], []
@@ -79,7 +84,7 @@ def _batch(items: Sequence[tuple[list[int], list[int], list[float]]]) -> tuple[t
         rows += [i] * len(tags)
         cols += tags
         labels += labs
-    return ids, torch.tensor(rows), torch.tensor(cols), torch.tensor(labels, dtype=torch.float32), torch.empty(0)
+    return ids, torch.tensor(rows), torch.tensor(cols), torch.tensor(labels, dtype=torch.float32)
 
 
 def _margin(model: Any, ids: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, good: int, bad: int) -> torch.Tensor:
@@ -99,8 +104,7 @@ def train_prm_model(
     from ponder.workers.train.checkpoint import save_checkpoint
 
     fmt = PrmModelFormat()
-    good = tokenizer(fmt.good, add_special_tokens=False)["input_ids"][0]
-    bad = tokenizer(fmt.bad, add_special_tokens=False)["input_ids"][0]
+    good, bad = _label_ids(tokenizer, fmt)
     model = copy.deepcopy(policy_model).float().train()
     enc_train = [(*encode_solution(tokenizer, fmt, s), s.labels) for s in train]
     enc_val = [(*encode_solution(tokenizer, fmt, s), s.labels) for s in val]
@@ -114,7 +118,7 @@ def train_prm_model(
         total, n = 0.0, 0
         with torch.no_grad():
             for i in range(0, len(enc_val), 64):
-                ids, rows, cols, y, _ = _batch(enc_val[i : i + 64])
+                ids, rows, cols, y = _batch(enc_val[i : i + 64])
                 total += float(bce(_margin(model, ids, rows, cols, good, bad), y, reduction="sum"))
                 n += len(y)
         model.train()
@@ -128,7 +132,7 @@ def train_prm_model(
         if len(order) < recipe.batch:
             order += rng.sample(range(len(enc_train)), len(enc_train))
         idx, order = order[: recipe.batch], order[recipe.batch :]
-        ids, rows, cols, y, _ = _batch([enc_train[i] for i in idx])
+        ids, rows, cols, y = _batch([enc_train[i] for i in idx])
         with torch.autocast("cpu", dtype=torch.bfloat16):
             margin = _margin(model, ids, rows, cols, good, bad)
         loss = bce(margin.float(), y)
@@ -166,13 +170,12 @@ def prm_model_scores(model: Any, tokenizer: Any, sols: Sequence[LabeledSolution]
     """Step scores of a PRM model directory's model on many solutions at once (teacher-forced),
     the same numbers ``ModelPRM.score`` streams step by step (tests/test_train_prm_model.py)."""
     fmt = PrmModelFormat()
-    good = tokenizer(fmt.good, add_special_tokens=False)["input_ids"][0]
-    bad = tokenizer(fmt.bad, add_special_tokens=False)["input_ids"][0]
+    good, bad = _label_ids(tokenizer, fmt)
     enc = [(*encode_solution(tokenizer, fmt, s), [0.0] * len(s.steps)) for s in sols]
     out: list[list[float]] = []
     for i in range(0, len(enc), batch):
         part = enc[i : i + batch]
-        ids, rows, cols, _, _ = _batch(part)
+        ids, rows, cols, _ = _batch(part)
         p = torch.sigmoid(_margin(model, ids, rows, cols, good, bad)).tolist()
         k = 0
         for _, tags, _ in part:

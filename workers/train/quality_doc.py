@@ -160,5 +160,7 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
     old = path.read_text() if path.exists() else ""
     notes = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else NOTES_MARKER + "\n"
     path.write_text("\n".join(L) + "\n" + notes)
-    (art / "report.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    # the figures as data, beside the page they belong to (never into the artifacts: a trial
+    # run with --docs elsewhere must not overwrite the committed report)
+    (docs / "quality.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     return path

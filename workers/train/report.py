@@ -34,6 +34,7 @@ from ponder.workers.train.mc_labels import LabeledSolution, ModelRollouts, cut_s
 from ponder.workers.train.prm import auc
 from ponder.workers.train.quality_doc import write_doc
 from ponder.workers.train.sample import generate
+from ponder.workers.verifier import aggregate
 
 log = logging.getLogger(__name__)
 ART = Path("artifacts/arith")
@@ -119,20 +120,24 @@ def sample_step_scores(samples: Samples, scorer: StepScorer) -> list[list[list[f
 
 
 def _fold(steps: list[float] | None, aggregation: str) -> float:
-    if steps is None:
+    """A solution's score from its step scores, folded as the search loop folds them."""
+    if not steps:
         return 0.0
-    if aggregation == "last":
-        return steps[-1]
-    if aggregation == "min":
-        return min(steps)
-    return float(torch.tensor(steps).prod())
+    agg: float | None = None
+    for i, score in enumerate(steps):
+        agg = aggregate(agg, i, score, aggregation)
+    return float(agg)  # type: ignore[arg-type]
 
 
-def select_accuracy(samples: Samples, scores: list[list[float]] | None, mode: str, n: int) -> float:
+def select_accuracy(
+    samples: Samples, answers: list[list[str | None]], scores: list[list[float]] | None, mode: str, n: int
+) -> float:
+    """Accuracy of selecting among each question's first ``n`` samples; ``answers`` are the
+    samples' extracted answers (parsed once by the caller)."""
     right = 0
     for i, (q, row) in enumerate(zip(samples.questions, samples.texts)):
         cands = [
-            Candidate(answer=_answer(t), solution=t, score=scores[i][j] if scores is not None else None)
+            Candidate(answer=answers[i][j], solution=t, score=scores[i][j] if scores is not None else None)
             for j, t in enumerate(row[:n])
         ]
         right += is_correct(select(cands, mode).answer or None, q.answer)
@@ -165,8 +170,9 @@ def prm_section(
     y = torch.tensor([lab for t in sols for lab in t.labels])
     last = torch.tensor([i == len(t.labels) - 1 for t in sols for i in range(len(t.labels))])
     budgets = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= len(samples.texts[0])]
+    answers = [[_answer(t) for t in row] for row in samples.texts]
     selection: dict[str, dict[int, float]] = {
-        "majority": {n: select_accuracy(samples, None, "majority", n) for n in budgets},
+        "majority": {n: select_accuracy(samples, answers, None, "majority", n) for n in budgets},
         "oracle": {n: sum(any(c[:n]) for c in samples.correct) / len(samples.questions) for n in budgets},
     }
     verifiers: dict[str, Any] = {}
@@ -178,7 +184,7 @@ def prm_section(
             folded = [[_fold(st, agg) for st in row] for row in per_sample]
             within[agg] = within_question_auc(folded, samples.correct, per_sample)
             for mode in ("weighted", "best"):
-                selection[f"{name} {mode} ({agg})"] = {n: select_accuracy(samples, folded, mode, n) for n in budgets}
+                selection[f"{name} {mode} ({agg})"] = {n: select_accuracy(samples, answers, folded, mode, n) for n in budgets}
         verifiers[name] = {
             "auc_steps": auc(s, y), "auc_non_final_steps": auc(s[~last], y[~last]),
             "auc_final_step": auc(s[last], y[last]),

@@ -1,0 +1,42 @@
+"""`ponder train report` at a tiny size on the committed arith artifacts: it writes the page,
+its figures and its data into --docs and nothing into the artifacts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ponder.workers.train import report
+
+
+def test_fold_matches_the_search_loops_aggregation() -> None:
+    steps = [0.9, 0.5, 0.7]
+    assert report._fold(steps, "last") == 0.7
+    assert report._fold(steps, "min") == 0.5
+    assert report._fold(steps, "prod") == pytest.approx(0.9 * 0.5 * 0.7)
+    assert report._fold(steps, "mean") == pytest.approx(0.7)
+    assert report._fold(None, "last") == 0.0
+
+
+def test_report_writes_docs_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    art = Path(report.ART)
+    before = {p: p.stat().st_mtime_ns for p in art.rglob("*")}
+    docs = tmp_path / "docs"
+    rc = report.main(["--questions", "6", "--samples", "4", "--prm-questions", "3", "--prm-samples", "2",
+                      "--prm-rollouts", "1", "--revise-questions", "2", "--chains", "1", "--revise-steps", "2",
+                      "--docs", str(docs)])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= summary["pass_at_1"] <= 1.0 and len(summary["revision_pass_at_1"]) == 2
+    assert set(summary["prm_auc_steps"]) == {"value head", "PRM model"}
+    data = json.loads((docs / "quality.json").read_text())
+    sel = data["prm"]["selection"]
+    assert {"majority", "oracle", "value head weighted (last)", "PRM model best (min)"} <= set(sel)
+    for n, acc in sel["oracle"].items():  # no selection beats picking a right sample when one exists
+        assert all(row[n] <= acc + 1e-9 for row in sel.values())
+    page = (docs / "quality.md").read_text()
+    assert "## Reviser: sequential revisions" in page and "arith_best_of_n.png" in page
+    assert all((docs / f).exists() for f in ("arith_best_of_n.png", "arith_pass_rates.png", "arith_revisions.png"))
+    assert {p: p.stat().st_mtime_ns for p in art.rglob("*")} == before  # the artifacts untouched
