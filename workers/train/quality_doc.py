@@ -85,7 +85,7 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
     L += [
         "Produced by `ponder train report` (workers/train/report.py) from the committed artifacts under",
         f"`{art}/`; seed {cfg['seed']}, sampling temperature {cfg['temperature']}. Regenerate with that one command;",
-        "figures below are measured, not typed in.", "",
+        "figures below are measured, not typed in (all of them, as data: `quality.json` beside this page).", "",
         "## Training commands and their timings on this machine", "",
         "The machine: 2 CPU cores shared with other jobs; the load average at the end of each run is",
         "given because it changes the wall time several-fold (one torch thread per job).", "",
