@@ -5,7 +5,7 @@
     ponder worker --redis URL [--model M]
     ponder ask QUESTION [--server HOST:PORT] [--strategy S] [--budget N] [--json]
     ponder info | watch JOB | cancel JOB | result JOB   [--server HOST:PORT]
-    ponder eval …   ponder train {policy,prm,revise,report} …   ponder bench {engine,kernels,service} …
+    ponder eval …   ponder train {policy,prm,confidence,revise,report} …   ponder bench {engine,kernels,service} …
 """
 
 from __future__ import annotations
@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="accuracy vs compute per strategy on a dataset", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p = sub.add_parser("train", help="train the arith policy, PRM, reviser; quality report", add_help=False)
-    p.add_argument("what", choices=("policy", "prm", "revise", "report"))
+    p = sub.add_parser("train", help="train the arith policy, PRM, reviser, a model's confidence calibration; quality report", add_help=False)
+    p.add_argument("what", choices=TRAIN_JOBS)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p = sub.add_parser("bench", help="run a benchmark from benchmarks/", add_help=False)
     p.add_argument("what", choices=("engine", "kernels", "service"))
@@ -192,6 +192,7 @@ def _bench(what: str, argv: list[str]) -> int:
     return 0
 
 
+TRAIN_JOBS = ("policy", "prm", "confidence", "revise", "report")  # modules of ponder.workers.train
 DELEGATED = ("eval", "train", "bench")  # commands whose options belong to another module's parser
 
 
@@ -203,7 +204,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         cmd, rest = argv[i], argv[i + 1 :]
         ns = argparse.Namespace(command=cmd, verbose=bool(argv[:i]), rest=rest)
         if cmd != "eval":
-            choices = ("engine", "kernels", "service") if cmd == "bench" else ("policy", "prm", "revise", "report")
+            choices = ("engine", "kernels", "service") if cmd == "bench" else TRAIN_JOBS
             if not rest or rest[0] not in choices:
                 build_parser().parse_args(argv[: i + 2])  # prints the usage error and exits 2
             ns.what, ns.rest = rest[0], rest[1:]

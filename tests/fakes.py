@@ -41,7 +41,8 @@ class ScriptedPolicy(Policy):
     """A policy whose steps are drawn from a :class:`StepScript` with each row's seed.
 
     ``step_fn(parent, rng, greedy)`` may replace the script entirely; it returns
-    ``(text, finished)``.
+    ``(text, finished)``. Every token of a step gets the log-prob ``logprob_fn(text)`` (default:
+    a stable hash of the text in (-1, 0]), what the confidence verifier reads.
     """
 
     def __init__(
@@ -49,7 +50,9 @@ class ScriptedPolicy(Policy):
         script: StepScript | None = None,
         step_fn: Callable[[Node, random.Random, bool], tuple[str, bool]] | None = None,
         hidden_size: int = 8,
+        logprob_fn: Callable[[str], float] | None = None,
     ) -> None:
+        self.logprob_fn = logprob_fn or (lambda text: -(stable_hash(text) % 100) / 100)
         self.name = "scripted"
         self.n_params = 1000
         self.hidden_size = hidden_size
@@ -104,6 +107,7 @@ class ScriptedPolicy(Policy):
                     stop_reason="eos" if finished else "delimiter",
                     handle=("step", n_tok),
                     hidden=hidden,
+                    logprobs=[self.logprob_fn(text)] * n_tok,
                     computed_tokens=n_tok,
                 )
             )

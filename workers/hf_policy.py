@@ -13,7 +13,7 @@ import torch
 
 from ponder.workers.models import ModelFiles, format_prompt, load_hf_model, load_tokenizer, non_embedding_params
 from ponder.workers.policy import Policy
-from ponder.workers.sampling import RowRandom, StepStopper, eos_ids, sample_next
+from ponder.workers.sampling import RowRandom, StepStopper, eos_ids, sample_next, token_logprobs
 from ponder.workers.types import Node, PrefillOutput, Prompt, SamplingParams, StepOutput
 
 
@@ -69,6 +69,7 @@ class HFPolicy(Policy):
         hidden = out.last_hidden_state[:, -1]  # (B, D)
         rngs = [RowRandom(s) for s in seeds]
         steps: list[list[int]] = [[] for _ in range(B)]
+        logprobs: list[list[float]] = [[] for _ in range(B)]
         reason = [""] * B
         step_hidden: list[torch.Tensor | None] = [None] * B
         max_new = max(p.max_step_tokens for p in sampling)
@@ -79,10 +80,12 @@ class HFPolicy(Policy):
             if not live:
                 break
             toks = sample_next(logits[live], [sampling[i] for i in live], [rngs[i].next() for i in live])
+            lps = token_logprobs(logits[live], toks)
             feed = torch.full((B,), self.pad_id, dtype=torch.long)
             for j, i in enumerate(live):
                 t = int(toks[j])
                 steps[i].append(t)
+                logprobs[i].append(lps[j])
                 feed[i] = t
                 if t in self.eos:
                     reason[i] = "eos"
@@ -112,6 +115,7 @@ class HFPolicy(Policy):
                     stop_reason=reason[i],
                     handle=prefixes[i] + toks,
                     hidden=step_hidden[i],
+                    logprobs=logprobs[i],
                     computed_tokens=len(prefixes[i]) + len(toks),
                 )
             )

@@ -252,7 +252,7 @@ class SearchLoop:
                     child = Node(
                         id=ids[k], parent=parent, depth=parent.depth + 1, text=out.text,
                         token_ids=out.token_ids, finished=out.finished, stop_reason=out.stop_reason,
-                        hidden=out.hidden, handle=out.handle, aggregate=parent.aggregate,
+                        hidden=out.hidden, logprobs=out.logprobs, handle=out.handle, aggregate=parent.aggregate,
                         n_scored=parent.n_scored,
                     )
                     k += 1

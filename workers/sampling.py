@@ -69,6 +69,14 @@ def sample_next(
     return out
 
 
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> list[float]:
+    """log p(token) per row under the model's own distribution (temperature 1, no top-p/top-k
+    truncation): ``logits`` (B, V), ``tokens`` (B,). What the confidence verifier reads; it is
+    the same number whatever sampling settings drew the token."""
+    lp = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+    return lp.gather(1, tokens.view(-1, 1).to(lp.device)).squeeze(1).tolist()
+
+
 def eos_ids(tokenizer: Any, model_config: Any = None) -> set[int]:
     """Every id that ends a solution: the tokenizer's EOS, the generation config's, <|im_end|>."""
     ids: set[int] = set()

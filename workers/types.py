@@ -63,6 +63,9 @@ class Node:
     aggregate: float | None = None  # aggregated score over root..this step
     n_scored: int = 0  # how many steps of the path have been scored
     hidden: torch.Tensor | None = None  # (D,) last hidden state at this step's end
+    # log-probability of each of this step's tokens under the policy (temperature 1), as computed
+    # while sampling it: the confidence verifier's input (no extra forward pass)
+    logprobs: list[float] = field(default_factory=list)
     handle: Any = None  # policy-owned state (KV cache blocks)
     verifier_state: Any = None  # verifier-owned state (a separate PRM's cache)
     prompt: Prompt | None = None  # set on roots
@@ -165,6 +168,7 @@ class StepOutput:
     stop_reason: str
     handle: Any
     hidden: torch.Tensor | None = None  # (D,)
+    logprobs: list[float] = field(default_factory=list)  # per token, log p under the policy at T=1
     computed_tokens: int = 0  # tokens run through the model for this step (decode + any re-encode)
 
 

@@ -20,7 +20,7 @@ import torch
 
 from ponder.workers.engine.engine import Engine
 from ponder.workers.engine.kv_cache import Sequence
-from ponder.workers.sampling import RowRandom, StepStopper, sample_next
+from ponder.workers.sampling import RowRandom, StepStopper, sample_next, token_logprobs
 from ponder.workers.types import SamplingParams
 
 
@@ -30,6 +30,7 @@ class StepRow:
     params: SamplingParams
     rng: RowRandom
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # log p of each token (T=1)
     reason: str = ""  # delimiter | eos | max_tokens ('' while running)
     at_limit: bool = False  # stopped by the model's context limit: cannot be extended
     hidden: torch.Tensor | None = None  # (D,) at the step's last token
@@ -82,8 +83,9 @@ def run_steps(engine: Engine, rows: list[StepRow], rule: StopRule) -> None:
         if rule.suppress_eos and eos_list:
             logits[:, eos_list] = float("-inf")
         toks = sample_next(logits, [r.params for r in active], [r.rng.next() for r in active])
-        for row, t in zip(active, toks.tolist()):
+        for row, t, lp in zip(active, toks.tolist(), token_logprobs(logits, toks)):
             row.tokens.append(t)
+            row.logprobs.append(lp)
             row.reason = _verdict(row, t, rule, limit)
         out = engine.decode_step([r.seq for r in active], toks.to(engine.device))  # (B, D)
         keep = []

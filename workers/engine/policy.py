@@ -110,6 +110,7 @@ class EnginePolicy(Policy):
             stop_reason=row.reason,
             handle=row.seq,
             hidden=None if row.hidden is None else row.hidden.float(),  # verifiers read fp32
+            logprobs=list(row.logprobs),
             computed_tokens=len(row.tokens),  # each sampled token ran through the model once
         )
 

@@ -6,7 +6,9 @@ Specs:
   meaningless scores, for exercising the search plumbing without a trained head;
 - ``path/to/dir`` — a separate PRM model (layout detected from its config, see
   :mod:`ponder.workers.prm.model_prm`), scoring every step;
-- ``outcome:path/to/dir`` — the same model in outcome mode (one score for the whole solution).
+- ``outcome:path/to/dir`` — the same model in outcome mode (one score for the whole solution);
+- ``confidence``, ``confidence:PATH``, ``confidence:uncalibrated`` — the policy's own token
+  probabilities, calibrated per model (:mod:`ponder.workers.prm.confidence`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ def random_value_head(hidden_size: int, seed: int = 0) -> ValueHeadVerifier:
 def load_verifier(spec: str, policy: Policy) -> Verifier:
     """The verifier named by ``spec`` (see the module docstring); InvalidArgument if unusable."""
     spec = spec.strip()
+    if spec == "confidence" or spec.startswith("confidence:"):
+        from ponder.workers.prm.confidence import load_confidence
+
+        return load_confidence(spec, getattr(policy, "files", None))
     if spec == "random" or spec.startswith("random:"):
         try:
             seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
@@ -54,5 +60,6 @@ def load_verifier(spec: str, policy: Policy) -> Verifier:
     if path.is_dir():
         return load_prm(path, mode=mode)
     raise InvalidArgument(
-        "verifier", f"{spec!r} is neither a value-head .safetensors file, a PRM directory, nor 'random'"
+        "verifier",
+        f"{spec!r} is neither a value-head .safetensors file, a PRM directory, 'confidence[:PATH]' nor 'random'",
     )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -276,6 +277,57 @@ def questions(split: str, n: int, seed: int = 0, mix: Mix | None = None, unique:
 def grade(solution: str, gold: str) -> bool:
     """True when a solution's final answer equals ``gold`` (math-verify equivalence)."""
     return is_correct(extract_answer(solution), gold)
+
+
+# -- exact process labels -----------------------------------------------------------------------
+_EQUATION = re.compile(r"^\s*(-?\d{1,6})\s*([-+*])\s*(-?\d{1,6})\s*=\s*(-?\d{1,7})\s*$")
+_EXPRESSION = re.compile(r"^[0-9+\-*() ]{1,200}$")
+
+
+def _value(expression: str) -> int | None:
+    """The value of a restated remainder (digits, + - *, parentheses), or None if it is not one."""
+    text = expression.strip()
+    if not _EXPRESSION.match(text) or "**" in text:  # '**' would be a power, not our syntax
+        return None
+    try:
+        value = eval(text, {"__builtins__": {}}, {})  # noqa: S307 - only digits, + - * and ()
+    except (SyntaxError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def step_valid(step: str, gold: str) -> bool:
+    """Whether one step, read on its own, is a right move toward ``gold``: an answer step states
+    ``gold``; a working step's equation ``a op b = c`` is true and what it says is left (the
+    restated remainder, or ``c`` when nothing is left) still evaluates to ``gold``."""
+    if "\\boxed" in step:
+        return is_correct(extract_answer(step), gold)
+    lines = [ln for ln in step.strip("\n").split("\n") if ln.strip()]
+    if not lines or len(lines) > 2:
+        return False
+    m = _EQUATION.match(lines[0])
+    if m is None:
+        return False
+    a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+    if _apply(a, op, b) != c:
+        return False
+    left = _value(lines[1]) if len(lines) == 2 else c
+    try:
+        return left is not None and left == int(gold)
+    except ValueError:
+        return False
+
+
+def step_labels(steps: Sequence[str], gold: str) -> list[float]:
+    """Exact process labels (PRM800K-style): 1.0 for every step before the first wrong one, 0.0
+    from the first wrong step on. The arith checker makes them exact; Monte Carlo labels are
+    an estimate of the same thing (the fraction of rollouts from after the step that succeed)."""
+    out: list[float] = []
+    ok = True
+    for step in steps:
+        ok = ok and step_valid(step, gold)
+        out.append(1.0 if ok else 0.0)
+    return out
 
 
 @dataclass

@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,10 @@ class PrmRecipe:
     patience: int = 20
     threads: int = 1
     bf16_rollouts: bool = True  # rollouts in bf16 (1.5x faster); features always fp32
+    # "mc": Monte Carlo labels (the paper's recipe; ``rollouts`` per step). "exact": the arith
+    # checker's process labels (every step from the first wrong one on is bad), no rollouts.
+    labels: str = "mc"
+    model_steps: int = 3000  # optimizer steps of the separate PRM model with exact labels (early-stopped)
 
 
 def label_split(
@@ -75,6 +80,36 @@ def label_split(
             dtype=torch.bfloat16 if recipe.bf16_rollouts else torch.float32, progress=bar,
         )
         return mc_label(qs, roll, samples=recipe.samples, rollouts_per_step=recipe.rollouts, seed=seed, log=log.info)
+
+
+def exact_label_split(
+    model: Any, tokenizer: Any, fmt: Any, split: str, n: int, recipe: PrmRecipe, seed: int
+) -> tuple[list[LabeledSolution], dict[str, int]]:
+    """``recipe.samples`` sampled solutions per question, each step labelled exactly by the arith
+    checker (:func:`ponder.workers.tasks.arith.step_labels`); samples without a parsable answer
+    are dropped, as for the Monte Carlo labels."""
+    from tqdm import tqdm
+
+    from ponder.workers.answers import extract_answer, is_correct
+    from ponder.workers.train.evaluate import sample_solutions
+    from ponder.workers.train.mc_labels import cut_steps
+
+    qs = arith.questions(split, n, seed=seed, mix=arith.EVAL_MIX)
+    with tqdm(total=n * recipe.samples, desc=f"samples ({split})", unit="seq", dynamic_ncols=True, mininterval=2.0) as bar:
+        samples = sample_solutions(
+            model, tokenizer, fmt, qs, recipe.samples, temperature=recipe.temperature, seed=seed,
+            dtype=torch.bfloat16 if recipe.bf16_rollouts else torch.float32, progress=bar,
+        )
+    out: list[LabeledSolution] = []
+    for q, row in zip(qs, samples.texts):
+        for text in row:
+            steps = cut_steps(text)
+            if steps is None:
+                continue
+            correct = is_correct(extract_answer(steps[-1]), q.answer)
+            out.append(LabeledSolution(q.question, q.answer, steps, arith.step_labels(steps, q.answer), correct))
+    counts = {"sampled": n * recipe.samples, "kept": len(out), "dropped": n * recipe.samples - len(out), "rollouts": 0}
+    return out, counts
 
 
 def fit_head(
@@ -128,6 +163,23 @@ def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
 
 
+def grouped_auc(scores: Sequence[float], labels: Sequence[bool], groups: Sequence[Any]) -> float:
+    """Within-group ROC AUC: over every (positive, negative) pair *of the same group* (a group
+    is a question, the items its samples), how often the positive scores higher (ties half).
+    NaN when no group holds both classes. Selection among one question's samples can only beat
+    majority voting through this ranking (docs/quality.md)."""
+    by: dict[Any, tuple[list[float], list[float]]] = {}
+    for s, y, g in zip(scores, labels, groups):
+        by.setdefault(g, ([], []))[0 if y else 1].append(float(s))
+    hits, pairs = 0.0, 0
+    for pos, neg in by.values():
+        for a in pos:
+            for b in neg:
+                hits += 1.0 if a > b else 0.5 if a == b else 0.0
+        pairs += len(pos) * len(neg)
+    return hits / pairs if pairs else float("nan")
+
+
 def train_prm(
     recipe: PrmRecipe, policy: Path, out: Path, labels: Path | None, command: str, model_out: Path | None = None
 ) -> dict[str, Any]:
@@ -136,15 +188,16 @@ def train_prm(
     torch.set_num_threads(recipe.threads)
     model, tokenizer, fmt = load_checkpoint(policy)
     started = time.time()
-    labels_path = labels or out.parent / "prm_labels.jsonl"
+    labels_path = labels or out.parent / ("prm_labels_exact.jsonl" if recipe.labels == "exact" else "prm_labels.jsonl")
     counts: dict[str, Any] = {}
     if labels is not None and labels.exists():
         data = load_labels(labels)
         train, val = data["train"], data["validation"]
     else:
         labels_path.unlink(missing_ok=True)
-        train, counts["train"] = label_split(model, tokenizer, fmt, "train", recipe.questions, recipe, recipe.seed)
-        val, counts["validation"] = label_split(
+        labeller = exact_label_split if recipe.labels == "exact" else label_split
+        train, counts["train"] = labeller(model, tokenizer, fmt, "train", recipe.questions, recipe, recipe.seed)
+        val, counts["validation"] = labeller(
             model, tokenizer, fmt, "validation", recipe.val_questions, recipe, recipe.seed + 1
         )
         save_labels(labels_path, train, "train")
@@ -170,13 +223,24 @@ def train_prm(
         "fit": fit,
         "val_auc_steps": auc(sv, yv),
         "val_auc_final_step": auc(sv[last], yv[last]),
+        "val_within_question_auc": grouped_auc(
+            sv[last].tolist(), [s.correct for s in val], [s.question for s in val]
+        ),
         "label_seconds": label_seconds,
     }
     if model_out is not None:
         from ponder.workers.train.prm_model import PrmModelRecipe, train_prm_model
 
-        pm = train_prm_model(model, tokenizer, train, val, PrmModelRecipe(seed=recipe.seed), model_out, command)
-        summary["prm_model"] = {k: pm[k] for k in ("val_bce", "best_step", "seconds")}
+        pm_recipe = PrmModelRecipe(seed=recipe.seed)
+        if recipe.labels == "exact":
+            # Measured (docs/quality.md): batches of every sample of a few questions, and the
+            # checkpoint picked by held-out within-question AUC, not by BCE.
+            pm_recipe = PrmModelRecipe(
+                seed=recipe.seed, steps=recipe.model_steps, questions_per_batch=max(1, 32 // recipe.samples),
+                select="within_auc", eval_every=100, patience=5,
+            )
+        pm = train_prm_model(model, tokenizer, train, val, pm_recipe, model_out, command)
+        summary["prm_model"] = {k: pm[k] for k in ("val_bce", "val_within_question_auc", "best_step", "seconds")}
         manifest.update(model_out.parent, model_out.name, [Path(f) for f in pm["files"]], command)
     summary["wall_seconds"] = time.time() - started
     summary["load_average"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
@@ -204,6 +268,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("linear", "mlp"), default=d.kind)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--fp32-rollouts", action="store_true")
+    p.add_argument("--label-kind", choices=("mc", "exact"), default=d.labels,
+                   help="mc: Monte Carlo rollouts (the paper); exact: the arith checker's process labels")
+    p.add_argument("--model-steps", type=int, default=d.model_steps, help="PRM model steps (exact labels)")
     p.add_argument("--model-out", type=Path, default=None,
                    help="also fine-tune a separate PRM model (a copy of the policy) on the same labels, saved here")
     return p
@@ -218,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = PrmRecipe(
         task=a.task, seed=a.seed, questions=a.questions, val_questions=a.val_questions, samples=a.samples,
         rollouts=a.rollouts, temperature=a.temperature, kind=a.kind, threads=a.threads,
-        bf16_rollouts=not a.fp32_rollouts,
+        bf16_rollouts=not a.fp32_rollouts, labels=a.label_kind, model_steps=a.model_steps,
     )
     s = train_prm(recipe, a.policy, a.out, a.labels, "ponder train prm " + " ".join(argv), a.model_out)
     print(json.dumps({k: s[k] for k in ("val_auc_steps", "val_auc_final_step", "wall_seconds")} | {"out": str(a.out)}))
