@@ -26,17 +26,27 @@ def test_report_writes_docs_only(tmp_path: Path, capsys: pytest.CaptureFixture[s
     docs = tmp_path / "docs"
     rc = report.main(["--questions", "6", "--samples", "4", "--prm-questions", "3", "--prm-samples", "2",
                       "--prm-rollouts", "1", "--revise-questions", "2", "--chains", "1", "--revise-steps", "2",
-                      "--docs", str(docs)])
+                      "--search-questions", "3", "--search-budgets", "2", "--docs", str(docs)])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= summary["pass_at_1"] <= 1.0 and len(summary["revision_pass_at_1"]) == 2
-    assert set(summary["prm_auc_steps"]) == {"value head", "PRM model"}
+    assert {"value head (MC)", "PRM model (MC)", "confidence"} <= set(summary["prm_auc_steps"])
     data = json.loads((docs / "quality.json").read_text())
     sel = data["prm"]["selection"]
-    assert {"majority", "oracle", "value head weighted (last)", "PRM model best (min)"} <= set(sel)
+    assert {"majority", "oracle", "value head (MC) weighted (last)", "PRM model (MC) best (min)",
+            "confidence weighted (last)"} <= set(sel)
+    for v in data["prm"]["verifiers"].values():
+        assert 0.0 <= v["within_question_auc"]["last"] <= 1.0 or v["within_question_auc"]["last"] != v["within_question_auc"]["last"]
+    noise = data["prm"]["label_noise"]
+    assert all(0.0 <= n["agreement"] <= 1.0 for n in noise.values()) and len(noise) == 2
+    search = data["search"]["table"]
+    assert set(search) == {"best_of_n N=2", "beam N=2"}
+    assert all(row["all"]["questions"] == 3 and row["all"]["failed"] == 0 for row in search.values())
     for n, acc in sel["oracle"].items():  # no selection beats picking a right sample when one exists
         assert all(row[n] <= acc + 1e-9 for row in sel.values())
     page = (docs / "quality.md").read_text()
     assert "## Reviser: sequential revisions" in page and "arith_best_of_n.png" in page
-    assert all((docs / f).exists() for f in ("arith_best_of_n.png", "arith_pass_rates.png", "arith_revisions.png"))
+    assert "## Search: beam search against weighted best-of-N" in page and "Label noise" in page
+    assert all((docs / f).exists() for f in ("arith_best_of_n.png", "arith_pass_rates.png", "arith_revisions.png",
+                                             "arith_search.png"))
     assert {p: p.stat().st_mtime_ns for p in art.rglob("*")} == before  # the artifacts untouched

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -290,7 +291,9 @@ def _value(expression: str) -> int | None:
     if not _EXPRESSION.match(text) or "**" in text:  # '**' would be a power, not our syntax
         return None
     try:
-        value = eval(text, {"__builtins__": {}}, {})  # noqa: S307 - only digits, + - * and ()
+        with warnings.catch_warnings():  # "3 (4)" compiles with a SyntaxWarning, then fails
+            warnings.simplefilter("ignore")
+            value = eval(text, {"__builtins__": {}}, {})  # noqa: S307 - only digits, + - * and ()
     except (SyntaxError, TypeError, ValueError, ZeroDivisionError):
         return None
     return value if isinstance(value, int) else None

@@ -11,6 +11,7 @@ from typing import Any
 HIST_PNG = "arith_pass_rates.png"
 SELECT_PNG = "arith_best_of_n.png"
 REVISE_PNG = "arith_revisions.png"
+SEARCH_PNG = "arith_search.png"
 NOTES_MARKER = "<!-- notes: everything below this line is kept when the report is regenerated -->"
 
 
@@ -35,8 +36,8 @@ def _plots(result: dict[str, Any], docs: Path) -> None:
     curve = result["prm"]["selection"]
     fig, ax = plt.subplots(figsize=(7, 4))
     for mode in curve:
-        if mode != "majority" and mode != "oracle" and "(last)" not in mode:
-            continue  # the figure shows the paper's aggregation; the table has every one
+        if mode != "majority" and mode != "oracle" and "weighted (last)" not in mode:
+            continue  # the figure shows the paper's selection and aggregation; the table has every one
         xs = sorted(int(n) for n in curve[mode])
         style = {"majority": "o-", "oracle": "k:"}.get(mode, "s-" if "weighted" in mode else "^--")
         ax.plot(xs, [curve[mode][n] for n in xs], style, label=mode)
@@ -48,6 +49,24 @@ def _plots(result: dict[str, Any], docs: Path) -> None:
     fig.tight_layout()
     fig.savefig(docs / SELECT_PNG, dpi=110)
     plt.close(fig)
+
+    search = result.get("search") or {}
+    if search.get("table"):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+        for ax, group in zip(axes, ("all", "middle third")):
+            for strat, style in (("best_of_n", "o-"), ("beam", "s-")):
+                xs = [n for n in search["budgets"] if f"{strat} N={n}" in search["table"]]
+                ax.plot(xs, [search["table"][f"{strat} N={n}"][group]["accuracy"] for n in xs], style,
+                        label="weighted best-of-N" if strat == "best_of_n" else "beam search (M=4)")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("N (generations)")
+            ax.set_title(f"{group} ({int(search['table'][next(iter(search['table']))][group]['questions'])} questions)")
+        axes[0].set_ylabel("accuracy (test split)")
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"search with the default verifier ({search['verifier']})", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(docs / SEARCH_PNG, dpi=110)
+        plt.close(fig)
 
     rev = result["reviser"]["pass_at_1_by_step"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -79,6 +98,8 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
     pol, prm, rev, cfg = result["policy"], result["prm"], result["reviser"], result["config"]
     ptrain = _read(art / "policy" / "train.json")
     htrain = _read(art / "value_head.json")
+    etrain = _read(art / "value_head_exact.json")
+    ctrain = _read(art / "policy" / "confidence.json").get("fit", {})
     rtrain = _read(art / "reviser" / "train.json")
     L: list[str] = []
     L += ["# Quality of the built-in arith models", ""]
@@ -91,11 +112,26 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
         "given because it changes the wall time several-fold (one torch thread per job).", "",
         "| step | command | wall time | load average (1/5/15 min) |", "|---|---|---|---|",
     ]
-    for name, t, key in (("policy", ptrain, "wall_seconds"), ("PRM (value head)", htrain, "wall_seconds"), ("reviser", rtrain, "wall_seconds")):
+    for name, t, key in (("policy", ptrain, "wall_seconds"), ("PRM, MC labels (value head + PRM model)", htrain, "wall_seconds"),
+                         ("PRM, exact labels (value head + PRM model)", etrain, "wall_seconds"),
+                         ("confidence calibration", ctrain, "wall_seconds"), ("reviser", rtrain, "wall_seconds")):
+        if not t:
+            continue
         L.append(f"| {name} | `{t.get('command', '?')}` | {_fmt_time(t.get(key))} | {t.get('load_average', '?')} |")
     if htrain:
         L += ["", f"PRM labelling (sampling and rollouts) took {_fmt_time(htrain.get('label_seconds'))} of the PRM's time; "
               f"MC counts: {json.dumps(htrain.get('counts', {}))}."]
+    if etrain:
+        pm = etrain.get("prm_model", {})
+        L += ["", f"Exact labels: sampling took {_fmt_time(etrain.get('label_seconds'))}; counts: {json.dumps(etrain.get('counts', {}))}; "
+              f"the PRM model was kept at step {pm.get('best_step', '?')} of its run by held-out within-question AUC "
+              f"({pm.get('val_within_question_auc', float('nan')):.3f} on validation questions; the curve is in `prm_exact/train.json`)."]
+    if ctrain:
+        h = ctrain.get("heldout", {})
+        L += ["", f"Confidence calibration: {ctrain.get('questions', '?')} validation questions × {ctrain.get('samples_per_question', '?')} samples; "
+              f"on its {ctrain.get('heldout_questions', '?')} held-out questions within-question AUC {h.get('within_question_auc', float('nan')):.3f} "
+              f"(mean log-prob alone: {ctrain.get('heldout_mean_logprob_only', {}).get('within_question_auc', float('nan')):.3f}), "
+              f"Brier {h.get('brier', float('nan')):.3f}, calibration error {h.get('calibration_error', float('nan')):.3f}."]
     if rtrain:
         L += ["", f"Reviser data: {json.dumps(rtrain.get('data', {}))}; sampling took {_fmt_time(rtrain.get('sample_seconds'))}."]
     L += ["", f"Report run time: " + ", ".join(f"{k} {_fmt_time(v)}" for k, v in result["timings"].items()) + ".", ""]
@@ -113,19 +149,34 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
         L += ["| pass@1 | " + " | ".join(f"{v:.3f}" for v in pol["by"][knob].values()) + " |"]
         L += ["| questions | " + " | ".join(f"{int(v)}" for v in pol["by"][knob + "_count"].values()) + " |", ""]
 
-    L += ["## PRM: the value head (and the optional separate PRM model)", ""]
+    L += ["## Verifiers", ""]
     L += [
+        "Five verifiers: the value head on the policy's hidden states and a separate PRM model (a copy of",
+        "the policy fine-tuned end to end), each trained on Monte Carlo labels (MC, the paper's recipe) and",
+        "on the task's exact process labels (exact: the arith checker marks every step from the first wrong",
+        "one on as bad); and the confidence verifier, which reads the token probabilities the policy computed",
+        "while sampling (no extra forward pass), calibrated on validation questions.", "",
         f"Held-out Monte Carlo labels: {cfg['prm_questions']} test questions × {cfg['prm_samples']} samples, "
         f"{cfg['prm_rollouts']} rollouts per step ({prm['labelled_steps']} labelled steps; for the AUC a step is",
-        "positive when at least half its rollouts reach the right answer).", "",
-        "| verifier | AUC, all steps | AUC, intermediate steps | AUC, answer step vs correctness | BCE vs soft labels "
-        "| within-question AUC (last) | within-question AUC (min) |",
-        "|---|---|---|---|---|---|---|",
+        "positive when at least half its rollouts reach the right answer); the exact-label AUC scores the same",
+        "intermediate steps against their exact labels.", "",
+        "| verifier | AUC, all steps (MC) | AUC, intermediate steps (MC) | AUC, intermediate steps (exact) "
+        "| AUC, answer step vs correctness | BCE vs soft MC labels | **within-question AUC (last)** | within-question AUC (min) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, v in prm["verifiers"].items():
         w = v["within_question_auc"]
-        L.append(f"| {name} | {v['auc_steps']:.3f} | {v['auc_non_final_steps']:.3f} | {v['auc_final_step']:.3f} | {v['bce']:.3f} "
-                 f"| {w['last']:.3f} | {w['min']:.3f} |")
+        L.append(f"| {name} | {v['auc_steps']:.3f} | {v['auc_non_final_steps']:.3f} | {v.get('auc_exact_steps', float('nan')):.3f} "
+                 f"| {v['auc_final_step']:.3f} | {v['bce']:.3f} | **{w['last']:.3f}** | {w['min']:.3f} |")
+    noise = prm.get("label_noise") or {}
+    if noise:
+        L += ["", "Label noise: Monte Carlo labels (a step good when at least half its rollouts succeed) against the",
+              "exact labels of the same intermediate steps.", "",
+              "| MC labels | steps | agreement | exactly-good steps labelled bad | exactly-bad steps labelled good |",
+              "|---|---|---|---|---|"]
+        for name, n in noise.items():
+            L.append(f"| {name} | {int(n['steps'])} | {n['agreement']:.3f} | {n['exact_good_labelled_bad']:.3f} "
+                     f"| {n['exact_bad_labelled_good']:.3f} |")
     L += ["", "The within-question AUC is measured on the best-of-N samples below: how often a correct sample",
           "outscores a wrong sample of the same question. Selection can only beat majority voting through it."]
     L += ["", f"Best-of-N on the same {pol['questions']} questions and samples as the pass@1 above. `weighted` is the",
@@ -140,6 +191,24 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
         verdict = "beats" if d > 0 else "does **not** beat"
         L.append(f"- {name} {verdict} majority voting at N={ns[-1]} ({d:+.3f} accuracy)")
     L += [""]
+
+    search = result.get("search") or {}
+    if search.get("table"):
+        groups = search["groups"]
+        first = search["table"][next(iter(search["table"]))]
+        L += ["## Search: beam search against weighted best-of-N", ""]
+        L += [
+            f"The first {search['questions']} questions of the pool above, through the real search loop (the engine",
+            f"policy, the default verifier `{search['verifier']}`, T={cfg['temperature']}, weighted selection, beam width",
+            "M = 4). Columns split the questions by number of operations and by thirds of their pass rate in",
+            "the pool (easy = highest).", "",
+            "| run | " + " | ".join(f"{g} ({int(first[g]['questions'])})" for g in groups) + " | generations | GFLOPs |",
+            "|---|" + "---|" * (len(groups) + 2),
+        ]
+        for key, row in search["table"].items():
+            L.append(f"| {key} | " + " | ".join(f"{row[g]['accuracy']:.3f}" for g in groups)
+                     + f" | {row['all']['generations']:.1f} | {row['all']['flops'] / 1e9:.2f} |")
+        L += ["", f"![search]({SEARCH_PNG})", ""]
 
     L += ["## Reviser: sequential revisions", ""]
     L += [

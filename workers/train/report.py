@@ -3,9 +3,15 @@ figures (PNG) — one command, seeded.
 
 - Policy: pass@1 on the test split (``--samples`` per question at T=0.8), overall and by each
   difficulty knob, and a histogram of per-question pass rates.
-- PRM (value head): ROC AUC of step scores against held-out Monte Carlo labels on test
-  questions; PRM-weighted best-of-N against majority voting (and best single score) for
-  N = 1..16 on the same samples.
+- Verifiers side by side — the value head and the separate PRM model trained on Monte Carlo
+  labels (the paper's recipe) and on the task's exact process labels, and the confidence
+  verifier (the policy's own token probabilities, calibrated): ROC AUC of step scores against
+  held-out Monte Carlo and exact labels, the label noise of Monte Carlo labels, within-question
+  AUC, and PRM-weighted best-of-N against majority voting (and best single score) for
+  N = 1..64 on one pool of samples.
+- Search: beam search against weighted best-of-N at N = 4, 16, 64 through the real search loop
+  (the engine and the model's default verifier), split by number of operations and by thirds
+  of the questions' pass rate.
 - Reviser: pass@1 at revision steps 1..8 (chains on test questions, earlier attempts in context
   exactly as the revision strategy passes them), and the share of correct answers that the next
   revision turns wrong.
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +35,8 @@ import torch
 from ponder.workers.answers import Candidate, extract_answer, is_correct, select
 from ponder.workers.prm.value_head import ValueHead
 from ponder.workers.tasks import arith
-from ponder.workers.train.checkpoint import load_checkpoint
+from ponder.workers.models import format_prompt
+from ponder.workers.train.checkpoint import EOS_ID, PAD_ID, load_checkpoint
 from ponder.workers.train.evaluate import Samples, decode, prompt_ids, sample_solutions
 from ponder.workers.train.mc_labels import LabeledSolution, ModelRollouts, cut_steps, mc_label, step_features
 from ponder.workers.train.prm import auc
@@ -46,8 +54,13 @@ class ReportConfig:
     value_head: Path = ART / "value_head.safetensors"
     reviser: Path = ART / "reviser"
     prm_model: Path | None = ART / "prm"  # the optional separate PRM model (skipped if absent)
-    questions: int = 200  # test questions for pass@1 and best-of-N
-    samples: int = 16
+    value_head_exact: Path | None = ART / "value_head_exact.safetensors"  # exact labels (skipped if absent)
+    prm_exact: Path | None = ART / "prm_exact"
+    confidence: Path | None = ART / "policy" / "confidence.json"
+    questions: int = 160  # test questions for pass@1 and best-of-N
+    samples: int = 64
+    search_questions: int = 64  # the first questions of the pool, run through the search loop
+    search_budgets: tuple[int, ...] = (4, 16, 64)
     temperature: float = 0.8
     prm_questions: int = 64  # test questions MC-labelled for the AUC
     prm_samples: int = 4
@@ -94,6 +107,77 @@ def value_head_scorer(model: Any, tokenizer: Any, fmt: Any, head: ValueHead) -> 
         return [p[owner == k].tolist() for k in range(len(sols))]
 
     return score
+
+
+@torch.inference_mode()
+def token_logprobs(model: Any, tokenizer: Any, fmt: Any, sols: list[LabeledSolution], batch: int = 64) -> list[list[list[float]]]:
+    """Per solution, per step, the log-prob (T=1) of each of the step's tokens under the policy,
+    teacher-forced on the canonical sequence ``prompt, step, delimiter, …, answer step, EOS``:
+    the numbers the engine returns as ``StepOutput.logprobs`` while sampling that solution
+    (a step's tokens include its delimiter; the answer step's, its EOS)."""
+    enc = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    seqs, spans = [], []
+    for s in sols:
+        ids = enc(format_prompt(tokenizer, fmt, s.question))
+        sp = []
+        for i, step in enumerate(s.steps):
+            start = len(ids)
+            ids += enc(step) + ([EOS_ID] if i == len(s.steps) - 1 else enc(arith.STEP_DELIMITER))
+            sp.append((start, len(ids)))
+        seqs.append(ids)
+        spans.append(sp)
+    out: list[list[list[float]]] = [[] for _ in sols]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for b in range(0, len(order), batch):
+        rows = order[b : b + batch]
+        T = max(len(seqs[i]) for i in rows)
+        ids = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
+        for j, i in enumerate(rows):  # right padding: causal attention never sees it
+            ids[j, : len(seqs[i])] = torch.tensor(seqs[i])
+        lp = torch.log_softmax(model(input_ids=ids).logits.float(), -1)  # (B, T, V)
+        for j, i in enumerate(rows):
+            tok = torch.tensor(seqs[i][1:])
+            got = lp[j, : len(seqs[i]) - 1].gather(1, tok.unsqueeze(1)).squeeze(1)  # log p(token t | < t)
+            out[i] = [got[a - 1 : e - 1].tolist() for a, e in spans[i]]
+    return out
+
+
+def confidence_scorer(model: Any, tokenizer: Any, fmt: Any, path: Path | None) -> StepScorer:
+    """The confidence verifier's step scores (each over the path so far), as the worker computes
+    them from the log-probs the policy returns."""
+    from ponder.workers.prm.confidence import Calibration, ConfidenceVerifier, features
+
+    ver = ConfidenceVerifier(Calibration.load(path) if path is not None else None)
+
+    def score(sols: list[LabeledSolution]) -> list[list[float]]:
+        out = []
+        for steps in token_logprobs(model, tokenizer, fmt, sols):
+            lps: list[float] = []
+            row = []
+            for newest in steps:
+                lps.extend(newest)
+                x = features(lps, newest, ver.window, ver.tail)
+                row.append(ver.calibration.probability(x) if ver.calibration is not None else math.exp(x[0]))
+            out.append(row)
+        return out
+
+    return score
+
+
+def label_noise(mc: list[LabeledSolution]) -> dict[str, float]:
+    """How Monte Carlo labels (a step is good when ≥ half its rollouts succeed) agree with the
+    exact process labels of the same steps (the answer step, labelled by correctness in both,
+    left out)."""
+    pairs = [(m >= 0.5, e == 1.0) for s in mc for m, e in zip(s.labels[:-1], arith.step_labels(s.steps, s.gold)[:-1])]
+    good = [m for m, e in pairs if e]
+    bad = [m for m, e in pairs if not e]
+    return {
+        "steps": float(len(pairs)),
+        "agreement": sum(m == e for m, e in pairs) / max(1, len(pairs)),
+        "exact_good_labelled_bad": sum(not m for m in good) / max(1, len(good)),
+        "exact_bad_labelled_good": sum(bad) / max(1, len(bad)),
+        "exact_good_share": len(good) / max(1, len(pairs)),
+    }
 
 
 def prm_model_scorer(path: Path) -> StepScorer:
@@ -168,6 +252,7 @@ def prm_section(
     roll = ModelRollouts(model, tokenizer, fmt, temperature=cfg.temperature, dtype=torch.bfloat16)
     sols, counts = mc_label(qs, roll, samples=cfg.prm_samples, rollouts_per_step=cfg.prm_rollouts, seed=cfg.seed + 2)
     y = torch.tensor([lab for t in sols for lab in t.labels])
+    y_exact = torch.tensor([lab for t in sols for lab in arith.step_labels(t.steps, t.gold)])
     last = torch.tensor([i == len(t.labels) - 1 for t in sols for i in range(len(t.labels))])
     budgets = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= len(samples.texts[0])]
     answers = [[_answer(t) for t in row] for row in samples.texts]
@@ -189,14 +274,65 @@ def prm_section(
             "auc_steps": auc(s, y), "auc_non_final_steps": auc(s[~last], y[~last]),
             "auc_final_step": auc(s[last], y[last]),
             "bce": float(torch.nn.functional.binary_cross_entropy(s.clamp(1e-6, 1 - 1e-6), y)),
+            "auc_exact_steps": auc(s[~last], y_exact[~last]),
             "within_question_auc": within,
         }
     top = budgets[-1]
     margins = {k: v[top] - selection["majority"][top] for k, v in selection.items() if "weighted" in k}
+    noise = {f"held-out ({cfg.prm_rollouts} rollouts per step)": label_noise(sols)}
+    train_labels = cfg.policy.parent / "prm_labels.jsonl"
+    if train_labels.exists():  # the paper's recipe's training labels
+        from ponder.workers.train.mc_labels import load_labels
+
+        rollouts = _read_json(cfg.value_head.with_suffix(".json")).get("recipe", {}).get("rollouts", "?")
+        noise[f"training ({rollouts} rollouts per step)"] = label_noise(load_labels(train_labels)["train"])
     return {
         "mc_counts": counts, "labelled_steps": int(y.numel()), "verifiers": verifiers, "selection": selection,
-        "budgets": budgets, "weighted_minus_majority_at_max": margins,
+        "budgets": budgets, "weighted_minus_majority_at_max": margins, "label_noise": noise,
     }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def search_section(samples: Samples, rates: list[float], cfg: ReportConfig) -> dict[str, Any]:
+    """Beam search (M = 4) against weighted best-of-N (the default verifier of the built-in
+    model, through the engine and the real search loop) on the pool's first questions, overall,
+    by number of operations and by thirds of the questions' pass rate (from the pool)."""
+    from ponder.workers.evaluate import Item, evaluate
+    from ponder.workers.runtime import build_policy, build_verifier
+
+    policy = build_policy(str(cfg.policy), "engine")
+    verifier = build_verifier("auto", policy, str(cfg.policy))
+    qs = samples.questions[: cfg.search_questions]
+    items = [Item(q.question, q.answer) for q in qs]
+    results = evaluate(
+        policy, verifier, items, ["best_of_n", "beam"], list(cfg.search_budgets), seed=cfg.seed, concurrency=16,
+        max_rows=256, progress=True, temperature=cfg.temperature, selection="weighted",
+    )
+    order = sorted(range(len(qs)), key=lambda i: rates[i])
+    third = {i: ("hard", "middle", "easy")[min(2, 3 * k // len(qs))] for k, i in enumerate(order)}
+    groups = {"all": lambda i: True}
+    for ops in sorted({q.knobs.n_ops for q in qs}):
+        groups[f"{ops} ops"] = lambda i, ops=ops: qs[i].knobs.n_ops == ops
+    for name in ("easy", "middle", "hard"):
+        groups[f"{name} third"] = lambda i, name=name: third[i] == name
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for r in results:
+        key = f"{r.strategy} N={r.budget}"
+        ok = {a["index"]: bool(a.get("correct")) for a in r.answers}
+        table[key] = {
+            g: {"accuracy": sum(ok[i] for i in range(len(qs)) if f(i)) / max(1, sum(1 for i in range(len(qs)) if f(i))),
+                "questions": float(sum(1 for i in range(len(qs)) if f(i)))}
+            for g, f in groups.items()
+        }
+        table[key]["all"] |= {"generations": r.generations, "flops": r.flops, "failed": float(r.failed), "wall_s": r.wall_s}
+    return {"verifier": getattr(verifier, "name", "none"), "questions": len(qs), "budgets": list(cfg.search_budgets),
+            "groups": list(groups), "table": table}
 
 
 def revise_section(cfg: ReportConfig, policy_rates: dict[str, float]) -> dict[str, Any]:
@@ -251,16 +387,26 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     pol = policy_section(samples)
     timings["policy"] = time.time() - t
     t = time.time()
-    scorers = {"value head": value_head_scorer(model, tokenizer, fmt, ValueHead.load(cfg.value_head))}
+    scorers = {"value head (MC)": value_head_scorer(model, tokenizer, fmt, ValueHead.load(cfg.value_head))}
     if cfg.prm_model is not None and (cfg.prm_model / "config.json").exists():
-        scorers["PRM model"] = prm_model_scorer(cfg.prm_model)
+        scorers["PRM model (MC)"] = prm_model_scorer(cfg.prm_model)
+    if cfg.value_head_exact is not None and cfg.value_head_exact.exists():
+        scorers["value head (exact)"] = value_head_scorer(model, tokenizer, fmt, ValueHead.load(cfg.value_head_exact))
+    if cfg.prm_exact is not None and (cfg.prm_exact / "config.json").exists():
+        scorers["PRM model (exact)"] = prm_model_scorer(cfg.prm_exact)
+    scorers["confidence"] = confidence_scorer(
+        model, tokenizer, fmt, cfg.confidence if cfg.confidence is not None and cfg.confidence.exists() else None
+    )
     prm = prm_section(model, tokenizer, fmt, scorers, samples, cfg)
     timings["prm"] = time.time() - t
+    t = time.time()
+    search = search_section(samples, pol["rates"], cfg) if cfg.search_questions > 0 else {}
+    timings["search"] = time.time() - t
     t = time.time()
     rates = {q.question: r for q, r in zip(qs, pol["rates"])}
     rev = revise_section(cfg, rates)
     timings["reviser"] = time.time() - t
-    result = {"config": asdict(cfg), "policy": pol, "prm": prm, "reviser": rev, "timings": timings}
+    result = {"config": asdict(cfg), "policy": pol, "prm": prm, "search": search, "reviser": rev, "timings": timings}
     write_doc(result, cfg.docs, cfg.policy.parent)
     return result
 
@@ -270,13 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     d = ReportConfig()
     p = argparse.ArgumentParser(prog="ponder train report", description=__doc__.splitlines()[0])
-    for name in ("policy", "value_head", "reviser", "prm_model", "docs"):
+    for name in ("policy", "value_head", "reviser", "prm_model", "value_head_exact", "prm_exact", "confidence", "docs"):
         p.add_argument("--" + name.replace("_", "-"), type=Path, default=getattr(d, name))
     for name in ("questions", "samples", "prm_questions", "prm_samples", "prm_rollouts", "revise_questions",
-                 "chains", "revise_steps", "seed", "threads"):
+                 "chains", "revise_steps", "seed", "threads", "search_questions"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    p.add_argument("--search-budgets", default=",".join(map(str, d.search_budgets)))
     p.add_argument("--temperature", type=float, default=d.temperature)
     a = p.parse_args(argv)
+    a.search_budgets = tuple(int(x) for x in a.search_budgets.split(",") if x.strip())
     cfg = ReportConfig(**{k: getattr(a, k) for k in d.__dataclass_fields__})
     result = run(cfg)
     summary = {
