@@ -35,8 +35,19 @@ def random_value_head(hidden_size: int, seed: int = 0) -> ValueHeadVerifier:
 
 
 def load_verifier(spec: str, policy: Policy) -> Verifier:
-    """The verifier named by ``spec`` (see the module docstring); InvalidArgument if unusable."""
-    spec = spec.strip()
+    """The verifier named by ``spec`` (see the module docstring). Anything that makes it unusable
+    (a missing file, a calibration or head for another model, a PRM whose tokenizer splits its
+    tag) is InvalidArgument on the field ``verifier``, raised here — at worker start — never
+    inside a batch."""
+    try:
+        return _load(spec.strip(), policy)
+    except InvalidArgument as exc:
+        if exc.field == "verifier":
+            raise
+        raise InvalidArgument("verifier", f"{spec.strip()!r}: {exc.message}") from exc
+
+
+def _load(spec: str, policy: Policy) -> Verifier:
     if spec == "confidence" or spec.startswith("confidence:"):
         from ponder.workers.prm.confidence import load_confidence
 

@@ -112,6 +112,11 @@ def exact_label_split(
     return out, counts
 
 
+def relabel_exact(sols: Sequence[LabeledSolution]) -> list[LabeledSolution]:
+    """The same solutions (e.g. those the Monte Carlo labeller sampled) with exact labels."""
+    return [LabeledSolution(s.question, s.gold, s.steps, arith.step_labels(s.steps, s.gold), s.correct) for s in sols]
+
+
 def fit_head(
     X: torch.Tensor, y: torch.Tensor, Xv: torch.Tensor, yv: torch.Tensor, recipe: PrmRecipe
 ) -> tuple[ValueHead, dict[str, Any]]:
@@ -193,6 +198,9 @@ def train_prm(
     if labels is not None and labels.exists():
         data = load_labels(labels)
         train, val = data["train"], data["validation"]
+        if recipe.labels == "exact":  # the same solutions, each step relabelled by the checker
+            train, val = relabel_exact(train), relabel_exact(val)
+            counts["relabelled_from"] = str(labels)
     else:
         labels_path.unlink(missing_ok=True)
         labeller = exact_label_split if recipe.labels == "exact" else label_split
