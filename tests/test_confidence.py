@@ -235,3 +235,21 @@ def test_confidence_streams_step_scores_like_a_prm() -> None:
     assert any(e.WhichOneof("kind") == "final" for e in events)
     started = next(e.started for e in events if e.WhichOneof("kind") == "started")
     assert started.verifier == "confidence-uncalibrated"
+
+
+def test_sample_paths_through_a_policy_grades_and_releases_everything() -> None:
+    """`ponder train confidence` samples through the Policy interface (what a worker runs):
+    n solutions per question, graded, every node released; the fit then ranks them."""
+    from ponder.workers.train.confidence import sample_paths
+
+    script = StepScript(steps=3, answers=("7", "9"), weights=(0.5, 0.5))
+    policy = ScriptedPolicy(script, logprob_fn=lambda text: -0.05 if "{7}" in text else (-2.5 if "{9}" in text else -0.3))
+    questions = [f"q{i}" for i in range(12)]
+    samples = sample_paths(policy, questions, ["7"] * 12, 6, SamplingParams(temperature=0.8), seed=1, rows=24)
+    assert len(samples) == 72 and {s.question for s in samples} == set(range(12))
+    assert all(len(s.steps) == 3 for s in samples)
+    assert all(s.correct == ("{7}" in s.steps[-1].text) for s in samples)
+    created = {n.id for call in policy.expand_calls for n in call} | {s.steps[-1].id for s in samples}
+    assert created <= set(policy.released)  # nothing left holding policy state
+    cal = fit_calibration(samples, "scripted", "f" * 16)
+    assert cal.fit["heldout"]["within_question_auc"] == 1.0
