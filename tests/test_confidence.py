@@ -253,3 +253,16 @@ def test_sample_paths_through_a_policy_grades_and_releases_everything() -> None:
     assert created <= set(policy.released)  # nothing left holding policy state
     cal = fit_calibration(samples, "scripted", "f" * 16)
     assert cal.fit["heldout"]["within_question_auc"] == 1.0
+
+
+def test_the_builtin_arith_model_defaults_to_its_calibrated_confidence() -> None:
+    from ponder.workers.models import resolve
+    from ponder.workers.runtime import build_verifier
+
+    files = resolve("arith")
+    assert files.default_verifier == "confidence"
+    policy = ScriptedPolicy()
+    policy.files = files
+    ver = build_verifier("auto", policy, "arith")
+    assert isinstance(ver, ConfidenceVerifier) and ver.calibration is not None
+    assert ver.calibration.fingerprint == model_fingerprint(files)

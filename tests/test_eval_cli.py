@@ -171,12 +171,12 @@ def test_verifier_auto_is_the_models_own_and_beam_runs(
     assert ev.main(["--dataset", "arith:test:2", "--strategies", "beam", "--budgets", "4", "--max-steps", "8",
                     "--no-progress", "--out", str(out)]) == 0
     ((spec, model, verifier),) = built
-    assert (spec, model) == ("auto", "arith") and verifier is not None  # arith's value head
+    assert (spec, model) == ("auto", "arith") and verifier is not None  # arith's own (calibrated confidence)
     saved = json.loads(out.read_text())
     assert saved["verifier"] == verifier.name
     (res,) = saved["results"]
     assert res["questions"] == 2 and res["failed"] == 0
-    assert all(c["score"] is not None for a in res["answers"] for c in a["candidates"])  # the value head scored them
+    assert all(c["score"] is not None for a in res["answers"] for c in a["candidates"])  # the verifier scored them
     assert "failed:" not in capsys.readouterr().out
 
 

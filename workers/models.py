@@ -52,9 +52,10 @@ class ModelFiles:
     path: Path  # directory to load from
     gguf_file: str | None = None
     fmt: PromptFormat = field(default_factory=PromptFormat)
-    # the verifier a worker uses when none is named (`--verifier auto`): a value-head file or a
-    # PRM directory; from ponder.json's "verifier" (relative to the model directory)
-    default_verifier: Path | None = None
+    # the verifier a worker uses when none is named (`--verifier auto`), as a verifier spec: a
+    # value-head file or a PRM directory (ponder.json's "verifier", relative to the model
+    # directory), or "confidence[:…]"
+    default_verifier: str | None = None
     # the model that writes revisions (prompts with earlier attempts) with `--reviser auto`
     default_reviser: str | None = None
 
@@ -90,9 +91,10 @@ def resolve(name: str) -> ModelFiles:
             raise InvalidArgument("model", f"the built-in model {name!r} is missing at {BUILTIN[name]}")
         files = resolve(str(BUILTIN[name]))
         files.name = name
-        head = BUILTIN[name].parent / "value_head.safetensors"  # trained on this policy's rollouts
-        if files.default_verifier is None and head.exists():
-            files.default_verifier = head
+        # Measured (docs/quality.md): the policy's own calibrated token confidence ranks samples
+        # of one question better than the value heads and PRM models trained here.
+        if files.default_verifier is None and (BUILTIN[name] / "confidence.json").exists():
+            files.default_verifier = "confidence"
         reviser = f"{name}-reviser"
         if reviser in BUILTIN and (BUILTIN[reviser] / "config.json").exists():
             files.default_reviser = reviser
@@ -107,8 +109,9 @@ def resolve(name: str) -> ModelFiles:
         if meta.exists():
             data = json.loads(meta.read_text())
             fmt = PromptFormat(**{k: v for k, v in data.items() if k in PromptFormat.__dataclass_fields__})
-            if data.get("verifier"):
-                verifier = (p / data["verifier"]).resolve()
+            spec = str(data.get("verifier") or "")
+            if spec:
+                verifier = spec if spec.split(":", 1)[0] == "confidence" else str((p / spec).resolve())
         return ModelFiles(p.name, p, None, fmt, verifier)
     raise InvalidArgument(
         "model",

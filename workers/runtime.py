@@ -44,13 +44,13 @@ def build_policy(model: str = DEFAULT_MODEL, backend: str = "auto") -> Policy:
 
 def build_verifier(spec: str, policy: Policy, model: str = "") -> Verifier | None:
     """``auto``: the model's own default verifier (ponder.json's "verifier"; for the built-in
-    ``arith`` its trained PRM), else the confidence verifier (the policy's own token
+    ``arith`` the confidence verifier with its calibration), else the confidence verifier (the policy's own token
     probabilities, calibrated when the model has a calibration); ``""``/``none``: no verifier;
     ``confidence[:PATH]``; a ``.safetensors`` file: a value head on the policy's hidden states;
     a directory: a separate PRM model."""
     if spec == "auto":
         default = resolve(model).default_verifier if model else None
-        spec = str(default) if default is not None else "confidence"
+        spec = default if default is not None else "confidence"
     if spec in ("", "none"):
         return None
     try:
