@@ -1,11 +1,18 @@
-"""``ponder train revise``: a reviser fine-tuned from the policy on the paper's revision
-trajectories, so the ``revision`` strategy can pass earlier attempts in context.
+"""``ponder train revise``: a reviser fine-tuned from the policy on revision trajectories, so the
+``revision`` strategy can pass earlier attempts in context.
 
-Trajectories (Snell et al., §6.1): sample many solutions per training question from the policy;
-for each correct one, put 0–4 wrong ones in context, ordered so that the last is the wrong one
-closest to the correct solution by character edit distance, and train on the correct solution
-only. The prompt is ``format_prompt(question, attempts)`` with the checkpoint's own
-``ponder.json``, i.e. exactly what the revision strategy builds at inference time.
+Trajectories (after Snell et al., §6.1): sample a few solutions per training question from the
+policy; each trajectory puts 1–4 of them in context (each count equally often) and trains on the
+question's worked solution only, so a mostly-right attempt shows correct intermediate steps and
+a target sharing a right prefix with a slipped attempt teaches keeping the right part. By
+default the attempts are right and wrong ones alike (as the reviser's own chain holds them) in
+random order; ``--context wrong --order closest_last`` gives the paper's trajectories. Plain
+examples (no attempts, fresh questions) make up a fifth of the batches, so attempts-in-context
+0..4 are equally common and attempt 1 keeps the policy's skill. Every ``--eval-every`` steps
+short revision chains on validation questions score the checkpoint (mean pass@1 over attempts
+1–4); the best one is kept and training stops after ``--patience`` evaluations without gain.
+The prompt is ``format_prompt(question, attempts)`` with the checkpoint's own ``ponder.json``,
+i.e. exactly what the revision strategy builds at inference time.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,7 @@ from ponder.workers.train.checkpoint import load_checkpoint, save_checkpoint
 from ponder.workers.train.evaluate import sample_solutions
 from ponder.workers.train.mc_labels import cut_steps
 from ponder.workers.train.policy import prompt_format
+from ponder.workers.train.revise_eval import EarlyStopping, held_out_score, revision_chains
 from ponder.workers.train.sft import Example, LoopConfig, bucketed, encode_example, train_loop
 
 log = logging.getLogger(__name__)
@@ -80,58 +88,234 @@ def build_trajectories(
 class ReviseRecipe:
     task: str = "arith"
     seed: int = 0
-    # Many questions, few trajectories each: every trajectory of a question has the same
-    # (unique) correct solution as its target, so 512 questions × up to 4 trajectories drove
-    # the target loss to 0.01 (memorised) in 400 steps.
-    questions: int = 1024  # training-split questions sampled for trajectories
-    samples: int = 12  # solutions sampled per question (paper: 64)
-    temperature: float = 1.0  # "high temperature" sampling for diverse attempts
-    max_per_question: int = 2  # trajectories kept per question (one per correct solution)
-    steps: int = 400
+    # The 2024-11-29 recipe (1,024 questions × 12 samples, wrong attempts only, 400 steps at
+    # 3e-4) memorised its targets (loss 0.0075): attempt 1 fell 0.07 below the policy and
+    # pass@1 fell from attempt 3 on. This one: fewer samples per question, every trajectory's
+    # target the question's worked solution, attempts in context balanced over 0..4, plain
+    # (no-attempt) examples on fresh questions, a lower learning rate, and early stopping on
+    # held-out revision chains.
+    questions: int = 1024  # training-split questions (EVAL_MIX) whose samples become attempts
+    samples: int = 4  # solutions sampled per question (paper: 64)
+    temperature: float = 0.8  # the temperature the revision chains run at
+    # "mixed": attempts are any of the question's samples, right or wrong, as the reviser's own
+    # chain holds them at test time; "wrong": wrong samples only (the paper's trajectories).
+    context: str = "mixed"
+    # "random": attempts in random order (at test time the order is the chain's, carrying no
+    # sign of which is right); "closest_last": the attempt closest to the target last (paper).
+    order: str = "random"
+    per_question: int = 2  # revision trajectories per question, attempts-in-context 1..4 balanced
+    plain_share: float = 0.2  # examples without attempts (fresh TRAIN_MIX questions) — 0..4 equally often
+    steps: int = 240
     batch: int = 16
     lr: float = 3e-4
+    warmup: int = 20
+    bf16: bool = False  # bf16 autocast is emulated (10x slower) on CPUs without avx512_bf16
+    eval_every: int = 40  # steps between held-out evaluations
+    patience: int = 2  # evaluations without improvement before stopping
+    val_questions: int = 48  # validation-split questions (EVAL_MIX) for early stopping
+    val_chains: int = 2
+    val_attempts: int = 4
     threads: int = 1
+
+
+CONTEXTS = ("mixed", "wrong")
+ORDERS = ("random", "closest_last")
+
+
+def balanced_ks(n_questions: int, per_question: int, rng: random.Random, max_k: int = MAX_WRONG) -> list[list[int]]:
+    """Attempts-in-context counts for each question's trajectories: every count in 1..max_k
+    equally often overall, and a question's own trajectories different counts while it can."""
+    slots = n_questions * per_question
+    ks = [1 + i % max_k for i in range(slots)]
+    rng.shuffle(ks)
+    out: list[list[int]] = []
+    for i in range(n_questions):
+        mine = ks[i * per_question : (i + 1) * per_question]
+        out.append(mine)
+    return out
+
+
+def revision_trajectories(
+    question: str,
+    target: str,
+    pool: Sequence[str],
+    ks: Sequence[int],
+    rng: random.Random,
+    order: str = "random",
+) -> list[Trajectory]:
+    """One trajectory per requested count ``k``: ``k`` distinct attempts of ``pool`` (fewer when
+    the pool is smaller; none when it is empty), in random order or with the one closest to
+    ``target`` last."""
+    if order not in ORDERS:
+        raise InvalidArgument("order", f"order must be one of {ORDERS}, got {order!r}")
+    out: list[Trajectory] = []
+    for k in ks:
+        k = min(k, len(pool))
+        if k == 0:
+            continue
+        chosen = [pool[i] for i in rng.sample(range(len(pool)), k)]
+        if order == "closest_last":
+            closest = min(range(k), key=lambda i: (edit_distance(chosen[i], target), i))
+            chosen.append(chosen.pop(closest))
+        out.append(Trajectory(question, tuple(chosen), target))
+    return out
 
 
 def sample_trajectories(model: Any, tokenizer: Any, fmt: PromptFormat, recipe: ReviseRecipe) -> tuple[list[Trajectory], dict[str, Any]]:
     from tqdm import tqdm
 
+    if recipe.context not in CONTEXTS:
+        raise InvalidArgument("context", f"context must be one of {CONTEXTS}, got {recipe.context!r}")
     qs = arith.questions("train", recipe.questions, seed=recipe.seed + 7, mix=arith.EVAL_MIX)
     with tqdm(total=len(qs) * recipe.samples, desc="attempts", unit="seq", dynamic_ncols=True, mininterval=2.0) as bar:
         samples = sample_solutions(
             model, tokenizer, fmt, qs, recipe.samples, temperature=recipe.temperature, seed=recipe.seed,
-            dtype=torch.bfloat16, progress=bar,
+            dtype=torch.bfloat16 if recipe.bf16 else torch.float32, batch_size=128, progress=bar,
         )
     rng = random.Random(recipe.seed)
+    ks = balanced_ks(len(qs), recipe.per_question, rng)
     trajs: list[Trajectory] = []
-    n_wrong = n_right = 0
-    for q, texts, grades in zip(qs, samples.texts, samples.correct):
+    n_wrong = n_right = n_unparsable = always_right = 0
+    right_in_context = 0
+    for q, texts, grades, mine in zip(qs, samples.texts, samples.correct, ks):
         right, wrong = [], []
         for text, ok in zip(texts, grades):
             steps = cut_steps(text)
             if steps is None:
-                continue  # no parsable answer: neither a target nor a useful wrong attempt
+                n_unparsable += 1
+                continue  # no parsable answer: what the strategy passes on is not a solution
             (right if ok else wrong).append(arith.STEP_DELIMITER.join(steps))
         n_wrong += len(wrong)
         n_right += len(right)
-        trajs += build_trajectories(q.question, right[: recipe.max_per_question], wrong, rng)
+        always_right += not wrong
+        pool = right + wrong if recipe.context == "mixed" else wrong
+        # The target is the question's worked solution: a sampled "correct" solution can reach
+        # the right answer through two compensating slips (108 + 18 = 116, then 116 - 57 = 69).
+        new = revision_trajectories(q.question, q.solution, pool, mine, rng, recipe.order)
+        right_in_context += sum(a in right for t in new for a in t.attempts)
+        trajs += new
+    n_att = sum(len(t.attempts) for t in trajs)
     stats = {
-        "questions": len(qs), "correct_samples": n_right, "wrong_samples": n_wrong, "trajectories": len(trajs),
+        "questions": len(qs), "samples_per_question": recipe.samples, "correct_samples": n_right,
+        "wrong_samples": n_wrong, "unparsable_samples": n_unparsable, "questions_always_right": always_right,
+        "policy_pass_at_1": n_right / max(1, len(qs) * recipe.samples),
+        "trajectories": len(trajs),
         "attempts_in_context": {k: sum(len(t.attempts) == k for t in trajs) for k in range(MAX_WRONG + 1)},
+        "correct_share_of_attempts_in_context": right_in_context / max(1, n_att),
     }
     return trajs, stats
 
 
-def examples(tokenizer: Any, fmt: PromptFormat, trajs: Sequence[Trajectory], seed: int) -> Iterator[Example]:
+def plain_examples(tokenizer: Any, fmt: PromptFormat, seed: int) -> Iterator[Example]:
+    """Questions without attempts (fresh training-split questions of the policy's own mix) with
+    their worked solutions: what keeps the reviser's first attempt as good as the policy."""
+    for q in arith.stream("train", seed + 11, arith.TRAIN_MIX):
+        yield encode_example(tokenizer, format_prompt(tokenizer, fmt, q.question), q.solution)
+
+
+def examples(
+    tokenizer: Any,
+    fmt: PromptFormat,
+    trajs: Sequence[Trajectory],
+    seed: int,
+    plain_share: float = 0.0,
+    counts: dict[int, int] | None = None,
+) -> Iterator[Example]:
+    """Revision trajectories in reshuffled epochs, with a ``plain_share`` of plain examples
+    interleaved at random; ``counts[k]`` tallies the examples handed out with ``k`` attempts."""
     encoded = [
-        encode_example(tokenizer, format_prompt(tokenizer, fmt, t.question, t.attempts), t.target) for t in trajs
+        (len(t.attempts), encode_example(tokenizer, format_prompt(tokenizer, fmt, t.question, t.attempts), t.target))
+        for t in trajs
     ]
     rng = random.Random(seed)
+    plain = plain_examples(tokenizer, fmt, seed)
+
+    def epochs() -> Iterator[tuple[int, Example]]:
+        while True:
+            order = list(range(len(encoded)))
+            rng.shuffle(order)
+            for i in order:
+                yield encoded[i]
+
+    revs = epochs() if encoded else None
     while True:
-        order = list(range(len(encoded)))
-        rng.shuffle(order)
-        for i in order:
-            yield encoded[i]
+        if revs is None or rng.random() < plain_share:
+            k, ex = 0, next(plain)
+        else:
+            k, ex = next(revs)
+        if counts is not None:
+            counts[k] = counts.get(k, 0) + 1
+        yield ex
+
+
+Evaluate = Callable[[Any], list[float]]
+
+
+def held_out_evaluator(tokenizer: Any, fmt: PromptFormat, recipe: ReviseRecipe) -> Evaluate:
+    """pass@1 by attempt of short revision chains on validation questions (same questions and
+    seeds at every evaluation, so successive checkpoints are compared on paired samples)."""
+    qs = arith.questions("validation", recipe.val_questions, seed=recipe.seed + 5, mix=arith.EVAL_MIX)
+
+    def evaluate(model: Any) -> list[float]:
+        res = revision_chains(
+            model, tokenizer, fmt, qs, recipe.val_chains, recipe.val_attempts, temperature=recipe.temperature,
+            seed=recipe.seed + 300, dtype=torch.bfloat16 if recipe.bf16 else torch.float32,
+        )
+        return res.pass_at_1_by_step()
+
+    return evaluate
+
+
+def fit_with_early_stopping(
+    model: Any, batches: Iterator[list[Example]], recipe: ReviseRecipe, evaluate: Evaluate
+) -> dict[str, Any]:
+    """Train, evaluating every ``eval_every`` steps (and before the first); keep the weights of
+    the best held-out score and stop after ``patience`` evaluations without improvement."""
+    stopper = EarlyStopping(recipe.patience)
+    curve: list[dict[str, Any]] = []
+    best: dict[str, torch.Tensor] = {}
+    eval_seconds = 0.0
+
+    def record(step: int) -> bool:
+        nonlocal best, eval_seconds
+        t = time.time()
+        was_training = model.training
+        model.eval()
+        by_step = evaluate(model)
+        if was_training:
+            model.train()
+        eval_seconds += time.time() - t
+        score = held_out_score(by_step)
+        is_best, stop = stopper.update(step, score)
+        if is_best:
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        curve.append({"step": step, "pass_at_1_by_attempt": by_step, "score": score, "seconds": time.time() - t})
+        log.info("held-out step %d: pass@1 by attempt %s, score %.4f%s", step, [round(x, 3) for x in by_step],
+                 score, " (best)" if is_best else "")
+        return stop
+
+    record(0)
+    loop = LoopConfig(
+        steps=recipe.steps, lr=recipe.lr, warmup=min(recipe.warmup, recipe.steps), min_lr_ratio=0.1, bf16=recipe.bf16
+    )
+
+    def on_step(step: int, loss: float) -> bool:
+        done = step + 1
+        if done % recipe.eval_every == 0 or done == recipe.steps:
+            return record(done)
+        return False
+
+    fit = train_loop(model, batches, loop, desc="train reviser", on_step=on_step)
+    model.load_state_dict(best)
+    model.eval()
+    return {
+        "fit": fit, "curve": curve, "chosen_step": stopper.best_step, "best_score": stopper.best_score,
+        "stopped_early": fit["steps_run"] < recipe.steps, "eval_seconds": eval_seconds,
+    }
+
+
+def _loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -> dict[str, Any]:
@@ -139,10 +323,9 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
         raise InvalidArgument("task", f"unknown task {recipe.task!r}; the built-in task is 'arith'")
     torch.set_num_threads(recipe.threads)
     started = time.time()
+    load_start = _loadavg()
     model, tokenizer, fmt = load_checkpoint(policy)
     trajs, stats = sample_trajectories(model, tokenizer, fmt, recipe)
-    if not trajs:
-        raise InvalidArgument("policy", "the policy answered no training question correctly; no trajectories")
     sample_seconds = time.time() - started
     # Revision prompts carry up to 4 earlier attempts (~1,300 characters at most on the
     # eval mix), past the policy's 1,024; RoPE has no learned positions, so only the bound moves.
@@ -150,13 +333,26 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
     # Trajectories are written in the reviser's own format (the one saved to its ponder.json),
     # whatever the policy checkpoint's file says.
     rev_fmt = prompt_format()
-    batches = bucketed(examples(tokenizer, rev_fmt, trajs, recipe.seed), recipe.batch, seed=recipe.seed)
-    loop = LoopConfig(steps=recipe.steps, lr=recipe.lr, warmup=min(50, recipe.steps), min_lr_ratio=0.1)
-    fit = train_loop(model, batches, loop, desc="train reviser")
+    counts: dict[int, int] = {}
+    batches = bucketed(
+        examples(tokenizer, rev_fmt, trajs, recipe.seed, recipe.plain_share, counts), recipe.batch, seed=recipe.seed
+    )
+    torch.manual_seed(recipe.seed)
+    result = fit_with_early_stopping(model, batches, recipe, held_out_evaluator(tokenizer, rev_fmt, recipe))
     summary = {
-        "recipe": asdict(recipe), "command": command, "policy": str(policy), "data": stats, "train": fit,
-        "sample_seconds": sample_seconds, "wall_seconds": time.time() - started,
-        "load_average": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]],
+        "recipe": asdict(recipe), "command": command, "policy": str(policy), "data": stats,
+        # Examples drawn into batches by attempts in context (the bucketer reads ahead by up to
+        # 16 batches, so a few more than were trained on).
+        "examples_drawn_by_attempts": {k: counts.get(k, 0) for k in range(MAX_WRONG + 1)},
+        "train": result["fit"], "held_out": {
+            "questions": recipe.val_questions, "chains": recipe.val_chains, "attempts": recipe.val_attempts,
+            "score": "mean pass@1 over the attempts", "curve": result["curve"],
+        },
+        "chosen_step": result["chosen_step"], "best_score": result["best_score"],
+        "stopped_early": result["stopped_early"],
+        "sample_seconds": sample_seconds, "eval_seconds": result["eval_seconds"],
+        "wall_seconds": time.time() - started,
+        "load_average_start": load_start, "load_average": _loadavg(),
     }
     files = save_checkpoint(model, tokenizer, out, arith.PromptSpec().ponder_json(), summary)
     manifest.update(out.parent, out.name, files, command)
@@ -173,9 +369,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", type=int, default=d.questions)
     p.add_argument("--samples", type=int, default=d.samples, help="attempts sampled per question (paper: 64)")
     p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--context", choices=CONTEXTS, default=d.context)
+    p.add_argument("--order", choices=ORDERS, default=d.order)
+    p.add_argument("--per-question", type=int, default=d.per_question)
+    p.add_argument("--plain-share", type=float, default=d.plain_share)
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d.bf16)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--val-questions", type=int, default=d.val_questions)
+    p.add_argument("--val-chains", type=int, default=d.val_chains)
+    p.add_argument("--val-attempts", type=int, default=d.val_attempts)
     p.add_argument("--threads", type=int, default=d.threads)
     return p
 
@@ -184,14 +391,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parser().parse_args(argv)
-    if min(a.questions, a.samples, a.steps, a.batch) < 1:
-        raise InvalidArgument("questions", "questions, samples, steps and batch must be >= 1")
-    recipe = ReviseRecipe(
-        task=a.task, seed=a.seed, questions=a.questions, samples=a.samples, temperature=a.temperature,
-        steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads,
-    )
+    if min(a.questions, a.samples, a.steps, a.batch, a.per_question, a.eval_every, a.patience) < 1:
+        raise InvalidArgument("questions", "questions, samples, steps, batch, per-question, eval-every and patience must be >= 1")
+    if min(a.val_questions, a.val_chains, a.val_attempts) < 1:
+        raise InvalidArgument("val_questions", "val-questions, val-chains and val-attempts must be >= 1")
+    if not 0.0 <= a.plain_share < 1.0:
+        raise InvalidArgument("plain_share", "plain-share must be in [0, 1)")
+    fields = ReviseRecipe.__dataclass_fields__
+    recipe = ReviseRecipe(**{k: getattr(a, k) for k in fields})
     s = train_reviser(recipe, a.policy, a.out, "ponder train revise " + " ".join(argv))
-    print(json.dumps({"out": str(a.out), "trajectories": s["data"]["trajectories"], "seconds": round(s["wall_seconds"], 1)}))
+    print(json.dumps({
+        "out": str(a.out), "trajectories": s["data"]["trajectories"], "chosen_step": s["chosen_step"],
+        "best_score": round(s["best_score"], 4), "seconds": round(s["wall_seconds"], 1),
+    }))
     return 0
 
 

@@ -94,9 +94,11 @@ def train_loop(
     cfg: LoopConfig,
     *,
     desc: str = "train",
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], bool | None] | None = None,
 ) -> dict[str, float]:
-    """Run ``cfg.steps`` optimizer steps; returns summary figures (final loss, seconds, tokens)."""
+    """Run ``cfg.steps`` optimizer steps; returns summary figures (final loss, seconds, tokens).
+    ``on_step(step, loss)`` runs after each step; when it returns True the loop stops there
+    (early stopping; ``steps_run`` then says how many steps ran)."""
     from tqdm import tqdm
 
     model.train()
@@ -107,7 +109,7 @@ def train_loop(
         lr=cfg.lr,
         betas=(0.9, 0.98),
     )
-    ema, tokens, start = 0.0, 0, time.time()
+    ema, tokens, start, ran = 0.0, 0, time.time(), 0
     bar = tqdm(range(cfg.steps), desc=desc, unit="step", dynamic_ncols=True, mininterval=2.0)
     for step in bar:
         ids, mask, labels = collate(next(batches))
@@ -128,8 +130,13 @@ def train_loop(
         ema = value if step == 0 else 0.98 * ema + 0.02 * value
         if step % 10 == 0:
             bar.set_postfix(loss=f"{ema:.4f}", tok_s=f"{tokens / max(1e-9, time.time() - start):.0f}")
-        if on_step is not None:
-            on_step(step, value)
+        ran = step + 1
+        if on_step is not None and on_step(step, value):
+            break
+    bar.close()
     model.eval()
     seconds = time.time() - start
-    return {"final_loss_ema": ema, "seconds": seconds, "tokens": float(tokens), "steps": float(cfg.steps)}
+    return {
+        "final_loss_ema": ema, "seconds": seconds, "tokens": float(tokens), "steps": float(cfg.steps),
+        "steps_run": float(ran),
+    }

@@ -1,0 +1,175 @@
+"""``train revise``'s data and early stopping: attempts-in-context counts balanced over 0..4, plain
+(no-attempt) examples mixed in on fresh questions, right/wrong attempt pools, and the checkpoint
+kept being the best held-out one (a scripted evaluation stands in for the revision chains)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+import torch
+
+from ponder.workers.tasks import arith
+from ponder.workers.train import revise
+from ponder.workers.train.checkpoint import EOS_ID, byte_tokenizer
+from ponder.workers.train.evaluate import Samples
+from ponder.workers.train.policy import prompt_format
+from ponder.workers.train.revise_eval import ChainResult, EarlyStopping, held_out_score
+from ponder.workers.train.sft import Example
+
+
+def test_balanced_ks_spread_every_count_equally() -> None:
+    ks = revise.balanced_ks(101, 3, random.Random(0))
+    assert len(ks) == 101 and all(len(row) == 3 for row in ks)
+    counts = Counter(k for row in ks for k in row)
+    assert set(counts) == {1, 2, 3, 4} and max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_revision_trajectories_draw_distinct_attempts_from_the_pool() -> None:
+    rng = random.Random(1)
+    target = "2 + 3 = 5\n\nThe answer is \\boxed{5}."
+    pool = [target, "2 + 3 = 6\n\nThe answer is \\boxed{6}.", "x", "yy"]
+    for order in revise.ORDERS:
+        trajs = revise.revision_trajectories("Compute 2 + 3.", target, pool, [1, 2, 3, 4, 6], rng, order)
+        assert [len(t.attempts) for t in trajs] == [1, 2, 3, 4, 4]  # capped at the pool's size
+        for t in trajs:
+            assert t.target == target and len(set(t.attempts)) == len(t.attempts) and set(t.attempts) <= set(pool)
+            if order == "closest_last":
+                d = [revise.edit_distance(a, target) for a in t.attempts]
+                assert d[-1] == min(d)
+    # random order: the closest attempt is not always last
+    lasts = {revise.revision_trajectories("q", target, pool, [4], rng, "random")[0].attempts[-1] for _ in range(40)}
+    assert len(lasts) > 1
+    assert revise.revision_trajectories("q", target, [], [1, 2], rng) == []
+    with pytest.raises(Exception):
+        revise.revision_trajectories("q", target, pool, [1], rng, "sideways")
+
+
+def _fake_samples(qs: list[arith.Question], n: int) -> Samples:
+    """Question i: right i % 3 times of ``n`` (so some are never right), the rest a slip or no answer."""
+    texts, correct = [], []
+    for i, q in enumerate(qs):
+        row, grades = [], []
+        for j in range(n):
+            if j < i % 3:
+                row.append(q.solution)
+                grades.append(True)
+            elif j == n - 1 and i % 5 == 0:
+                row.append("no answer here")
+                grades.append(False)
+            else:
+                row.append(f"{q.expression} = {j}\n\nThe answer is \\boxed{{{int(q.answer) + 1 + j}}}.")
+                grades.append(False)
+        texts.append(row)
+        correct.append(grades)
+    return Samples(list(qs), texts, correct)
+
+
+@pytest.mark.parametrize("context", revise.CONTEXTS)
+def test_sample_trajectories_balance_and_target_the_worked_solution(monkeypatch: Any, context: str) -> None:
+    calls: list[int] = []
+
+    def fake(model: Any, tok: Any, fmt: Any, qs: list[arith.Question], n: int, **kw: Any) -> Samples:
+        calls.append(n)
+        if "progress" in kw and kw["progress"] is not None:
+            kw["progress"].update(len(qs) * n)
+        return _fake_samples(qs, n)
+
+    monkeypatch.setattr(revise, "sample_solutions", fake)
+    recipe = revise.ReviseRecipe(questions=60, samples=5, per_question=2, context=context)
+    trajs, stats = revise.sample_trajectories(None, None, prompt_format(), recipe)
+    assert calls == [5]
+    qs = {q.question: q for q in arith.questions("train", 60, seed=recipe.seed + 7, mix=arith.EVAL_MIX)}
+    assert all(t.target == qs[t.question].solution for t in trajs)
+    assert all(1 <= len(t.attempts) <= 4 for t in trajs) and "no answer here" not in {a for t in trajs for a in t.attempts}
+    by_k = stats["attempts_in_context"]
+    assert by_k[0] == 0 and sum(by_k.values()) == len(trajs) == stats["trajectories"]
+    if context == "mixed":
+        # every question has >= 4 parsable samples: 2 trajectories each, 1..4 equally often
+        assert len(trajs) == 120 and max(by_k[k] for k in (1, 2, 3, 4)) - min(by_k[k] for k in (1, 2, 3, 4)) <= 1
+        assert 0.0 < stats["correct_share_of_attempts_in_context"] < 1.0
+    else:
+        assert stats["correct_share_of_attempts_in_context"] == 0.0
+        assert all(not arith.grade(a, qs[t.question].answer) for t in trajs for a in t.attempts)
+    assert stats["correct_samples"] == sum(i % 3 for i in range(60))
+
+
+def test_examples_mix_plain_questions_in_at_the_given_share() -> None:
+    tok, fmt = byte_tokenizer(), prompt_format()
+    qs = arith.questions("train", 20, seed=3, mix=arith.EVAL_MIX)
+    trajs = [revise.Trajectory(q.question, ("1 + 1 = 3",) * (1 + i % 4), q.solution) for i, q in enumerate(qs)]
+    counts: dict[int, int] = {}
+    drawn = list(itertools.islice(revise.examples(tok, fmt, trajs, 0, plain_share=0.2, counts=counts), 1000))
+    assert sum(counts.values()) == 1000 and 0.15 < counts[0] / 1000 < 0.25
+    assert all(counts[k] > 150 for k in (1, 2, 3, 4))
+    plain = [e for e in drawn if "Attempt" not in tok.decode(e.prompt)]
+    assert len(plain) == counts[0]
+    texts = [tok.decode(e.prompt) for e in plain]
+    assert len(set(texts)) > 0.9 * len(texts)  # fresh questions, not a few repeated
+    assert not set(texts) & {f"{q.question}\n\n" for q in qs}
+    assert all(tok.decode(e.prompt).endswith("\n\n") and e.target[-1] == EOS_ID for e in plain)
+    assert all("\\boxed{" in tok.decode(e.target[:-1]) for e in plain)  # worked solutions as targets
+    # no trajectories: plain examples only
+    only = list(itertools.islice(revise.examples(tok, fmt, [], 0, plain_share=0.0), 5))
+    assert all("Revise" not in tok.decode(e.prompt) for e in only)
+
+
+def test_early_stopping_bookkeeping() -> None:
+    es = EarlyStopping(patience=2)
+    assert es.update(0, 0.3) == (True, False)
+    assert es.update(50, 0.5) == (True, False)
+    assert es.update(100, (0.51 + 0.479 + 0.479 + 0.458) / 4 - 0.4815 + 0.5) == (True, False)  # a tie: the later one
+    assert es.update(150, 0.4) == (False, False)
+    assert es.update(200, 0.45) == (False, True)
+    assert es.best_step == 100 and es.best_score == pytest.approx(0.5)
+    strict = EarlyStopping(patience=1, min_delta=0.01)
+    assert strict.update(0, 0.5) == (True, False) and strict.update(1, 0.505) == (False, True)
+    assert held_out_score([0.4, 0.5, 0.6, 0.7]) == pytest.approx(0.55)
+    assert ChainResult([[True, False], [True, True]]).pass_at_1_by_step() == [1.0, 0.5]
+
+
+def _tiny_model() -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg)
+
+
+def test_fit_keeps_the_best_held_out_checkpoint_and_stops_after_patience() -> None:
+    model = _tiny_model()
+    batches = itertools.repeat([Example([3, 4, 5], [6, 7, 2])] * 4)
+    scores = iter([[0.2, 0.2], [0.3, 0.5], [0.6, 0.7], [0.5, 0.5], [0.6, 0.6], [0.1, 0.1], [0.9, 0.9]])
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def scripted(m: Any) -> list[float]:
+        assert not m.training  # evaluated in eval mode
+        seen.append({k: v.clone() for k, v in m.state_dict().items()})
+        return next(scores)
+
+    recipe = revise.ReviseRecipe(steps=100, eval_every=5, patience=3, lr=1e-2, warmup=1)
+    out = revise.fit_with_early_stopping(model, batches, recipe, scripted)
+    steps = [c["step"] for c in out["curve"]]
+    assert steps == [0, 5, 10, 15, 20, 25]  # the 0.9 at step 30 is never reached
+    assert out["chosen_step"] == 10 and out["best_score"] == pytest.approx(0.65)
+    assert out["stopped_early"] and out["fit"]["steps_run"] == 25
+    best = seen[2]
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, seen[-1][k]) for k, v in model.state_dict().items())  # later weights moved on
+    assert not model.training
+
+
+def test_fit_that_only_gets_worse_keeps_the_starting_weights() -> None:
+    model = _tiny_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = itertools.repeat([Example([3, 4, 5], [6, 7, 2])] * 4)
+    recipe = revise.ReviseRecipe(steps=12, eval_every=4, patience=5, lr=1e-2, warmup=1)
+    falling = iter([[0.5], [0.4], [0.3], [0.2]])
+    out = revise.fit_with_early_stopping(model, batches, recipe, lambda m: next(falling))
+    assert [c["step"] for c in out["curve"]] == [0, 4, 8, 12] and out["chosen_step"] == 0
+    assert not out["stopped_early"]
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
