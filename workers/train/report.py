@@ -249,7 +249,8 @@ def prm_section(
     model: Any, tokenizer: Any, fmt: Any, scorers: dict[str, StepScorer], samples: Samples, cfg: ReportConfig
 ) -> dict[str, Any]:
     qs = arith.questions("test", cfg.prm_questions, seed=cfg.seed + 1)
-    roll = ModelRollouts(model, tokenizer, fmt, temperature=cfg.temperature, dtype=torch.bfloat16)
+    # fp32: on a CPU without avx512_bf16 (this one) bf16 matmuls are emulated, several times slower
+    roll = ModelRollouts(model, tokenizer, fmt, temperature=cfg.temperature, dtype=torch.float32)
     sols, counts = mc_label(qs, roll, samples=cfg.prm_samples, rollouts_per_step=cfg.prm_rollouts, seed=cfg.seed + 2)
     y = torch.tensor([lab for t in sols for lab in t.labels])
     y_exact = torch.tensor([lab for t in sols for lab in arith.step_labels(t.steps, t.gold)])
