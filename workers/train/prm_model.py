@@ -191,6 +191,9 @@ def train_prm_model(
                     break
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif len(history) > 1:
+        # No evaluation beat the untrained copy: the last weights are kept, and said so.
+        best_step, best = history[-1][0], (history[-1][2], history[-1][3])
     model.eval()
     summary = {
         "recipe": asdict(recipe), "format": asdict(fmt), "command": command, "val_bce": best[0],
