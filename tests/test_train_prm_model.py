@@ -42,3 +42,34 @@ def test_prm_model_round_trip(tiny_llama_dir: Path, tmp_path: Path) -> None:
             node.n_scored, node.aggregate = 1, score
             got.append(score)
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=2e-3, rtol=0)
+
+
+def test_grouped_batches_hold_every_sample_of_their_questions() -> None:
+    import random
+
+    from ponder.workers.train.prm_model import _batches
+
+    sols = [LabeledSolution(f"Q{q}", "1", ["x"], [1.0], bool(k % 2)) for q in range(10) for k in range(4)]
+    batches = _batches(sols, PrmModelRecipe(questions_per_batch=3), random.Random(0))
+    seen: set[str] = set()
+    for _ in range(3):  # one pass: 3 batches of 3 whole questions (the 10th waits for the next pass)
+        idx = next(batches)
+        qs = {sols[i].question for i in idx}
+        assert len(qs) == 3 and len(idx) == 12 and not qs & seen
+        seen |= qs
+    plain = _batches(sols, PrmModelRecipe(batch=5), random.Random(0))
+    assert all(len(next(plain)) == 5 for _ in range(20))
+
+
+def test_grouped_auc_compares_samples_of_the_same_question_only() -> None:
+    from ponder.workers.train.prm import grouped_auc
+
+    # question A: right samples score above wrong ones; question B: below. Across questions the
+    # scores would separate perfectly (A's are all higher), within them it is one win, one loss.
+    scores = [0.9, 0.8, 0.3, 0.4]
+    right = [True, False, True, False]
+    groups = ["A", "A", "B", "B"]
+    assert grouped_auc(scores, right, groups) == 0.5
+    assert grouped_auc([0.9, 0.8], [True, False], ["A", "A"]) == 1.0
+    assert grouped_auc([0.5, 0.5], [True, False], ["A", "A"]) == 0.5
+    assert grouped_auc([0.9, 0.1], [True, True], ["A", "A"]) != grouped_auc([0.9, 0.1], [True, True], ["A", "A"])  # NaN

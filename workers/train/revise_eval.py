@@ -41,7 +41,7 @@ def revision_chains(
     *,
     temperature: float = 0.8,
     seed: int = 0,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype = torch.float32,  # bf16 is emulated (slow) on CPUs without avx512_bf16
     batch_size: int = 128,
 ) -> ChainResult:
     """``chains`` chains of ``steps`` attempts per question; attempt k's prompt holds the chain's
