@@ -36,9 +36,9 @@ def update(root: Path, component: str, files: list[Path], command: str, extra: d
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         **(extra or {}),
     }
-    data["total_bytes"] = sum(
-        meta["bytes"] for comp in data["components"].values() for meta in comp["files"].values()
-    )
+    # Each file once, though several components may list it (the MC labels feed two PRMs).
+    unique = {rel: meta["bytes"] for comp in data["components"].values() for rel, meta in comp["files"].items()}
+    data["total_bytes"] = sum(unique.values())
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     return path
 
