@@ -73,8 +73,9 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> list[float]:
     """log p(token) per row under the model's own distribution (temperature 1, no top-p/top-k
     truncation): ``logits`` (B, V), ``tokens`` (B,). What the confidence verifier reads; it is
     the same number whatever sampling settings drew the token."""
-    lp = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
-    return lp.gather(1, tokens.view(-1, 1).to(lp.device)).squeeze(1).tolist()
+    logits = logits.float()
+    chosen = logits.gather(1, tokens.view(-1, 1).to(logits.device)).squeeze(1)  # (B,)
+    return (chosen - torch.logsumexp(logits, dim=-1)).tolist()
 
 
 def eos_ids(tokenizer: Any, model_config: Any = None) -> set[int]:

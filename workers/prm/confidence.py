@@ -168,10 +168,11 @@ class ConfidenceVerifier(Verifier):
         return features(path_logprobs(node), node.logprobs, self.window, self.tail)
 
     def probability(self, node: Node) -> float:
-        x = self.step_features(node)
-        if self.calibration is None:
-            return math.exp(x[0])
-        return self.calibration.probability(x)
+        return self.from_features(self.step_features(node))
+
+    def from_features(self, x: Sequence[float]) -> float:
+        """P(correct) of a feature vector: the calibration's, else exp(mean log-prob)."""
+        return math.exp(x[0]) if self.calibration is None else self.calibration.probability(x)
 
     def score(self, nodes: list[Node], aggregation: str) -> ScoreOutput:
         if aggregation not in AGGREGATIONS:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -34,10 +33,10 @@ from ponder.workers.answers import extract_answer, is_correct
 from ponder.workers.policy import Policy
 from ponder.workers.prm.confidence import (
     Calibration,
+    ConfidenceVerifier,
     calibration_path,
     features,
     model_fingerprint,
-    path_logprobs,
 )
 from ponder.workers.train.prm import auc, grouped_auc
 from ponder.workers.types import Node, Prompt, SamplingParams
@@ -179,15 +178,15 @@ def fit_calibration(samples: Sequence[Sample], model: str, fingerprint: str, hel
             X, y, w, _ = design(train, window, tail)
             mean, std, weights, bias = fit_logistic(X, y, w)
             cal = Calibration(model, fingerprint, window, tail, tuple(mean), tuple(std), tuple(weights), bias)
-            final = [cal.probability(features(path_logprobs(s.steps[-1]), s.steps[-1].logprobs, window, tail)) for s in held]
+            final = [ConfidenceVerifier(cal).probability(s.steps[-1]) for s in held]
             score = evaluate_scores(final, held)["within_question_auc"]
             grid.append({"window": window, "tail": tail, "heldout_within_question_auc": score})
             if best is None or score > best[0] + 1e-9:
                 best = (score, cal)
     assert best is not None
     cal = best[1]
-    final = [cal.probability(features(path_logprobs(s.steps[-1]), s.steps[-1].logprobs, cal.window, cal.tail)) for s in held]
-    mean_lp = [math.exp(features(path_logprobs(s.steps[-1]), [], 1, 1)[0]) for s in held]
+    final = [ConfidenceVerifier(cal).probability(s.steps[-1]) for s in held]
+    mean_lp = [ConfidenceVerifier(None).probability(s.steps[-1]) for s in held]  # exp(mean log-prob)
     fit = {
         "questions": len(qids), "samples": len(samples), "train_questions": len(train_q),
         "heldout_questions": len(qids) - len(train_q), "train_accuracy": sum(s.correct for s in train) / len(train),

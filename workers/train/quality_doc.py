@@ -123,7 +123,10 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
               f"MC counts: {json.dumps(htrain.get('counts', {}))}."]
     if etrain:
         pm = etrain.get("prm_model", {})
-        L += ["", f"Exact labels: sampling took {_fmt_time(etrain.get('label_seconds'))}; counts: {json.dumps(etrain.get('counts', {}))}; "
+        source = etrain.get("counts", {}).get("relabelled_from")
+        data = (f"the Monte Carlo recipe's solutions (`{source}`) relabelled by the checker, no sampling" if source else
+                f"sampling took {_fmt_time(etrain.get('label_seconds'))}; counts: {json.dumps(etrain.get('counts', {}))}")
+        L += ["", f"Exact labels: {data}; "
               f"the PRM model was kept at step {pm.get('best_step', '?')} of its run by held-out within-question AUC "
               f"({pm.get('val_within_question_auc', float('nan')):.3f} on validation questions; the curve is in `prm_exact/train.json`)."]
     if ctrain:

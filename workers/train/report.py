@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -40,7 +39,7 @@ from ponder.workers.train.checkpoint import EOS_ID, PAD_ID, load_checkpoint
 from ponder.workers.train.evaluate import Samples, decode, prompt_ids, sample_solutions
 from ponder.workers.train.mc_labels import LabeledSolution, ModelRollouts, cut_steps, mc_label, step_features
 from ponder.workers.train.prm import auc
-from ponder.workers.train.quality_doc import write_doc
+from ponder.workers.train.quality_doc import _read, write_doc
 from ponder.workers.train.sample import generate
 from ponder.workers.verifier import aggregate
 
@@ -157,7 +156,7 @@ def confidence_scorer(model: Any, tokenizer: Any, fmt: Any, path: Path | None) -
             for newest in steps:
                 lps.extend(newest)
                 x = features(lps, newest, ver.window, ver.tail)
-                row.append(ver.calibration.probability(x) if ver.calibration is not None else math.exp(x[0]))
+                row.append(ver.from_features(x))
             out.append(row)
         return out
 
@@ -285,19 +284,12 @@ def prm_section(
     if train_labels.exists():  # the paper's recipe's training labels
         from ponder.workers.train.mc_labels import load_labels
 
-        rollouts = _read_json(cfg.value_head.with_suffix(".json")).get("recipe", {}).get("rollouts", "?")
+        rollouts = _read(cfg.value_head.with_suffix(".json")).get("recipe", {}).get("rollouts", "?")
         noise[f"training ({rollouts} rollouts per step)"] = label_noise(load_labels(train_labels)["train"])
     return {
         "mc_counts": counts, "labelled_steps": int(y.numel()), "verifiers": verifiers, "selection": selection,
         "budgets": budgets, "weighted_minus_majority_at_max": margins, "label_noise": noise,
     }
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def search_section(samples: Samples, rates: list[float], cfg: ReportConfig) -> dict[str, Any]:
