@@ -25,7 +25,7 @@ from typing import Any
 # 2.0 s), because spinning threads steal the cores the other busy processes need.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from ponder.proto.config import AGGREGATIONS, SELECTIONS, STRATEGIES, Limits, SolveConfig
+from ponder.proto.config import AGGREGATIONS, BUDGET_MODES, SELECTIONS, STRATEGIES, Limits, SolveConfig
 from ponder.proto.errors import PonderError
 
 DEFAULT_QUESTION = "Compute 5 + 8 + 3 + 7 * 7."  # a test-split question of the built-in arith task
@@ -45,6 +45,8 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
                    help="'auto' (the model's own, e.g. arith's value head), 'none', a value-head .safetensors or a PRM directory")
     p.add_argument("--reviser", default="auto",
                    help="model for revision prompts: 'auto' (the model's own, e.g. arith-reviser), 'none', or a model")
+    p.add_argument("--plan", default="auto",
+                   help="auto's plan table: 'auto' (the model's plan.json, else the default plan), 'default', or a path")
     p.add_argument("--capacity", type=int, default=16, help="questions one worker searches at once")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = auto: 1 for models under 20M parameters, else every core)")
@@ -52,7 +54,11 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
 
 def _solve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default="best_of_n", choices=STRATEGIES)
-    p.add_argument("--budget", type=int, default=4, help="N, the budget in generations")
+    p.add_argument("--budget", type=int, default=4, help="N, the budget in generations (adaptive: the average)")
+    p.add_argument("--budget-mode", default=None, choices=BUDGET_MODES,
+                   help="adaptive: a live controller stops, abandons or widens the question (default for auto); fixed: exactly N")
+    p.add_argument("--min-generations", type=int, default=None, help="adaptive: spend at least this many")
+    p.add_argument("--max-generations", type=int, default=None, help="adaptive: spend at most this many (default 4 x N)")
     p.add_argument("--max-tokens", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -74,6 +80,7 @@ def _solve_options(p: argparse.ArgumentParser) -> None:
 def config_from_args(question: str, a: argparse.Namespace) -> SolveConfig:
     return SolveConfig(
         question=question, strategy=a.strategy, generations=a.budget, max_tokens=a.max_tokens,
+        budget_mode=a.budget_mode, min_generations=a.min_generations, max_generations=a.max_generations,
         temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, beam_width=a.beam_width,
         lookahead=a.lookahead, max_steps=a.max_steps, max_step_tokens=a.max_step_tokens, seed=a.seed,
         aggregation=a.aggregation, selection=a.selection, sequential_ratio=a.sequential_ratio,
@@ -192,7 +199,7 @@ def _bench(what: str, argv: list[str]) -> int:
     return 0
 
 
-TRAIN_JOBS = ("policy", "prm", "confidence", "revise", "report")  # modules of ponder.workers.train
+TRAIN_JOBS = ("policy", "prm", "confidence", "revise", "plan", "report")  # modules of ponder.workers.train
 DELEGATED = ("eval", "train", "bench")  # commands whose options belong to another module's parser
 
 

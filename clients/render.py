@@ -25,6 +25,13 @@ def _indent(text: str, pad: str = "    ") -> str:
     return "\n".join(pad + line for line in text.strip().splitlines()) or pad + "(empty)"
 
 
+def _decision(d: Any) -> str:
+    head = {"pilot": "pilot", "plan": "plan", "stop": "stop", "widen": "widen", "abandon": "abandon"}.get(d.kind, d.kind)
+    stats = (f"{d.candidates} candidates, {d.spent}/{d.allowance} generations (nominal {d.nominal}), "
+             f"leader {d.leader or '(none)'} {d.vote_share:.0%}, mean score {d.mean_score:.2f}")
+    return f"◆ {head}: {d.reason or d.plan} [{stats}]"
+
+
 def render(event: Any) -> str:
     kind = event.WhichOneof("kind")
     e = getattr(event, kind)
@@ -44,12 +51,21 @@ def render(event: Any) -> str:
         return f"  ✓ candidate #{e.node_id}: answer {e.answer or '(none)'}{score}"
     if kind == "progress":
         return f"· best so far: {e.best_answer or '(none)'} ({e.vote_share:.0%} of votes) — {_usage(e.usage)}"
+    if kind == "decision":
+        return _decision(e)
     if kind == "final":
         votes = ", ".join(f"{v.answer}×{v.count}" for v in e.votes) or "none"
         stop = f" (stopped early: {e.stop_reason})" if e.stop_reason else ""
+        low = " — low confidence: the controller gave up on this question" if e.low_confidence else ""
+        spend = ""
+        if e.nominal_generations:
+            spend = f"Spent: {e.usage.generations} of a nominal {e.nominal_generations} generations"
+            spend += f" ({e.usage.generations / e.nominal_generations:.0%})"
+            spend += f", predicted difficulty bin {e.difficulty_bin} of 5\n" if e.difficulty_bin else "\n"
         return (
-            f"\nAnswer: {e.answer or '(no answer found)'}{stop}\n"
+            f"\nAnswer: {e.answer or '(no answer found)'}{stop}{low}\n"
             f"Votes: {votes}\n"
+            f"{spend}"
             f"Usage: {_usage(e.usage)}\n"
             f"Latency: {e.latency_s:.2f} s (queued {e.queue_s:.2f} s), strategy {e.strategy}"
         )

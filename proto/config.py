@@ -13,8 +13,14 @@ from ponder.proto.errors import InvalidArgument
 STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts", "revision", "hybrid", "auto")
 AGGREGATIONS = ("last", "min", "prod", "mean")
 SELECTIONS = ("majority", "best", "weighted")
+# Strategies whose budget a live controller can steer: they sample whole solutions in waves.
+ADAPTIVE_STRATEGIES = ("auto", "best_of_n")
+BUDGET_MODES = ("fixed", "adaptive")
 DEFAULT_STRATEGY = "best_of_n"
 DEFAULT_GENERATIONS = 4
+# An adaptive budget may grow to this multiple of its nominal generations (drawn from what
+# settled questions of the same batch did not spend) unless the request sets max_generations.
+DEFAULT_MAX_BUDGET_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,10 @@ class SolveConfig:
     generations: int = DEFAULT_GENERATIONS
     max_tokens: int = 0  # 0: no cap
     max_flops: float = 0.0  # 0: no cap
+    # fixed | adaptive; None: adaptive for auto, fixed otherwise (see budget_mode_for)
+    budget_mode: str | None = None
+    min_generations: int | None = None  # adaptive: lower bound on the spend
+    max_generations: int | None = None  # adaptive: upper bound (default 4 x generations)
     temperature: float = 0.8
     top_p: float = 1.0
     top_k: int = 0
@@ -71,6 +81,7 @@ class SolveConfig:
                 "strategy", f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}"
             )
         _int_range("budget.generations", self.generations, 1, limits.max_generations)
+        self._validate_budget(limits)
         if self.max_tokens < 0:
             raise InvalidArgument("budget.max_tokens", f"must be >= 0, got {self.max_tokens}")
         if not self.max_flops >= 0:
@@ -115,6 +126,53 @@ class SolveConfig:
             )
         return self
 
+    def _validate_budget(self, limits: Limits) -> None:
+        if self.budget_mode is not None and self.budget_mode not in BUDGET_MODES:
+            raise InvalidArgument(
+                "budget.mode", f"unknown budget mode {self.budget_mode!r}; expected one of {', '.join(BUDGET_MODES)}"
+            )
+        if self.adaptive:
+            if self.strategy not in ADAPTIVE_STRATEGIES:
+                raise InvalidArgument(
+                    "budget.mode",
+                    f"adaptive budgets apply to {' and '.join(ADAPTIVE_STRATEGIES)}; {self.strategy} spends a fixed budget",
+                )
+        elif self.min_generations is not None or self.max_generations is not None:
+            field_ = "budget.min_generations" if self.min_generations is not None else "budget.max_generations"
+            raise InvalidArgument(field_, "bounds apply to adaptive budgets; this request's budget is fixed")
+        if self.min_generations is not None:
+            _int_range("budget.min_generations", self.min_generations, 1, self.generations)
+        if self.max_generations is not None:
+            _int_range("budget.max_generations", self.max_generations, 1, limits.max_generations)
+            if self.max_generations < self.generations:
+                raise InvalidArgument(
+                    "budget.max_generations",
+                    f"{self.max_generations} is below the budget of {self.generations} generations",
+                )
+            if self.min_generations is not None and self.max_generations < self.min_generations:
+                raise InvalidArgument(
+                    "budget.max_generations",
+                    f"{self.max_generations} is below min_generations {self.min_generations}",
+                )
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether a live controller may stop, abandon or widen this question's budget."""
+        if self.budget_mode is None:
+            return self.strategy == "auto"
+        return self.budget_mode == "adaptive"
+
+    def budget_bounds(self, limits: Limits = Limits(), min_default: int = 1) -> tuple[int, int]:
+        """(min, max) generations of an adaptive budget; (N, N) for a fixed one."""
+        n = self.generations
+        if not self.adaptive:
+            return n, n
+        lo = self.min_generations if self.min_generations is not None else min(n, min_default)
+        hi = self.max_generations
+        if hi is None:
+            hi = max(n, min(limits.max_generations, DEFAULT_MAX_BUDGET_FACTOR * n))
+        return lo, hi
+
     def replace(self, **changes: Any) -> SolveConfig:
         return dataclasses.replace(self, **changes)
 
@@ -130,6 +188,9 @@ class SolveConfig:
             generations=b.generations if b.HasField("generations") else DEFAULT_GENERATIONS,
             max_tokens=b.max_tokens if b.HasField("max_tokens") else 0,
             max_flops=b.max_flops if b.HasField("max_flops") else 0.0,
+            budget_mode=b.mode or None,
+            min_generations=b.min_generations if b.HasField("min_generations") else None,
+            max_generations=b.max_generations if b.HasField("max_generations") else None,
             temperature=_f32(o.temperature) if o.HasField("temperature") else 0.8,
             top_p=_f32(o.top_p) if o.HasField("top_p") else 1.0,
             top_k=o.top_k if o.HasField("top_k") else 0,
@@ -163,6 +224,12 @@ class SolveConfig:
             req.budget.max_tokens = self.max_tokens
         if self.max_flops:
             req.budget.max_flops = self.max_flops
+        if self.budget_mode:
+            req.budget.mode = self.budget_mode
+        if self.min_generations is not None:
+            req.budget.min_generations = self.min_generations
+        if self.max_generations is not None:
+            req.budget.max_generations = self.max_generations
         o = req.options
         o.temperature = self.temperature
         o.top_p = self.top_p

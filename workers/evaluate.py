@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from ponder.proto import pb
-from ponder.proto.config import AGGREGATIONS, SELECTIONS, STRATEGIES, SolveConfig
+from ponder.proto.config import AGGREGATIONS, BUDGET_MODES, SELECTIONS, STRATEGIES, SolveConfig
 from ponder.proto.errors import InvalidArgument, PonderError
 from ponder.workers.answers import extract_answer, is_correct
 from ponder.workers.loop import SearchLoop
 from ponder.workers.policy import Policy
+from ponder.workers.search.plan import PlanTable
 from ponder.workers.verifier import Verifier
 
 # SolveConfig fields that are not search options here: the question comes from the dataset, the
@@ -54,8 +55,11 @@ OPTION_HELP = {
     "selection": "how the answer is picked across candidates (default: weighted with scores, else majority)",
     "sequential_ratio": "hybrid: share of the budget spent on revisions",
     "timeout_s": "wall-clock limit per question in seconds (0: none); a question past it fails",
+    "budget_mode": "adaptive: the live controller stops, abandons or widens each question (default for auto); fixed: exactly N",
+    "min_generations": "adaptive: spend at least this many per question",
+    "max_generations": "adaptive: spend at most this many per question (default 4 x N)",
 }
-CHOICES = {"aggregation": AGGREGATIONS, "selection": SELECTIONS}
+CHOICES = {"aggregation": AGGREGATIONS, "selection": SELECTIONS, "budget_mode": BUDGET_MODES}
 ARITH_DEFAULT_N = 200
 
 
@@ -186,6 +190,7 @@ def evaluate(
     progress: bool = True,
     on_result: Callable[[list[Result]], None] | None = None,
     reviser: Policy | None = None,
+    plan: PlanTable | None = None,
     **options: Any,
 ) -> list[Result]:
     """Run every question under every (strategy, budget); ``options`` go into SolveConfig
@@ -203,7 +208,7 @@ def evaluate(
         items = load_dataset(dataset, limit)
     else:
         items = list(dataset)[:limit] if limit is not None else list(dataset)
-    loop = SearchLoop(policy, verifier, reviser=reviser)
+    loop = SearchLoop(policy, verifier, reviser=reviser, plan=plan)
     results: list[Result] = []
     bar = tqdm(total=len(items) * len(strategies) * len(budgets), disable=not progress, unit="q",
                file=sys.stderr, dynamic_ncols=True)
@@ -212,7 +217,7 @@ def evaluate(
             for budget in budgets:
                 bar.set_description(f"{strategy} N={budget}")
                 bar.set_postfix_str("")
-                in_flight = max(1, min(concurrency, max_rows // rows_per_question(strategy, budget, options)))
+                in_flight = max(1, min(concurrency, max_rows // rows_per_question(strategy, budget, options, loop.plan)))
                 results.append(_run_group(loop, items, strategy, budget, seed, in_flight, options, bar))
                 if on_result is not None:
                     on_result(results)
@@ -221,10 +226,24 @@ def evaluate(
     return results
 
 
-def rows_per_question(strategy: str, budget: int, options: dict[str, Any]) -> int:
+def rows_per_question(strategy: str, budget: int, options: dict[str, Any], plan: PlanTable | None = None) -> int:
     """Sequences one question keeps in flight: the budget for the parallel strategies, one for
-    a revision chain, one per chain for hybrid."""
+    a revision chain, one per chain for hybrid, a wave for adaptive best-of-N; for auto, the
+    most any plan cell for this budget keeps."""
+    from ponder.workers.search.plan import DEFAULT_PLAN
     from ponder.workers.search.revision import DEFAULT_SEQUENTIAL_RATIO, split_budget
+
+    plan = plan or DEFAULT_PLAN
+    adaptive = SolveConfig(question="?", strategy=strategy, generations=budget,
+                           budget_mode=options.get("budget_mode")).adaptive
+    if strategy == "auto":
+        cells = {plan.lookup(b, budget) for b in range(6)}
+        wave = plan.controller.wave if adaptive else budget
+        rows = [max(plan.pilot, wave)]
+        rows += [rows_per_question(c.strategy, budget, options | c.overrides()) for c in cells if c.strategy != "best_of_n"]
+        return max(1, min(budget, max(rows)))
+    if strategy == "best_of_n" and adaptive:
+        return max(1, min(budget, plan.controller.wave))
 
     if strategy == "revision":
         return 1
@@ -253,7 +272,9 @@ class _Grader:
         return self.seen[answer]
 
 
-def _record(index: int, item: Item, end: pb.SolveEvent, candidates: list[pb.Candidate]) -> dict[str, Any]:
+def _record(
+    index: int, item: Item, end: pb.SolveEvent, candidates: list[pb.Candidate], decisions: list[pb.Decision] = ()
+) -> dict[str, Any]:
     """What the ``--out`` file keeps of one question: enough to recompute selections offline."""
     rec: dict[str, Any] = {"index": index, "question": item.question, "gold": item.gold}
     if end.WhichOneof("kind") == "error":
@@ -265,6 +286,11 @@ def _record(index: int, item: Item, end: pb.SolveEvent, candidates: list[pb.Cand
         "answer": fin.answer,
         "correct": grade(fin.answer or None),
         "stop_reason": fin.stop_reason,
+        "nominal_generations": fin.nominal_generations,
+        "low_confidence": fin.low_confidence,
+        "difficulty_bin": fin.difficulty_bin,
+        "decisions": [{"kind": d.kind, "candidates": d.candidates, "spent": d.spent, "vote_share": round(d.vote_share, 4),
+                       "mean_score": round(d.mean_score, 4), "plan": d.plan} for d in decisions],
         "usage": _usage(fin.usage),
         "candidates": [
             {
@@ -294,12 +320,15 @@ def _run_group(
     job_of = {f"{strategy}-{budget}-{i}": i for i in range(len(items))}
     ends: dict[str, pb.SolveEvent] = {}
     cands: dict[str, list[pb.Candidate]] = {job: [] for job in job_of}
+    decisions: dict[str, list[pb.Decision]] = {job: [] for job in job_of}
 
     def sink(job_id: str, events: list[pb.SolveEvent]) -> None:
         for e in events:
             kind = e.WhichOneof("kind")
             if kind == "candidate" and job_id in cands:
                 cands[job_id].append(e.candidate)
+            elif kind == "decision" and job_id in decisions:
+                decisions[job_id].append(e.decision)
             elif kind in ("final", "error"):
                 ends[job_id] = e
 
@@ -310,7 +339,7 @@ def _run_group(
     def finish(job: str) -> None:
         nonlocal done, correct, failed
         i = job_of[job]
-        records[i] = rec = _record(i, items[i], ends[job], cands.pop(job))
+        records[i] = rec = _record(i, items[i], ends[job], cands.pop(job), decisions.pop(job))
         done += 1
         correct += int(bool(rec.get("correct")))
         failed += int("error" in rec)
@@ -437,6 +466,8 @@ def _parser() -> argparse.ArgumentParser:
                         ".safetensors, a PRM directory, outcome:DIR, random[:SEED], or any spec load_verifier takes")
     p.add_argument("--reviser", default="auto",
                    help="model for revision prompts: 'auto' (the model's own, e.g. arith-reviser), 'none', or a model")
+    p.add_argument("--plan", default="auto",
+                   help="auto's plan table: 'auto' (the model's plan.json, else the default plan), 'default', or a path")
     p.add_argument("--strategies", default="best_of_n,beam,lookahead,dvts,revision,hybrid")
     p.add_argument("--budgets", default="4,16", help="comma-separated budgets N in generations")
     p.add_argument("--limit", type=int, default=None, help="first N questions only (default: the whole dataset)")
@@ -473,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ponder.workers.runtime import build_policy, build_reviser, build_verifier, set_threads
+    from ponder.workers.runtime import build_plan, build_policy, build_reviser, build_verifier, set_threads
 
     strategies = _csv(args.strategies)
     budgets = _parse_budgets(args.budgets)
@@ -490,14 +521,19 @@ def _main(args: argparse.Namespace) -> int:
     policy = build_policy(args.model, args.backend)
     threads = set_threads(args.threads, policy)
     verifier = build_verifier(args.verifier, policy, args.model)
+    plan = build_plan(args.plan, args.model, verifier)
     # revision prompts go to the model's reviser, as on a worker (loaded only when used)
-    reviser = build_reviser(args.reviser, args.model, args.backend) if {"revision", "hybrid"} & set(strategies) else None
+    revising = {"revision", "hybrid"} & set(strategies) or (
+        "auto" in strategies and any(c.strategy in ("revision", "hybrid") for row in plan.plans.values() for c in row.values())
+    )
+    reviser = build_reviser(args.reviser, args.model, args.backend) if revising else None
     start = time.perf_counter()
     header = {
         "model": policy.name,
         "backend": type(policy).__name__,
         "verifier": getattr(verifier, "name", "none") if verifier is not None else "none",
         "reviser": reviser.name if reviser is not None else "none",
+        "plan": plan.summary(),
         "dataset": str(args.dataset),
         "questions": len(items),
         "limit": args.limit,
@@ -514,7 +550,7 @@ def _main(args: argparse.Namespace) -> int:
 
     results = evaluate(
         policy, verifier, items, strategies, budgets, seed=args.seed, concurrency=args.concurrency,
-        max_rows=args.max_rows, progress=not args.no_progress, on_result=save, reviser=reviser, **options,
+        max_rows=args.max_rows, progress=not args.no_progress, on_result=save, reviser=reviser, plan=plan, **options,
     )
     print(format_markdown([r.as_dict() for r in results]) if args.markdown else format_table(results))
     errors = format_errors(results)

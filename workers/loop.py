@@ -15,11 +15,13 @@ import torch
 
 from ponder.kernels import topk_prune
 from ponder.proto import pb
-from ponder.proto.config import SolveConfig
+from ponder.proto.config import Limits, SolveConfig
 from ponder.proto.errors import PonderError
 from ponder.workers.policy import Policy
 from ponder.workers.search import base as search_base
 from ponder.workers.search.base import SearchContext, Strategy, usage_to_proto
+from ponder.workers.search.controller import BudgetBank
+from ponder.workers.search.plan import DEFAULT_PLAN, PlanTable
 from ponder.workers.types import Expand, Node, Outcome, Prefill, Prompt, Prune, Score
 from ponder.workers.verifier import NullVerifier, Verifier
 
@@ -55,6 +57,8 @@ class SearchLoop:
         verifier: Verifier | None = None,
         sink: EventSink | None = None,
         reviser: Policy | None = None,
+        plan: PlanTable | None = None,
+        limits: Limits = Limits(),
     ) -> None:
         self.policy = policy
         # A reviser, when given, serves every prompt that carries earlier attempts (and every
@@ -64,6 +68,12 @@ class SearchLoop:
         self.has_verifier = not isinstance(self.verifier, NullVerifier)
         self.sink = sink or (lambda job_id, events: None)
         self.jobs: dict[str, Job] = {}
+        # auto's plan table and the live controller's thresholds (search/plan.py)
+        self.plan = plan or DEFAULT_PLAN
+        self.limits = limits
+        # Generations settled questions did not spend, for uncertain ones running beside them
+        # (search/controller.py); emptied whenever the loop goes idle.
+        self.bank = BudgetBank()
 
     def _owner(self, prompt: Prompt | None) -> Policy:
         """The policy that serves a prompt, and every node under the root built from it."""
@@ -83,6 +93,9 @@ class SearchLoop:
             step_delimiter=self.policy.step_delimiter,
             deadline=deadline,
             has_verifier=self.has_verifier,
+            plan=self.plan,
+            bank=self.bank,
+            bounds=config.budget_bounds(self.limits, min_default=self.plan.controller.min_candidates),
         )
         strategy = search_base.make_strategy(ctx)
         ctx.emit(
@@ -133,6 +146,8 @@ class SearchLoop:
             self._flush(job)
             if job.done:
                 self._finish(job)
+        if not self.jobs:
+            self.bank.reset()
         return len(self.jobs)
 
     def run_until_idle(self, max_ticks: int = 100_000) -> None:
@@ -340,6 +355,9 @@ class SearchLoop:
             strategy=job.strategy.name,
             stop_reason=out.stop_reason,
             latency_s=time.time() - job.started,
+            nominal_generations=job.ctx.config.generations,
+            low_confidence=job.ctx.low_confidence,
+            difficulty_bin=job.ctx.difficulty_bin,
         )
         for vote in out.votes:
             final.votes.add(answer=vote.answer, count=vote.count, score=vote.score)
@@ -362,6 +380,9 @@ class SearchLoop:
             self.sink(job.ctx.job_id, events)
 
     def _finish(self, job: Job) -> None:
+        ctx = job.ctx
+        if ctx.config.adaptive:  # what it did not spend goes to the questions still running
+            self.bank.deposit(ctx.allowance - ctx.usage.generations)
         self.jobs.pop(job.ctx.job_id, None)
         job.ctx.nodes = []
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.models import resolve
 from ponder.workers.policy import Policy
+from ponder.workers.search.plan import PlanTable
 from ponder.workers.verifier import Verifier
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,31 @@ def build_reviser(spec: str, model: str, backend: str = "auto") -> Policy | None
     return build_policy(spec, backend)
 
 
+def build_plan(spec: str, model: str, verifier: Verifier | None = None) -> PlanTable:
+    """auto's plan table: ``auto`` (the model's ``plan.json`` when it ships one, else the
+    default plan), ``default``/``none`` (the default plan), or a path. A table fitted on another
+    model, or for another verifier than the worker runs, is INVALID_ARGUMENT."""
+    from ponder.workers.prm.confidence import model_fingerprint
+    from ponder.workers.search.plan import DEFAULT_PLAN, PLAN_FILE
+
+    if spec in ("", "none", "default"):
+        return DEFAULT_PLAN
+    files = resolve(model) if model else None
+    if spec == "auto":
+        if files is None or files.gguf_file or not (Path(files.path) / PLAN_FILE).exists():
+            return DEFAULT_PLAN
+        path = Path(files.path) / PLAN_FILE
+    else:
+        path = Path(spec).expanduser()
+    table = PlanTable.load(path, model_fingerprint(files) if files is not None else None, model)
+    running = verifier.name if verifier is not None else ""
+    if table.verifier and table.verifier != running:
+        raise InvalidArgument(
+            "plan", f"{path} was fitted with the verifier {table.verifier!r}; this worker runs {running or 'none'!r}"
+        )
+    return table
+
+
 def run_worker(args: Any) -> int:
     """Entry point of `ponder worker`."""
     from ponder.workers.worker import Worker, WorkerConfig
@@ -97,7 +124,8 @@ def run_worker(args: Any) -> int:
     set_threads(args.threads, policy)
     verifier = build_verifier(args.verifier, policy, args.model)
     reviser = build_reviser(args.reviser, args.model, args.backend)
-    worker = Worker(cfg, policy, verifier, reviser)
+    plan = build_plan(getattr(args, "plan", "auto"), args.model, verifier)
+    worker = Worker(cfg, policy, verifier, reviser, plan)
 
     async def main() -> None:
         stop = asyncio.Event()

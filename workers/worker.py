@@ -31,6 +31,7 @@ from ponder.proto.errors import InvalidArgument, PonderError
 from ponder.scheduler.store import JobStore, QueuedJob
 from ponder.workers.loop import SearchLoop
 from ponder.workers.policy import Policy
+from ponder.workers.search.plan import PlanTable
 from ponder.workers.verifier import Verifier
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,12 @@ class Active:
 
 class Worker:
     def __init__(
-        self, config: WorkerConfig, policy: Policy, verifier: Verifier | None = None, reviser: Policy | None = None
+        self,
+        config: WorkerConfig,
+        policy: Policy,
+        verifier: Verifier | None = None,
+        reviser: Policy | None = None,
+        plan: PlanTable | None = None,
     ) -> None:
         self.cfg = config
         self.policy = policy
@@ -80,7 +86,7 @@ class Worker:
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._draining = False
-        self.loop = SearchLoop(policy, verifier, sink=self._sink, reviser=reviser)
+        self.loop = SearchLoop(policy, verifier, sink=self._sink, reviser=reviser, plan=plan, limits=config.limits)
         self.jobs_done = 0
         self.failed = False
         self._stop_event: asyncio.Event | None = None
@@ -283,6 +289,7 @@ class Worker:
                 active_jobs=len(self.active), capacity=0 if self._draining else self.cfg.capacity,
                 last_seen=time.time(), strategies=available_strategies(),
                 verifier=self.loop.verifier.name if self.loop.has_verifier else "",
+                plan=self.loop.plan.summary(),
             )
             try:
                 await self.store.heartbeat(info)

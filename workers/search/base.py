@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 from ponder.proto import pb
 from ponder.proto.config import SolveConfig
 from ponder.workers.answers import Candidate, extract_answer, select
+from ponder.workers.search.controller import BudgetBank, ControllerConfig, Tally
+from ponder.workers.search.plan import DEFAULT_PLAN, PlanTable
 from ponder.workers.types import Node, Outcome, Request, SamplingParams, Usage
 
 StrategyRun = Generator[Request, Any, Outcome]
@@ -34,11 +36,27 @@ class SearchContext:
         step_delimiter: str = "\n\n",
         deadline: float | None = None,
         has_verifier: bool = False,
+        plan: PlanTable = DEFAULT_PLAN,
+        bank: BudgetBank | None = None,
+        bounds: tuple[int, int] | None = None,
     ) -> None:
         self.job_id = job_id
         self.config = config
         self.seed = config.seed if config.seed is not None else random.getrandbits(63)
         self.budget = config.generations  # N; a controller may change it between ticks
+        # Adaptive budgets (controller.py): the generations this question may spend now (its
+        # nominal budget, plus what it drew from the bank), its (min, max), the worker's plan
+        # table and the bank shared with the questions running beside it.
+        self.allowance = config.generations
+        self.bounds = bounds or (config.generations, config.generations)
+        self.plan = plan
+        self.bank = bank
+        self.low_confidence = False  # the controller abandoned the question
+        self.difficulty_bin = 0
+        # Candidates of an earlier phase (auto's pilot) that compete in the final selection, and
+        # every candidate of the last selection (so a phase can hand its candidates on).
+        self.carried: list[Candidate] = []
+        self.concluded: list[Candidate] = []
         self.step_delimiter = step_delimiter
         self.deadline = deadline
         self.has_verifier = has_verifier
@@ -76,6 +94,10 @@ class SearchContext:
 
     def charge_generations(self, n: int) -> None:
         self.usage.generations += n
+
+    @property
+    def controller(self) -> ControllerConfig:
+        return self.plan.controller
 
     def stop_reason(self) -> str:
         """Why the search must wrap up now with what it has ('' when it may go on): a token or
@@ -127,6 +149,18 @@ class SearchContext:
         self.emit(
             progress=pb.Progress(
                 usage=usage_to_proto(self.usage), best_answer=best_answer, vote_share=vote_share
+            )
+        )
+
+
+    def emit_decision(self, kind: str, tally: Tally, reason: str = "", **extra: Any) -> None:
+        """A controller or planner decision, with the statistics it was based on."""
+        self.emit(
+            decision=pb.Decision(
+                kind=kind, reason=reason, candidates=tally.n, spent=self.usage.generations,
+                allowance=self.allowance, nominal=self.config.generations, vote_share=tally.share,
+                margin=tally.margin, stable=tally.stable, best_score=tally.best_score,
+                mean_score=tally.mean_score, leader=tally.leader_answer, **extra,
             )
         )
 
@@ -194,7 +228,9 @@ def default_selection(ctx: SearchContext, has_scores: bool) -> str:
 
 
 def conclude(ctx: SearchContext, candidates: list[Candidate], mode: str, stop_reason: str = "") -> Outcome:
-    """Select the answer across candidates and emit a last progress event."""
+    """Select the answer across candidates (and ``ctx.carried``) and emit a last progress event."""
+    candidates = [*ctx.carried, *candidates]
+    ctx.concluded = candidates
     sel = select(candidates, mode)
     total = sum(v.count for v in sel.votes)
     share = next((v.count for v in sel.votes if v.answer == sel.answer), 0) / total if total else 0.0

@@ -1,20 +1,17 @@
 """Best-of-N: N independent samples, grown one step at a time in one batch, then selected by
-majority, best score or PRM-weighted vote."""
+majority, best score or PRM-weighted vote.
+
+With an adaptive budget (``budget.mode = adaptive``) the samples are drawn in waves and the live
+controller (controller.py) may stop the question once it is settled, abandon it when it is
+hopeless, or widen it with generations other questions of the batch did not spend."""
 
 from __future__ import annotations
 
 from ponder.workers.answers import Candidate
-from ponder.workers.search.base import (
-    SearchContext,
-    Strategy,
-    StrategyRun,
-    candidate_of,
-    conclude,
-    default_selection,
-    is_complete,
-    register,
-)
-from ponder.workers.types import Expand, Node, Prefill, Prompt, Score
+from ponder.workers.search.base import SearchContext, Strategy, StrategyRun, conclude, default_selection, register
+from ponder.workers.search.controller import Tally
+from ponder.workers.search.waves import grow, sample_waves
+from ponder.workers.types import Node, Prefill, Prompt
 
 
 @register
@@ -28,38 +25,20 @@ class BestOfN(Strategy):
 
     def plan(self) -> str:
         mode = default_selection(self.ctx, self.score_steps)
+        if self.ctx.config.adaptive:
+            lo, hi = self.ctx.bounds
+            return f"best_of_n N={self.ctx.budget} adaptive [{lo}..{hi}] wave={self.ctx.controller.wave} select={mode}"
         return f"best_of_n N={self.ctx.budget} select={mode}"
 
     def run(self) -> StrategyRun:
         ctx = self.ctx
-        n = ctx.budget
-        ctx.charge_generations(n)
         (root,) = yield Prefill([Prompt(ctx.config.question)])
-        live: list[Node] = [root] * n
         candidates: list[Candidate] = []
-        stop = ""
-        while live:
-            children: list[Node] = yield Expand(live, ctx.sampling())
-            if self.score_steps:
-                yield Score(children)
-            # Parents go only after their children are scored: a separate PRM extends the
-            # parent's cached prefix to score a child.
-            ctx.release([p for p in set(live) if p is not root])
-            live = []
-            for child in children:
-                ctx.emit_step(child)
-                if is_complete(child, ctx):
-                    cand = candidate_of(child, ctx)
-                    ctx.emit_candidate(child, cand.answer, cand.score)
-                    candidates.append(cand)
-                else:
-                    live.append(child)
-            stop = ctx.stop_reason()
-            if stop:
-                # Out of tokens/FLOPs/time: the unfinished samples compete with what they have.
-                for child in live:
-                    cand = candidate_of(child, ctx)
-                    ctx.emit_candidate(child, cand.answer, cand.score)
-                    candidates.append(cand)
-                break
+        if ctx.config.adaptive:
+            stop = yield from sample_waves(ctx, root, Tally.empty(), candidates, self.score_steps)
+        else:
+            n = ctx.budget
+            ctx.charge_generations(n)
+            live: list[Node] = [root] * n
+            stop = yield from grow(ctx, live, root, self.score_steps, candidates)
         return conclude(ctx, candidates, default_selection(ctx, self.score_steps), stop)

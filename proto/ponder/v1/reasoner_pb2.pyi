@@ -27,14 +27,20 @@ class SolveRequest(_message.Message):
     def __init__(self, question: _Optional[str] = ..., strategy: _Optional[str] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., options: _Optional[_Union[SearchOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., priority: _Optional[int] = ..., model: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("generations", "max_tokens", "max_flops")
+    __slots__ = ("generations", "max_tokens", "max_flops", "mode", "min_generations", "max_generations")
     GENERATIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_FLOPS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MIN_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
     generations: int
     max_tokens: int
     max_flops: float
-    def __init__(self, generations: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_flops: _Optional[float] = ...) -> None: ...
+    mode: str
+    min_generations: int
+    max_generations: int
+    def __init__(self, generations: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_flops: _Optional[float] = ..., mode: _Optional[str] = ..., min_generations: _Optional[int] = ..., max_generations: _Optional[int] = ...) -> None: ...
 
 class SearchOptions(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "beam_width", "lookahead", "max_steps", "max_step_tokens", "seed", "aggregation", "selection", "sequential_ratio")
@@ -63,7 +69,7 @@ class SearchOptions(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., beam_width: _Optional[int] = ..., lookahead: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_step_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., aggregation: _Optional[str] = ..., selection: _Optional[str] = ..., sequential_ratio: _Optional[float] = ...) -> None: ...
 
 class SolveEvent(_message.Message):
-    __slots__ = ("job_id", "seq", "event_id", "time", "queued", "started", "step", "candidate", "progress", "final", "error")
+    __slots__ = ("job_id", "seq", "event_id", "time", "queued", "started", "step", "candidate", "progress", "final", "error", "decision")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +81,7 @@ class SolveEvent(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     seq: int
     event_id: str
@@ -86,7 +93,40 @@ class SolveEvent(_message.Message):
     progress: Progress
     final: Final
     error: Error
-    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., event_id: _Optional[str] = ..., time: _Optional[float] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., candidate: _Optional[_Union[Candidate, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    decision: Decision
+    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., event_id: _Optional[str] = ..., time: _Optional[float] = ..., queued: _Optional[_Union[Queued, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., step: _Optional[_Union[Step, _Mapping]] = ..., candidate: _Optional[_Union[Candidate, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("kind", "reason", "candidates", "spent", "allowance", "nominal", "vote_share", "margin", "stable", "best_score", "mean_score", "difficulty_bin", "plan", "leader")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    ALLOWANCE_FIELD_NUMBER: _ClassVar[int]
+    NOMINAL_FIELD_NUMBER: _ClassVar[int]
+    VOTE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    MARGIN_FIELD_NUMBER: _ClassVar[int]
+    STABLE_FIELD_NUMBER: _ClassVar[int]
+    BEST_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    DIFFICULTY_BIN_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    reason: str
+    candidates: int
+    spent: int
+    allowance: int
+    nominal: int
+    vote_share: float
+    margin: float
+    stable: int
+    best_score: float
+    mean_score: float
+    difficulty_bin: int
+    plan: str
+    leader: str
+    def __init__(self, kind: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[int] = ..., spent: _Optional[int] = ..., allowance: _Optional[int] = ..., nominal: _Optional[int] = ..., vote_share: _Optional[float] = ..., margin: _Optional[float] = ..., stable: _Optional[int] = ..., best_score: _Optional[float] = ..., mean_score: _Optional[float] = ..., difficulty_bin: _Optional[int] = ..., plan: _Optional[str] = ..., leader: _Optional[str] = ...) -> None: ...
 
 class Queued(_message.Message):
     __slots__ = ("queue_depth", "request_id")
@@ -187,7 +227,7 @@ class AnswerVotes(_message.Message):
     def __init__(self, answer: _Optional[str] = ..., count: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("answer", "solution", "votes", "usage", "latency_s", "queue_s", "strategy", "stop_reason")
+    __slots__ = ("answer", "solution", "votes", "usage", "latency_s", "queue_s", "strategy", "stop_reason", "nominal_generations", "low_confidence", "difficulty_bin")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     SOLUTION_FIELD_NUMBER: _ClassVar[int]
     VOTES_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +236,9 @@ class Final(_message.Message):
     QUEUE_S_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    NOMINAL_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    LOW_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    DIFFICULTY_BIN_FIELD_NUMBER: _ClassVar[int]
     answer: str
     solution: str
     votes: _containers.RepeatedCompositeFieldContainer[AnswerVotes]
@@ -204,7 +247,10 @@ class Final(_message.Message):
     queue_s: float
     strategy: str
     stop_reason: str
-    def __init__(self, answer: _Optional[str] = ..., solution: _Optional[str] = ..., votes: _Optional[_Iterable[_Union[AnswerVotes, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., latency_s: _Optional[float] = ..., queue_s: _Optional[float] = ..., strategy: _Optional[str] = ..., stop_reason: _Optional[str] = ...) -> None: ...
+    nominal_generations: int
+    low_confidence: bool
+    difficulty_bin: int
+    def __init__(self, answer: _Optional[str] = ..., solution: _Optional[str] = ..., votes: _Optional[_Iterable[_Union[AnswerVotes, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., latency_s: _Optional[float] = ..., queue_s: _Optional[float] = ..., strategy: _Optional[str] = ..., stop_reason: _Optional[str] = ..., nominal_generations: _Optional[int] = ..., low_confidence: _Optional[bool] = ..., difficulty_bin: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -261,7 +307,7 @@ class ServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "host", "models", "active_jobs", "capacity", "last_seen", "strategies", "verifier")
+    __slots__ = ("worker_id", "host", "models", "active_jobs", "capacity", "last_seen", "strategies", "verifier", "plan")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -270,6 +316,7 @@ class WorkerInfo(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     STRATEGIES_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     host: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -278,7 +325,8 @@ class WorkerInfo(_message.Message):
     last_seen: float
     strategies: _containers.RepeatedScalarFieldContainer[str]
     verifier: str
-    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., active_jobs: _Optional[int] = ..., capacity: _Optional[int] = ..., last_seen: _Optional[float] = ..., strategies: _Optional[_Iterable[str]] = ..., verifier: _Optional[str] = ...) -> None: ...
+    plan: str
+    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., active_jobs: _Optional[int] = ..., capacity: _Optional[int] = ..., last_seen: _Optional[float] = ..., strategies: _Optional[_Iterable[str]] = ..., verifier: _Optional[str] = ..., plan: _Optional[str] = ...) -> None: ...
 
 class ServerInfoResponse(_message.Message):
     __slots__ = ("version", "models", "strategies", "workers_alive", "queue_depth", "jobs_running", "workers", "max_generations", "max_question_chars")
