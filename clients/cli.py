@@ -5,7 +5,7 @@
     ponder worker --redis URL [--model M]
     ponder ask QUESTION [--server HOST:PORT] [--strategy S] [--budget N] [--json]
     ponder info | watch JOB | cancel JOB | result JOB   [--server HOST:PORT]
-    ponder eval …   ponder train {policy,prm,confidence,revise,report} …   ponder bench {engine,kernels,service} …
+    ponder eval …   ponder train {policy,prm,confidence,revise,plan,report} …   ponder bench {engine,kernels,service,adaptive} …
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=TRAIN_JOBS)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p = sub.add_parser("bench", help="run a benchmark from benchmarks/", add_help=False)
-    p.add_argument("what", choices=("engine", "kernels", "service"))
+    p.add_argument("what", choices=BENCHMARKS)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
@@ -200,6 +200,7 @@ def _bench(what: str, argv: list[str]) -> int:
 
 
 TRAIN_JOBS = ("policy", "prm", "confidence", "revise", "plan", "report")  # modules of ponder.workers.train
+BENCHMARKS = ("engine", "kernels", "service", "adaptive")  # scripts in benchmarks/
 DELEGATED = ("eval", "train", "bench")  # commands whose options belong to another module's parser
 
 
@@ -211,7 +212,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         cmd, rest = argv[i], argv[i + 1 :]
         ns = argparse.Namespace(command=cmd, verbose=bool(argv[:i]), rest=rest)
         if cmd != "eval":
-            choices = ("engine", "kernels", "service") if cmd == "bench" else TRAIN_JOBS
+            choices = BENCHMARKS if cmd == "bench" else TRAIN_JOBS
             if not rest or rest[0] not in choices:
                 build_parser().parse_args(argv[: i + 2])  # prints the usage error and exits 2
             ns.what, ns.rest = rest[0], rest[1:]

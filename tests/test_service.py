@@ -180,7 +180,12 @@ def test_deadline_cancels_the_job(svc: Service) -> None:
         (dict(generations=-3), "budget.generations"),
         (dict(generations=100_000), "budget.generations"),
         (dict(strategy="magic"), "strategy"),
-        (dict(strategy="auto"), "strategy"),  # known to the contract, offered by no worker yet
+        (dict(strategy="beam", mode="adaptive"), "budget.mode"),
+        (dict(mode="sometimes"), "budget.mode"),
+        (dict(strategy="auto", generations=8, max_generations=4), "budget.max_generations"),
+        (dict(strategy="auto", generations=8, min_generations=6, max_generations=7), "budget.max_generations"),
+        (dict(strategy="auto", generations=8, min_generations=9), "budget.min_generations"),
+        (dict(mode="fixed", max_generations=8), "budget.max_generations"),
         (dict(temperature=5.0), "options.temperature"),
         (dict(top_p=0.0), "options.top_p"),
         (dict(strategy="beam", beam_width=8, generations=4), "options.beam_width"),
@@ -195,8 +200,8 @@ def test_deadline_cancels_the_job(svc: Service) -> None:
 def test_bad_input_is_invalid_argument(svc: Service, fields: dict[str, Any], field: str) -> None:
     req = pb.SolveRequest(question=fields.pop("question", "What is 1 + 1?"), strategy=fields.pop("strategy", ""))
     for name, value in fields.items():
-        if name == "generations":
-            req.budget.generations = value
+        if name in ("generations", "mode", "min_generations", "max_generations"):
+            setattr(req.budget, name, value)
         elif name == "timeout_s":
             req.timeout_s = value
         else:
@@ -254,6 +259,25 @@ def test_server_info_health_and_reflection(svc: Service) -> None:
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
         names = {s.name for r in responses for s in r.list_services_response.service}
         assert "ponder.v1.Reasoner" in names and "grpc.health.v1.Health" in names
+
+
+def test_auto_streams_its_decisions_and_reports_the_spend(svc: Service) -> None:
+    with svc.client() as c:
+        info = c.info()
+        events = list(c.solve("What is 2 + 3?", strategy="auto", generations=8, max_steps=2, max_step_tokens=8, seed=3))
+        fixed = c.ask("What is 2 + 3?", strategy="auto", generations=6, budget_mode="fixed", max_steps=2,
+                      max_step_tokens=8, seed=3)
+    assert "auto" in info.strategies
+    assert info.workers[0].plan  # the plan table the worker loaded (here: the default plan)
+    decisions = [e.decision for e in events if e.WhichOneof("kind") == "decision"]
+    assert [d.kind for d in decisions[:2]] == ["pilot", "plan"]
+    assert decisions[0].candidates == 4 and decisions[0].spent == 4 and decisions[0].nominal == 8
+    final = events[-1].final
+    assert final.strategy == "auto" and final.nominal_generations == 8
+    # one question alone: nothing in the bank, so it never spends more than its nominal budget
+    assert 4 <= final.usage.generations <= 8
+    assert sum(1 for e in events if e.WhichOneof("kind") == "candidate") == final.usage.generations
+    assert fixed.usage.generations == 6 and fixed.nominal_generations == 6
 
 
 def test_fifty_concurrent_streaming_clients(svc: Service) -> None:

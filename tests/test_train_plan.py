@@ -1,0 +1,98 @@
+"""`ponder train plan`: the plan table and controller fitted from a synthetic sample pool whose
+questions are easy (one answer, high scores), medium (a right majority, mixed scores) and
+hopeless (scattered wrong answers, low scores), so the right fit is known in advance."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ponder.proto.errors import InvalidArgument
+from ponder.workers.search.plan import PlanTable
+from ponder.workers.train import plan as fitplan
+
+
+def _pool(path: Path, n_questions: int = 30, samples: int = 32, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    answers = []
+    for i in range(n_questions):
+        kind = ("easy", "medium", "hard")[i % 3]
+        cands = []
+        for _ in range(samples):
+            if kind == "easy":
+                a, ok, s = "1", True, rng.uniform(0.8, 0.95)
+            elif kind == "medium":
+                ok = rng.random() < 0.6
+                a, s = ("2", rng.uniform(0.5, 0.8)) if ok else (str(rng.randrange(3, 6)), rng.uniform(0.3, 0.6))
+            else:
+                a, ok, s = str(rng.randrange(10, 40)), False, rng.uniform(0.02, 0.15)
+            cands.append({"answer": a, "score": s, "correct": ok, "attempt": 0, "node": 0})
+        answers.append({"index": i, "question": f"Compute q{i}.", "gold": "x", "answer": "", "correct": False,
+                        "candidates": cands})
+    path.write_text(json.dumps({"results": [{"strategy": "best_of_n", "budget": samples, "answers": answers}]}))
+    return path
+
+
+def test_fit_finds_bins_plans_and_a_controller_that_saves(tmp_path: Path) -> None:
+    qs = fitplan.load_pool(_pool(tmp_path / "pool.json"))
+    table = fitplan.fit(qs, [4, 16, 32], pilot=4, draws=8, seed=1)
+    assert len(table.edges) == 4 and list(table.edges) == sorted(table.edges)
+    assert set(table.plans) == {1, 2, 3, 4, 5}
+    assert all(set(row) == {4, 16, 32} for row in table.plans.values())
+    fitted = table.fit["controller_fit"]
+    # easy questions settle after a wave or two, hopeless ones are abandoned: far below 32
+    assert fitted["generations"] < 0.6 * 32
+    assert fitted["stop_agreement"] >= fitplan.TARGET_AGREEMENT
+    assert fitted["accuracy"] >= fitted["full_accuracy"] - fitplan.MAX_ACCURACY_LOSS
+    cv = table.fit["cross_validation"]
+    assert set(cv["plan"]) == {"4", "16", "32"}
+    assert 0.0 <= cv["controller_mean"]["agreement"] <= 1.0
+    # easy questions have the highest pilot scores: bin 1
+    easy = np.median(fitplan.Trajectories(qs[:1], 4, 4, 0).pilot_mean[0])
+    assert table.bin_of(float(easy)) == 1
+
+
+def test_trajectories_match_a_direct_vote(tmp_path: Path) -> None:
+    qs = fitplan.load_pool(_pool(tmp_path / "pool.json", n_questions=12, samples=16))
+    traj = fitplan.Trajectories(qs, wave=4, perms=3, seed=0)
+    assert traj.waves == 4
+    # after the last wave every order holds the whole pool: the leader is the full-pool winner
+    assert traj.agree[:, :, -1].all()
+    assert (traj.n[:, :, -1] == 16).all()
+    # a never-stopping controller spends the full budget and agrees everywhere
+    never = fitplan.ControllerConfig(stop_share=1.0, window=4096, abandon_after=4096)
+    r = traj.run(never, 16)
+    assert r["generations"] == 16 and r["agreement"] == 1.0 and r["accuracy"] == r["full_accuracy"]
+
+
+def test_command_writes_a_table_the_worker_loads(tmp_path: Path) -> None:
+    from ponder.workers.models import resolve
+    from ponder.workers.prm.confidence import model_fingerprint
+
+    pool = _pool(tmp_path / "pool.json")
+    out = tmp_path / "plan.json"
+    assert fitplan.main(["--model", "arith", "--pool", str(pool), "--budgets", "4,16", "--draws", "4", "--out", str(out)]) == 0
+    table = PlanTable.load(out, model_fingerprint(resolve("arith")), "arith")
+    assert table.model == "arith" and table.verifier == "confidence"
+    assert table.fit["command"].startswith("ponder train plan")
+    with pytest.raises(InvalidArgument) as err:
+        PlanTable.load(out, "0" * 16, "other")
+    assert err.value.field == "plan"
+
+
+def test_bad_inputs_are_invalid_argument(tmp_path: Path) -> None:
+    pool = _pool(tmp_path / "pool.json", samples=8)
+    with pytest.raises(InvalidArgument) as err:
+        fitplan.main(["--pool", str(pool), "--budgets", "4,16", "--out", str(tmp_path / "p.json")])
+    assert err.value.field == "budgets"  # 8 samples cannot fit a budget of 16
+    with pytest.raises(InvalidArgument) as err:
+        fitplan.main(["--pool", str(pool), "--budgets", "4", "--pilot", "5"])
+    assert err.value.field == "pilot"
+    (tmp_path / "empty.json").write_text(json.dumps({"results": [{"strategy": "beam", "budget": 4, "answers": []}]}))
+    with pytest.raises(InvalidArgument) as err:
+        fitplan.load_pool(tmp_path / "empty.json")
+    assert err.value.field == "pool"
