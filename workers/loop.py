@@ -172,6 +172,7 @@ class SearchLoop:
         except StopIteration as stop:
             job.outcome = stop.value
             job.done = True
+            job.ctx.give_back()  # before the other questions of this tick decide to widen
             self._emit_final(job)
         except PonderError as exc:
             self._fail(job, exc.code, exc.message)
@@ -380,9 +381,7 @@ class SearchLoop:
             self.sink(job.ctx.job_id, events)
 
     def _finish(self, job: Job) -> None:
-        ctx = job.ctx
-        if ctx.config.adaptive:  # what it did not spend goes to the questions still running
-            self.bank.deposit(ctx.allowance - ctx.usage.generations)
+        job.ctx.give_back()  # a failed or cancelled question's unspent allowance, too
         self.jobs.pop(job.ctx.job_id, None)
         job.ctx.nodes = []
 

@@ -78,6 +78,7 @@ class Auto(Strategy):
                 if action.kind in ("stop", "abandon"):
                     ctx.low_confidence = action.kind == "abandon"
                     ctx.emit_decision(action.kind, tally, action.reason)
+                    ctx.give_back()
                     return conclude(ctx, candidates, selection, "settled" if action.kind == "stop" else "abandoned")
             stop = yield from self._run_plan(plan, candidates)
             candidates = ctx.concluded

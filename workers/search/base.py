@@ -95,6 +95,14 @@ class SearchContext:
     def charge_generations(self, n: int) -> None:
         self.usage.generations += n
 
+    def give_back(self) -> None:
+        """The question is done spending: what is left of its allowance goes to the bank now, so
+        questions widening in this very tick can draw it."""
+        unspent = self.allowance - self.usage.generations
+        if self.config.adaptive and self.bank is not None and unspent > 0:
+            self.bank.deposit(unspent)
+            self.allowance = self.usage.generations
+
     @property
     def controller(self) -> ControllerConfig:
         return self.plan.controller

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,13 +86,15 @@ class PlanTable:
     plans: dict[int, dict[int, StrategyPlan]] = field(default_factory=dict)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     fit: dict[str, Any] = field(default_factory=dict, compare=False)
-    source: str = "default plan"
+    source: str = field(default="default plan", compare=False)  # where it was loaded from
 
     def __post_init__(self) -> None:
         if isinstance(self.pilot, bool) or not isinstance(self.pilot, int) or not 1 <= self.pilot <= 256:
             raise InvalidArgument("plan.pilot", f"must be an integer in [1, 256], got {self.pilot!r}")
         if self.edges:
-            if len(self.edges) != N_BINS - 1 or any(not isinstance(e, (int, float)) for e in self.edges):
+            if len(self.edges) != N_BINS - 1 or any(
+                isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) for e in self.edges
+            ):
                 raise InvalidArgument("plan.edges", f"must be {N_BINS - 1} numbers, got {list(self.edges)!r}")
             if list(self.edges) != sorted(self.edges):
                 raise InvalidArgument("plan.edges", f"must be ascending, got {list(self.edges)!r}")

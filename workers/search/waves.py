@@ -65,13 +65,11 @@ def sample_waves(
         spent = ctx.usage.generations
         if ctx.config.adaptive:
             action = decide(tally, spent, ctx.allowance, lo, hi, cfg, can_widen=ctx.bank is not None)
-            if action.kind == "stop":
-                ctx.emit_decision("stop", tally, action.reason)
-                return "settled"
-            if action.kind == "abandon":
-                ctx.low_confidence = True
-                ctx.emit_decision("abandon", tally, action.reason)
-                return "abandoned"
+            if action.kind in ("stop", "abandon"):
+                ctx.low_confidence = action.kind == "abandon"
+                ctx.emit_decision(action.kind, tally, action.reason)
+                ctx.give_back()
+                return "settled" if action.kind == "stop" else "abandoned"
             if action.kind == "widen":
                 assert ctx.bank is not None
                 got = ctx.bank.withdraw(min(cfg.wave, hi - ctx.allowance))
