@@ -3,25 +3,15 @@ figures consistent with each other, one JSON last line, the doc block and the pl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "adaptive.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("ponder_bench_adaptive", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from bench_utils import load_bench
 
 
 def test_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bench = load_bench()
+    bench = load_bench("adaptive")
     doc = tmp_path / "adaptive.md"
     doc.write_text("# title\n\n<!-- results -->\nold\n<!-- /results -->\n\nnotes kept\n")
     out, png = tmp_path / "adaptive.json", tmp_path / "adaptive.png"

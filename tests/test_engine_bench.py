@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "engine.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("ponder_bench_engine", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from bench_utils import load_bench
 
 
 def test_quick_benchmark_on_a_tiny_model(tiny_llama_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bench = load_bench()
+    bench = load_bench("engine")
     rc = bench.main(["--quick", "--json", "--model", str(tiny_llama_dir), "--block-size", "4"])
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -3,26 +3,17 @@ timed path's record arithmetic, driven here by a fake timer (no GPU in CI)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
+from bench_utils import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ponder_bench_kernels", SCRIPT)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("kernels")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path runs only without a GPU")
