@@ -188,7 +188,10 @@ class PlanTable:
             raise InvalidArgument("plan", f"{path} does not exist") from None
         except (OSError, json.JSONDecodeError) as exc:
             raise InvalidArgument("plan", f"{path} is not a readable JSON plan table ({exc})") from None
-        table = cls.from_dict(data, source=str(path))
+        # the file's name, not its path: the source is shown to clients (Started, ServerInfo)
+        table = cls.from_dict(data, source=Path(path).name)
+        if table.model:
+            table = dataclasses.replace(table, source=f"{table.source} of {table.model}")
         if fingerprint is not None and table.fingerprint and table.fingerprint != fingerprint:
             raise InvalidArgument(
                 "plan",
