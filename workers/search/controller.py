@@ -39,7 +39,8 @@ from ponder.workers.answers import Candidate, equivalent
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    """Thresholds of :func:`decide`. Defaults: the values fitted for arith (docs/adaptive.md)."""
+    """Thresholds of :func:`decide`. The defaults serve models without a fitted plan table
+    (conservative: 4 agreeing candidates to stop); ``ponder train plan`` fits a model's own."""
 
     wave: int = 4  # samples launched together; the controller looks again when a wave is in
     min_candidates: int = 4

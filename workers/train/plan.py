@@ -368,7 +368,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default="", help="a best-of-N pool from `ponder eval --out` (default: draw one)")
     p.add_argument("--runs", default="", help="comma-separated `ponder eval --out` files of tree strategies")
     p.add_argument("--samples", type=int, default=64, help="pool samples per question when drawing one")
-    p.add_argument("--tree-strategies", default="beam,dvts", help="tree strategies to run when drawing (none: '')")
+    p.add_argument("--tree-strategies", default="beam,dvts,hybrid", help="tree strategies to run when drawing (none: '')")
     p.add_argument("--budgets", default="4,16,64")
     p.add_argument("--pilot", type=int, default=4)
     p.add_argument("--draws", type=int, default=32, help="random draws per question for best-of-N accuracy")
@@ -377,23 +377,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def draw_commands(a: argparse.Namespace, budgets: list[int], work: Path = Path(".")) -> list[list[str]]:
+    """The ``ponder eval`` arguments that draw the pool and, when asked, the tree runs."""
+    common = ["--model", a.model, "--verifier", a.verifier, "--dataset", a.dataset, "--seed", str(a.seed), "--plan", "default"]
+    cmds = [[*common, "--strategies", "best_of_n", "--budgets", str(a.samples), "--out", str(work / "pool.json")]]
+    trees = [s for s in a.tree_strategies.split(",") if s]
+    # a tree plan runs on what the pilot leaves: N - pilot
+    small = ",".join(str(b - a.pilot) for b in budgets if a.pilot < b <= 16)
+    if trees and small:
+        cmds.append([*common, "--strategies", ",".join(trees), "--budgets", small, "--out", str(work / "trees.json")])
+    return cmds
+
+
+def reproduce_command(a: argparse.Namespace) -> str:
+    """The one command that draws the same samples and fits the same table."""
+    trees = a.tree_strategies or "''"
+    return (f"ponder train plan --model {a.model} --verifier {a.verifier} --dataset {a.dataset} --samples {a.samples} "
+            f"--tree-strategies {trees} --budgets {a.budgets} --pilot {a.pilot} --draws {a.draws} --seed {a.seed}")
+
+
 def _draw(a: argparse.Namespace, budgets: list[int], work: Path) -> tuple[Path, list[Path]]:
     from ponder.workers import evaluate
 
-    pool = work / "pool.json"
-    common = ["--model", a.model, "--verifier", a.verifier, "--dataset", a.dataset, "--seed", str(a.seed), "--plan", "default"]
-    if evaluate.main([*common, "--strategies", "best_of_n", "--budgets", str(a.samples), "--out", str(pool)]) != 0:
-        raise InvalidArgument("pool", "drawing the pool failed")
-    runs = []
-    trees = [s for s in a.tree_strategies.split(",") if s]
-    if trees:
-        # a tree plan runs on what the pilot leaves: N - pilot
-        small = ",".join(str(b - a.pilot) for b in budgets if a.pilot < b <= 16)
-        out = work / "trees.json"
-        if evaluate.main([*common, "--strategies", ",".join(trees), "--budgets", small, "--out", str(out)]) != 0:
-            raise InvalidArgument("runs", "the tree-strategy runs failed")
-        runs.append(out)
-    return pool, runs
+    cmds = draw_commands(a, budgets, work)
+    for cmd in cmds:
+        if evaluate.main(cmd) != 0:
+            raise InvalidArgument("pool", f"drawing samples failed: ponder eval {' '.join(cmd)}")
+    return work / "pool.json", [work / "trees.json"] if len(cmds) > 1 else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     table = PlanTable(
         model=files.name, fingerprint=model_fingerprint(files), verifier=verifier.name if verifier else "",
         pilot=table.pilot, edges=table.edges, plans=table.plans, controller=table.controller,
-        fit=table.fit | {"command": "ponder train plan " + " ".join(argv), "dataset": a.dataset,
+        fit=table.fit | {"command": "ponder train plan " + " ".join(argv), "reproduce": reproduce_command(a),
+                         "sample_commands": ["ponder eval " + " ".join(c) for c in draw_commands(a, budgets)], "dataset": a.dataset,
                          "pool": str(pool), "runs": [str(r) for r in runs], "wall_seconds": round(time.time() - started, 1)},
     )
     out = Path(a.out) if a.out else Path(files.path) / PLAN_FILE
@@ -439,9 +450,9 @@ def main(argv: list[str] | None = None) -> int:
 
         root = out.resolve().parents[1]
         if (root / manifest.MANIFEST).exists() and out.resolve().is_relative_to(root):
-            manifest.update(root, "arith-plan", [out.resolve()], table.fit["command"])
+            manifest.update(root, "arith-plan", [out.resolve()], table.fit["reproduce"])
     cv = table.fit["cross_validation"]
-    print(table.summary())
+    print(PlanTable.load(out).summary())
     print(json.dumps({"out": str(out), "plan_cv": cv["plan"], "controller_cv": cv["controller_mean"],
                       "controller": table.controller.as_dict(), "seconds": round(time.time() - started, 1)}))
     return 0
