@@ -6,8 +6,8 @@ batch of ``--concurrency``, so the budget bank is shared the way a worker shares
 
 - best-of-N, fixed budget, at the largest budget (64): its candidates are also the *pool* from
   which weighted best-of-N at every smaller N is resampled (bootstrap over random draws);
-- best-of-N at the same nominal N with the live controller (``budget.mode = adaptive``): the
-  controller alone;
+- best-of-N at the same nominal N with the live controller (``budget.mode = adaptive``,
+  ``max_generations = N``, so it stops and abandons but never widens): the controller alone;
 - ``auto`` (adaptive) at each ``--auto-budgets`` (default 8 and 16).
 
 Reports per run: accuracy with a 95% bootstrap interval over questions, generations, tokens and
@@ -68,58 +68,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def norm(answer: str | None) -> str | None:
-    return None if answer is None else answer.strip().rstrip(".").replace(" ", "")
-
-
-def vote(cands: list[dict[str, Any]], weighted: bool = True) -> str | None:
-    tot: dict[str, list[float]] = {}
-    for c in cands:
-        a = norm(c["answer"])
-        if a is not None:
-            t = tot.setdefault(a, [0.0, 0.0])
-            t[0] += c["score"] or 0.0
-            t[1] += 1
-    if not tot:
-        return None
-    return max(tot.items(), key=(lambda kv: (kv[1][0], kv[1][1])) if weighted else (lambda kv: (kv[1][1], kv[1][0])))[0]
-
-
-def pool_curve(pool: list[dict[str, Any]], budgets: list[int], draws: int, rng: random.Random) -> np.ndarray:
-    """(questions, budgets): expected correctness of weighted best-of-n drawn from each pool."""
-    out = np.zeros((len(pool), len(budgets)))
-    for i, rec in enumerate(pool):
-        cands = rec["candidates"]
-        gold = {norm(c["answer"]) for c in cands if c["correct"]}
-        for j, n in enumerate(budgets):
-            hits = sum(vote(rng.sample(cands, min(n, len(cands)))) in gold for _ in range(draws))
-            out[i, j] = hits / draws
-    return out
-
-
-def matched_budget(curve: np.ndarray, budgets: list[float], accuracy: float) -> float:
-    """Smallest budget at which the (monotone-ised) curve reaches ``accuracy``, interpolated on a
-    log scale; inf when it never does."""
-    best = np.maximum.accumulate(curve)
-    if accuracy <= best[0]:
-        return budgets[0] * (accuracy / best[0]) if best[0] > 0 else budgets[0]
-    for j in range(1, len(budgets)):
-        if best[j] >= accuracy:
-            lo, hi = best[j - 1], best[j]
-            t = (accuracy - lo) / (hi - lo) if hi > lo else 1.0
-            return float(math.exp(math.log(budgets[j - 1]) + t * (math.log(budgets[j]) - math.log(budgets[j - 1]))))
-    return math.inf
-
-
-def interval(values: list[float]) -> list[float]:
-    finite = [v for v in values if math.isfinite(v)]
-    if len(finite) < 0.95 * len(values):  # the curve never matches in > 5% of resamples
-        return [float(np.percentile(finite, 2.5)) if finite else math.inf, math.inf]
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse(argv)
+    from ponder.workers.curves import bootstrap_indices, interval, matched_budget, norm, pass_at_1, pool_curve, quintile_bins
     from ponder.workers.evaluate import evaluate, load_dataset
     from ponder.workers.runtime import build_plan, build_policy, build_reviser, build_verifier, set_threads
     from ponder.workers.train.plan import Question, Trajectories
@@ -138,7 +89,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   reviser=reviser)
     runs: dict[str, Any] = {}
     (runs["best_of_n fixed"],) = evaluate(policy, verifier, items, ["best_of_n"], [n], budget_mode="fixed", **common)
-    (runs["best_of_n adaptive"],) = evaluate(policy, verifier, items, ["best_of_n"], [n], budget_mode="adaptive", **common)
+    # the controller alone: live stopping at the same nominal N, no widening (max = N)
+    (runs["best_of_n adaptive"],) = evaluate(policy, verifier, items, ["best_of_n"], [n], budget_mode="adaptive",
+                                             max_generations=n, **common)
     for b in auto_budgets:
         (runs[f"auto {b}"],) = evaluate(policy, verifier, items, ["auto"], [b], **common)
 
@@ -150,12 +103,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grid = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256} & set(range(1, n + 1)) | {n})
     curve = pool_curve(pool, grid, 64 if not a.quick else 16, rng)  # (Q, B)
     flops_per_gen = np.array([full.answers[i]["usage"]["flops"] / max(1, full.answers[i]["usage"]["generations"]) for i in ok])
-    pass1 = np.array([np.mean([c["correct"] for c in rec["candidates"]]) for rec in pool])
-    oracle_edges = np.quantile(pass1, [0.2, 0.4, 0.6, 0.8])
-    oracle_bin = 5 - np.searchsorted(oracle_edges, pass1, side="left")  # 1 = easiest
+    oracle_bin = quintile_bins(pass_at_1(pool))  # 1 = easiest
 
     report: dict[str, Any] = {"questions": len(ok), "budget": n, "plan": plan.summary(), "runs": {}}
-    boot_idx = [np.array([rng.randrange(len(ok)) for _ in ok]) for _ in range(a.boot)]
+    boot_idx = bootstrap_indices(len(ok), a.boot, rng)
     for name, res in runs.items():
         recs = [res.answers[i] for i in ok]
         correct = np.array([bool(r["correct"]) for r in recs], dtype=float)

@@ -1,0 +1,115 @@
+"""Accuracy-against-compute curves from sample pools, and the paper's budget ratio.
+
+Used by the benchmarks that compare strategies (benchmarks/adaptive.py, benchmarks/scaling.py).
+A *pool* is one ``ponder eval --out`` record per question with every sample's answer, verifier
+score and correctness (best-of-N at the largest budget). Best-of-n at any smaller n is resampled
+from it (draw n of the pool's samples, vote), so one pool gives the whole best-of-N curve — the
+paper's procedure, and far cheaper than a run per budget.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def norm(answer: str | None) -> str | None:
+    """The form answers are compared in here (the arith and GSM8K answers are numbers)."""
+    return None if answer is None else answer.strip().rstrip(".").replace(" ", "")
+
+
+def vote(cands: Sequence[dict[str, Any]], weighted: bool = True) -> str | None:
+    """The winner of a verifier-weighted (or majority) vote; ties to the larger score sum /
+    count, then to the earlier answer."""
+    tot: dict[str, list[float]] = {}
+    for c in cands:
+        a = norm(c["answer"])
+        if a is not None:
+            t = tot.setdefault(a, [0.0, 0.0])
+            t[0] += c["score"] or 0.0
+            t[1] += 1
+    if not tot:
+        return None
+    key = (lambda kv: (kv[1][0], kv[1][1])) if weighted else (lambda kv: (kv[1][1], kv[1][0]))
+    return max(tot.items(), key=key)[0]
+
+
+def gold_answers(rec: dict[str, Any]) -> set[str | None]:
+    """The answers graded correct among a pool record's candidates."""
+    return {norm(c["answer"]) for c in rec["candidates"] if c["correct"]}
+
+
+def pool_curve(
+    pool: Sequence[dict[str, Any]], budgets: Sequence[int], draws: int, rng: random.Random, weighted: bool = True
+) -> np.ndarray:
+    """(questions, budgets): expected correctness of best-of-n drawn from each question's pool."""
+    out = np.zeros((len(pool), len(budgets)))
+    for i, rec in enumerate(pool):
+        cands, gold = rec["candidates"], gold_answers(rec)
+        for j, n in enumerate(budgets):
+            k = min(n, len(cands))
+            reps = 1 if k == len(cands) else draws
+            out[i, j] = sum(vote(rng.sample(cands, k), weighted) in gold for _ in range(reps)) / reps
+    return out
+
+
+def pass_at_1(pool: Sequence[dict[str, Any]]) -> np.ndarray:
+    return np.array([float(np.mean([c["correct"] for c in rec["candidates"]])) for rec in pool])
+
+
+def quintile_bins(values: np.ndarray, higher_is_easier: bool = True) -> np.ndarray:
+    """The paper's 5 difficulty bins by quantiles of ``values``: 1 = easiest."""
+    edges = np.quantile(values, [0.2, 0.4, 0.6, 0.8])
+    above = np.searchsorted(edges, values, side="left")  # 0..4, higher value -> higher index
+    return (5 - above) if higher_is_easier else (1 + above)
+
+
+def matched_budget(curve: np.ndarray, budgets: Sequence[float], accuracy: float) -> float:
+    """The smallest budget at which ``curve`` (made monotone) reaches ``accuracy``, interpolated
+    on a log scale; inf when it never does. Below the first point it scales linearly."""
+    best = np.maximum.accumulate(np.asarray(curve, dtype=float))
+    if accuracy <= best[0]:
+        return float(budgets[0] * (accuracy / best[0])) if best[0] > 0 else float(budgets[0])
+    for j in range(1, len(budgets)):
+        if best[j] >= accuracy:
+            lo, hi = best[j - 1], best[j]
+            t = (accuracy - lo) / (hi - lo) if hi > lo else 1.0
+            return float(math.exp(math.log(budgets[j - 1]) + t * (math.log(budgets[j]) - math.log(budgets[j - 1]))))
+    return math.inf
+
+
+def interval(values: Sequence[float], level: float = 0.95) -> list[float]:
+    """The central ``level`` percentile interval; an infinite upper end when more than
+    (1 - level) / 2 of the values are infinite (the curve never matched in those resamples)."""
+    lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    vals = np.asarray(values, dtype=float)
+    finite = vals[np.isfinite(vals)]
+    if len(finite) < len(vals) * (1 - (1 - level) / 2):
+        return [float(np.percentile(finite, lo_q)) if len(finite) else math.inf, math.inf]
+    return [float(np.percentile(vals, lo_q)), float(np.percentile(vals, hi_q))]
+
+
+def bootstrap_indices(n: int, reps: int, rng: random.Random) -> list[np.ndarray]:
+    """``reps`` resamples (with replacement) of ``n`` questions."""
+    return [np.array([rng.randrange(n) for _ in range(n)]) for _ in range(reps)]
+
+
+def paired_delta(a: np.ndarray, b: np.ndarray, boots: Sequence[np.ndarray]) -> dict[str, Any]:
+    """mean(a - b) over questions with a 95% bootstrap interval (same resamples for both)."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    return {"delta": float(d.mean()), "ci": interval([float(d[ix].mean()) for ix in boots])}
+
+
+def verdict(delta: dict[str, Any], expect_positive: bool = True) -> str:
+    """reproduced (the interval excludes 0 on the paper's side), reversed (on the other side),
+    or not reproduced (the interval holds 0)."""
+    lo, hi = delta["ci"]
+    if (lo > 0) if expect_positive else (hi < 0):
+        return "reproduced"
+    if (hi < 0) if expect_positive else (lo > 0):
+        return "reversed"
+    return "not reproduced"
