@@ -1,0 +1,437 @@
+"""The paper's experiments on one model (Snell et al., arXiv 2408.03314): accuracy against test-time
+compute for every search method, overall and by difficulty, and a verdict on each finding.
+
+    python benchmarks/scaling.py                       # the full run (arith test split)
+    python benchmarks/scaling.py --quick               # a few minutes: the smoke test
+    python benchmarks/scaling.py --from docs/scaling.json   # re-render figures and docs only
+
+What runs (through the real search loop, ``ponder.workers.evaluate``):
+
+- a **pool**: best-of-N at the largest budget (``--pool``, default 256) per question. Best-of-N
+  majority and verifier-weighted at every N ≤ pool are resampled from it (``workers/curves.py``),
+  as the paper draws its best-of-N curves (not a new run per N).
+- **tree searches and revisions**, one real run per method and budget (``--budgets``): beam
+  search with M = 4 and M = √N, lookahead k = 1 and k = 3 (M = 4), DVTS (M = 4), sequential
+  revisions, the sequential:parallel hybrid at ratios 0.25, 0.5, 0.75, and ``auto``.
+
+Difficulty is binned the paper's two ways: *oracle* (quintiles of pass@1 over the pool) and
+*predicted* (quintiles of the verifier's mean final score over the pool). Intervals are 95%
+bootstrap over questions, paired where two methods are compared on the same questions.
+
+Writes ``--out`` (every per-question result: the figures and the doc regenerate from it with
+``--from``), the PNG figures beside ``--doc`` (``scaling_*.png``), the results part of ``--doc``
+(everything above its notes marker), and, last, one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NOTES_MARKER = "<!-- notes: everything below this line is kept when the page is regenerated -->"
+HYBRID_RATIOS = (0.25, 0.5, 0.75)
+TARGETS = {"auto_budget_ratio": 4.0, "auto_budget_ratio_moonshot": 8.0, "full_run_hours": 3.0, "quick_run_minutes": 10.0}
+
+
+def methods(budget: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, strategy, options) of every method run at ``budget``."""
+    root = max(1, round(math.sqrt(budget)))
+    out: list[tuple[str, str, dict[str, Any]]] = [
+        ("beam M=4", "beam", {"beam_width": min(4, budget)}),
+        ("beam M=√N", "beam", {"beam_width": root}),
+        ("lookahead k=1", "lookahead", {"lookahead": 1, "beam_width": min(4, budget)}),
+        ("lookahead k=3", "lookahead", {"lookahead": 3, "beam_width": min(4, budget)}),
+        ("dvts M=4", "dvts", {"beam_width": min(4, budget)}),
+        ("revision", "revision", {}),
+        *[(f"hybrid r={r}", "hybrid", {"sequential_ratio": r}) for r in HYBRID_RATIOS],
+        ("auto", "auto", {}),
+    ]
+    return out
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="ponder bench scaling", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="arith")
+    ap.add_argument("--verifier", default="auto")
+    ap.add_argument("--dataset", default="arith:test:100")
+    ap.add_argument("--pool", type=int, default=256, help="best-of-N samples per question")
+    ap.add_argument("--budgets", default="4,16,64", help="budgets of the tree searches and revisions")
+    ap.add_argument("--methods", default="", help="comma-separated labels to run (default: all)")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--boot", type=int, default=1000)
+    ap.add_argument("--quick", action="store_true", help="24 questions, a pool of 32, budgets 4 and 16")
+    ap.add_argument("--out", default="", help="JSON with every per-question result")
+    ap.add_argument("--doc", default="", help="markdown page to (re)write above its notes marker; figures beside it")
+    ap.add_argument("--from", dest="source", default="", help="re-render from a JSON written by --out; run nothing")
+    ap.add_argument("--json", action="store_true", help="print only the JSON line")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.dataset, a.pool, a.budgets, a.boot = "arith:test:24", 32, "4,16", 200
+    return a
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def run_all(a: argparse.Namespace) -> dict[str, Any]:
+    from ponder.workers.evaluate import evaluate, load_dataset
+    from ponder.workers.runtime import build_plan, build_policy, build_reviser, build_verifier, set_threads
+
+    started = time.time()
+    items = load_dataset(a.dataset)
+    policy = build_policy(a.model)
+    set_threads(0, policy)
+    verifier = build_verifier(a.verifier, policy, a.model)
+    reviser = build_reviser("auto", a.model)
+    plan = build_plan("auto", a.model, verifier)
+    budgets = sorted({int(b) for b in a.budgets.split(",") if b.strip()})
+    wanted = {m for m in a.methods.split(",") if m}
+    common = dict(seed=a.seed, concurrency=a.concurrency, max_rows=max(256, a.pool), progress=not a.json,
+                  plan=plan, reviser=reviser)
+
+    def per_question(res: Any) -> dict[str, Any]:
+        recs = res.answers
+        return {
+            "correct": [bool(r.get("correct")) for r in recs],
+            "generations": [r["usage"]["generations"] if "usage" in r else 0 for r in recs],
+            "flops": [r["usage"]["flops"] if "usage" in r else 0.0 for r in recs],
+            "errors": sum("error" in r for r in recs), "wall_s": res.wall_s,
+        }
+
+    (pool_res,) = evaluate(policy, verifier, items, ["best_of_n"], [a.pool], budget_mode="fixed", **common)
+    pool = [{"candidates": [{k: c[k] for k in ("answer", "score", "correct")} for c in r.get("candidates", [])],
+             "flops": r["usage"]["flops"] if "usage" in r else 0.0, "generations": r["usage"]["generations"] if "usage" in r else 0}
+            for r in pool_res.answers]
+    runs: list[dict[str, Any]] = []
+    for budget in budgets:
+        for label, strategy, options in methods(budget):
+            if wanted and label not in wanted:
+                continue
+            same = next((r for r in runs if r["budget"] == budget and r["strategy"] == strategy and r["options"] == options), None)
+            if same is not None:  # beam M=√N is beam M=4 at N=16: the same run, not run twice
+                runs.append({**same, "label": label})
+                continue
+            (res,) = evaluate(policy, verifier, items, [strategy], [budget], **options, **common)
+            runs.append({"label": label, "strategy": strategy, "budget": budget, "options": options, **per_question(res)})
+    return {
+        "model": policy.name, "verifier": verifier.name if verifier else "none", "dataset": a.dataset,
+        "questions": [{"question": it.question, "gold": it.gold} for it in items],
+        "pool_size": a.pool, "budgets": budgets, "seed": a.seed, "plan": plan.summary(),
+        "pool": pool, "pool_wall_s": pool_res.wall_s, "runs": runs, "wall_s": time.time() - started,
+        "load_average": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]],
+    }
+
+
+# -- analysis ----------------------------------------------------------------------------------
+
+
+def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
+    from ponder.workers.curves import (
+        bootstrap_indices, interval, matched_budget, paired_delta, pass_at_1, pool_curve, quintile_bins, verdict,
+    )
+
+    rng = random.Random(seed)
+    pool, runs = data["pool"], data["runs"]
+    q = len(pool)
+    grid = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if n <= data["pool_size"]]
+    weighted = pool_curve(pool, grid, 32, rng, weighted=True)
+    majority = pool_curve(pool, grid, 32, rng, weighted=False)
+    oracle = quintile_bins(pass_at_1(pool))
+    predicted = quintile_bins(np.array([np.mean([c["score"] or 0.0 for c in r["candidates"]]) if r["candidates"] else 0.0 for r in pool]))
+    flops_per_gen = float(np.mean([r["flops"] / max(1, r["generations"]) for r in pool]))
+    boots = bootstrap_indices(q, boot, rng)
+
+    def acc(x: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
+        x = x if mask is None else x[mask]
+        if not len(x):
+            return {"accuracy": None, "ci": [None, None], "questions": 0}
+        b = bootstrap_indices(len(x), max(50, boot // 5), rng)
+        return {"accuracy": float(x.mean()), "ci": interval([float(x[i].mean()) for i in b]), "questions": int(len(x))}
+
+    def by_bins(x: np.ndarray, bins: np.ndarray) -> dict[str, Any]:
+        return {str(b): acc(x, bins == b) for b in range(1, 6)}
+
+    curves = {}
+    for name, mat in (("best_of_n weighted", weighted), ("best_of_n majority", majority)):
+        curves[name] = {str(n): {**acc(mat[:, j]), "generations": n, "flops": n * flops_per_gen,
+                                 "oracle_bins": by_bins(mat[:, j], oracle), "predicted_bins": by_bins(mat[:, j], predicted)}
+                        for j, n in enumerate(grid)}
+    for run in runs:
+        c = np.array(run["correct"], dtype=float)
+        curves.setdefault(run["label"], {})[str(run["budget"])] = {
+            **acc(c), "generations": float(np.mean(run["generations"])), "flops": float(np.mean(run["flops"])),
+            "oracle_bins": by_bins(c, oracle), "predicted_bins": by_bins(c, predicted), "errors": run["errors"],
+        }
+
+    def col(label: str, budget: int) -> np.ndarray | None:
+        if label.startswith("best_of_n"):
+            mat = weighted if label.endswith("weighted") else majority
+            return mat[:, grid.index(budget)] if budget in grid else None
+        run = next((r for r in runs if r["label"] == label and r["budget"] == budget), None)
+        return None if run is None else np.array(run["correct"], dtype=float)
+
+    budgets = data["budgets"]
+    small, mid, large = budgets[0], budgets[min(1, len(budgets) - 1)], budgets[-1]
+    findings: list[dict[str, Any]] = []
+
+    def compare(name: str, paper: str, a_label: str, b_label: str, budget: int, mask: np.ndarray | None, positive: bool) -> None:
+        x, y = col(a_label, budget), col(b_label, budget)
+        if x is None or y is None:
+            findings.append({"finding": name, "paper": paper, "verdict": "not run", "measured": f"{a_label} or {b_label} at N={budget} was not run"})
+            return
+        sel = np.ones(q, dtype=bool) if mask is None else mask
+        idx = np.flatnonzero(sel)
+        d = paired_delta(x[idx], y[idx], bootstrap_indices(len(idx), boot, rng))
+        findings.append({
+            "finding": name, "paper": paper, "verdict": verdict(d, positive), **d, "questions": int(len(idx)),
+            "measured": f"{a_label} {x[idx].mean():.3f} vs {b_label} {y[idx].mean():.3f} at N={budget} ({len(idx)} questions)",
+        })
+
+    medium_hard = oracle >= 3
+    easy = oracle <= 2
+    compare("Beam search beats best-of-N at small budgets", "beam > best-of-N at N ≤ 16 (Fig. 3)",
+            "beam M=4", "best_of_n weighted", small, None, True)
+    compare("Beam search beats best-of-N on medium and hard questions", "bins 3–5: beam > best-of-N (Fig. 3 right)",
+            "beam M=4", "best_of_n weighted", mid, medium_hard, True)
+    compare("Beam search over-optimises easy questions at large budgets", "bins 1–2 at large N: beam < best-of-N",
+            "beam M=4", "best_of_n weighted", large, easy, False)
+    compare("Lookahead search loses at equal compute", "lookahead (k=3) < beam at the same generations",
+            "lookahead k=3", "beam M=4", mid, None, False)
+    compare("Sequential revisions beat parallel sampling at equal budget", "revisions > best-of-N (Fig. 6 left)",
+            "revision", "best_of_n weighted", mid, None, True)
+    findings.append(ratio_finding(col, mid, oracle, boot, rng))
+    # compute-optimal: auto's budget ratio against weighted best-of-N (the paper's 4x)
+    auto = next((r for r in runs if r["label"] == "auto" and r["budget"] == mid), None)
+    if auto is None:
+        findings.append({"finding": "Compute-optimal scaling matches best-of-N with 4× less compute", "paper": "4× (16 vs 64 generations)",
+                         "verdict": "not run", "measured": "auto was not run"})
+    else:
+        c, g = np.array(auto["correct"], dtype=float), np.array(auto["generations"], dtype=float)
+        ratios = [matched_budget(weighted[ix].mean(axis=0), grid, float(c[ix].mean())) / float(g[ix].mean())
+                  for ix in [np.arange(q), *boots]]
+        ci = interval(ratios[1:])
+        v = "reproduced" if ci[0] >= 4 else ("reversed" if ci[1] < 1 else "not reproduced")
+        findings.append({"finding": "Compute-optimal scaling matches best-of-N with 4× less compute", "paper": "4× (16 vs 64 generations)",
+                         "verdict": v, "delta": ratios[0], "ci": ci, "questions": q,
+                         "measured": f"auto at N={mid}: accuracy {c.mean():.3f} with {g.mean():.1f} generations; weighted best-of-N "
+                                     f"needs {ratios[0] * g.mean():.1f} for it: budget ratio {ratios[0]:.2f}"})
+    findings.append({"finding": "At R ≪ 1, test-time compute beats a larger model on easy and medium questions, not on the hardest",
+                     "paper": "Fig. 9", "verdict": "not run",
+                     "measured": "needs a larger arith policy trained with the same recipe (about 2 hours here); not trained yet"})
+    return {"grid": grid, "curves": curves, "findings": findings, "flops_per_generation": flops_per_gen,
+            "questions": q, "failed_runs": {f"{r['label']} N={r['budget']}": r["errors"] for r in runs if r["errors"]}}
+
+
+def ratio_finding(col: Any, budget: int, oracle: np.ndarray, boot: int, rng: random.Random) -> dict[str, Any]:
+    """The best sequential:parallel ratio by difficulty (Fig. 7): easy questions want more
+    sequential, hard ones a mix. Measured: the argmax ratio of the easiest vs the hardest
+    two bins, and how often (bootstrap) the easy argmax is the larger."""
+    name, paper = "The best sequential:parallel ratio depends on difficulty", "easy → all sequential, hard → a mix (Fig. 7)"
+    labels = [("best_of_n weighted", 0.0), *[(f"hybrid r={r}", r) for r in HYBRID_RATIOS], ("revision", 1.0)]
+    cols = [(r, col(label, budget)) for label, r in labels]
+    cols = [(r, c) for r, c in cols if c is not None]
+    if len(cols) < 3:
+        return {"finding": name, "paper": paper, "verdict": "not run", "measured": "revision/hybrid runs missing"}
+    ratios = np.array([r for r, _ in cols])
+    mat = np.stack([c for _, c in cols], axis=1)  # (Q, ratios)
+    easy, hard = oracle <= 2, oracle >= 4
+
+    def best(mask: np.ndarray, ix: np.ndarray | None = None) -> float:
+        sel = mask if ix is None else mask[ix]
+        m = mat if ix is None else mat[ix]
+        return float(ratios[int(np.argmax(m[sel].mean(axis=0)))]) if sel.any() else float("nan")
+
+    e, h = best(easy), best(hard)
+    from ponder.workers.curves import bootstrap_indices
+
+    wins = [best(easy, ix) > best(hard, ix) for ix in bootstrap_indices(len(oracle), boot, rng)]
+    share = float(np.mean(wins))
+    v = "reproduced" if share >= 0.95 else ("reversed" if share <= 0.05 else "not reproduced")
+    per_bin = {str(b): {str(r): float(mat[oracle == b, k].mean()) if (oracle == b).any() else None for k, r in enumerate(ratios)}
+               for b in range(1, 6)}
+    return {"finding": name, "paper": paper, "verdict": v, "delta": e - h, "ci": [share, share], "questions": int(len(oracle)),
+            "per_bin": per_bin,
+            "measured": f"best ratio at N={budget}: {e:g} on bins 1–2, {h:g} on bins 4–5; easy > hard in {share:.0%} of resamples"}
+
+
+# -- figures and the page ----------------------------------------------------------------------
+
+
+def figures(data: dict[str, Any], res: dict[str, Any], folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = res["curves"]
+    written = []
+
+    def line(ax: Any, label: str, key: str = "generations", **kw: Any) -> None:
+        pts = sorted(curves.get(label, {}).values(), key=lambda p: p[key])
+        if pts:
+            ax.plot([p[key] for p in pts], [p["accuracy"] for p in pts], marker="o", label=label, **kw)
+
+    # Fig. 3: search methods against generations, overall and by oracle bin
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for label in ("best_of_n weighted", "best_of_n majority", "beam M=4", "beam M=√N", "lookahead k=1", "lookahead k=3", "dvts M=4"):
+        line(ax, label)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="generations per question", ylabel="accuracy", title="search methods (cf. paper Fig. 3 left)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    budgets = [b for b in data["budgets"] if str(b) in curves.get("beam M=4", {})]
+    width = 0.8 / max(1, 2 * len(budgets))
+    for k, b in enumerate(budgets):
+        for j, label in enumerate(("best_of_n weighted", "beam M=4")):
+            p = curves[label].get(str(b))
+            if p is None:
+                continue
+            vals = [p["oracle_bins"][str(i)]["accuracy"] or 0.0 for i in range(1, 6)]
+            bx.bar(np.arange(1, 6) + (2 * k + j) * width - 0.4, vals, width, label=f"{label} N={b}")
+    bx.set(xlabel="oracle difficulty bin (1 = easiest)", ylabel="accuracy", title="by difficulty (cf. Fig. 3 right)")
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "scaling_search.png", dpi=100)
+    plt.close(fig)
+    written.append("scaling_search.png")
+
+    # Fig. 4: compute-optimal (auto) against best-of-N, in generations and FLOPs
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, key in zip(axes, ("generations", "flops")):
+        line(ax, "best_of_n weighted", key)
+        line(ax, "beam M=4", key)
+        line(ax, "auto", key, linewidth=2.5)
+        ax.set_xscale("log", base=2 if key == "generations" else 10)
+        ax.set(xlabel=f"{key} per question", ylabel="accuracy", title=f"compute-optimal vs best-of-N ({key}; cf. Fig. 4)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "scaling_compute_optimal.png", dpi=100)
+    plt.close(fig)
+    written.append("scaling_compute_optimal.png")
+
+    # Fig. 6/7: revisions and the sequential:parallel ratio
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for label in ("best_of_n weighted", "revision", *[f"hybrid r={r}" for r in HYBRID_RATIOS]):
+        line(ax, label)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="generations per question", ylabel="accuracy", title="revisions vs parallel (cf. Fig. 6)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ratio = next((f for f in res["findings"] if "per_bin" in f), None)
+    if ratio:
+        for b, row in ratio["per_bin"].items():
+            rs = [float(r) for r in row]
+            bx.plot(rs, [row[r] if row[r] is not None else np.nan for r in row], marker="o", label=f"bin {b}")
+    bx.set(xlabel="sequential ratio (0 = best-of-N, 1 = one chain)", ylabel="accuracy", title="ratio by oracle bin (cf. Fig. 7)")
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(folder / "scaling_revisions.png", dpi=100)
+    plt.close(fig)
+    written.append("scaling_revisions.png")
+    return written
+
+
+def _ci(ci: list[Any]) -> str:
+    if ci[0] is None:
+        return "–"
+    return "[" + ", ".join("∞" if not math.isfinite(x) else f"{x:.3f}" for x in ci) + "]"
+
+
+def render(data: dict[str, Any], res: dict[str, Any], command: str) -> str:
+    curves, grid = res["curves"], res["grid"]
+    lines = [
+        "# Scaling test-time compute: the paper's findings on ponder",
+        "",
+        f"Produced by `{command}` — model `{data['model']}`, verifier `{data['verifier']}`, {res['questions']} questions of "
+        f"`{data['dataset']}`, a best-of-{data['pool_size']} pool per question, budgets {', '.join(map(str, data['budgets']))} "
+        f"for the searches; {data['wall_s'] / 60:.0f} min on this machine (load average at the end {data['load_average']}). "
+        "Every number on this page is written by that command; `--from docs/scaling.json` regenerates the page and figures "
+        "without re-running. Intervals: 95% bootstrap over questions (paired for comparisons).",
+        "",
+        "## Findings",
+        "",
+        "| finding (paper) | verdict | measured | difference [95% interval] |",
+        "|---|---|---|---|",
+    ]
+    for f in res["findings"]:
+        diff = f"{f['delta']:+.3f} {_ci(f['ci'])}" if "delta" in f and "per_bin" not in f and "ratio" not in f["finding"] else ""
+        if f["finding"].startswith("Compute-optimal") and "delta" in f:
+            diff = f"{f['delta']:.2f}× {_ci(f['ci'])}"
+        lines.append(f"| {f['finding']} ({f['paper']}) | **{f['verdict']}** | {f['measured']} | {diff} |")
+    lines += ["", "## Accuracy against generations", "",
+              "| method | " + " | ".join(f"N={n}" for n in grid) + " |", "|---|" + "---|" * len(grid)]
+    for label, pts in curves.items():
+        cells = []
+        for n in grid:
+            p = pts.get(str(n))
+            cells.append("" if p is None else f"{p['accuracy']:.3f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Generations and GFLOPs actually spent per question (lookahead charges N·(k+1) ≤ N; auto's are adaptive):", "",
+              "| method | " + " | ".join(f"N={n}" for n in data["budgets"]) + " |", "|---|" + "---|" * len(data["budgets"])]
+    for label, pts in curves.items():
+        if label.startswith("best_of_n"):
+            continue
+        cells = [f"{pts[str(n)]['generations']:.1f} / {pts[str(n)]['flops'] / 1e9:.2f}" if str(n) in pts else "" for n in data["budgets"]]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for kind in ("oracle", "predicted"):
+        b = data["budgets"][min(1, len(data["budgets"]) - 1)]
+        lines += ["", f"By {kind} difficulty at N={b} (bin 1 = easiest; {kind}: "
+                  + ("quintiles of pass@1 over the pool" if kind == "oracle" else "quintiles of the verifier's mean score over the pool") + "):", "",
+                  "| method | bin 1 | bin 2 | bin 3 | bin 4 | bin 5 |", "|---|---|---|---|---|---|"]
+        for label, pts in curves.items():
+            p = pts.get(str(b))
+            if p is None:
+                continue
+            cells = [f"{c['accuracy']:.2f}" if c["accuracy"] is not None else "–" for c in p[f"{kind}_bins"].values()]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "![search methods](scaling_search.png)", "", "![compute-optimal](scaling_compute_optimal.png)", "",
+              "![revisions](scaling_revisions.png)", ""]
+    return "\n".join(lines)
+
+
+def write_doc(path: Path, block: str) -> None:
+    old = path.read_text() if path.exists() else ""
+    notes = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else NOTES_MARKER + "\n"
+    path.write_text(block + "\n" + notes)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = parse(argv)
+    if a.source:
+        data = json.loads(Path(a.source).read_text())
+    else:
+        data = run_all(a)
+        data["command"] = "python benchmarks/scaling.py " + " ".join(argv or [])
+        if a.out:
+            Path(a.out).write_text(json.dumps(data) + "\n")
+    res = analyse(data, a.boot, a.seed)
+    if a.doc:
+        doc = Path(a.doc)
+        figures(data, res, doc.parent)
+        write_doc(doc, render(data, res, data.get("command", "python benchmarks/scaling.py")))
+    if not a.json:
+        for f in res["findings"]:
+            print(f"{f['verdict']:>15}  {f['finding']}: {f['measured']}")
+    auto = next((f for f in res["findings"] if f["finding"].startswith("Compute-optimal")), {})
+    summary = {"benchmark": "scaling", "questions": res["questions"], "pool": data["pool_size"], "budgets": data["budgets"],
+               "verdicts": {f["finding"]: f["verdict"] for f in res["findings"]},
+               "auto_budget_ratio": auto.get("delta"), "auto_budget_ratio_ci": auto.get("ci"),
+               "wall_s": round(data["wall_s"], 1), "targets": TARGETS}
+    print(json.dumps(summary, ensure_ascii=False))
+    return {"data": data, "analysis": res, "summary": summary}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+    sys.exit(0)
