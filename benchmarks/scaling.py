@@ -63,7 +63,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--verifier", default="auto")
     ap.add_argument("--dataset", default="arith:test:100")
     ap.add_argument("--pool", type=int, default=256, help="best-of-N samples per question")
-    ap.add_argument("--budgets", default="4,16,64", help="budgets of the tree searches and revisions")
+    ap.add_argument("--budgets", default="4,16", help="budgets every method runs at")
+    ap.add_argument("--large", default="64", help="larger budgets, run by the --large-methods only ('' for none)")
+    ap.add_argument("--large-methods", default="beam M=4,beam M=√N,dvts M=4,auto",
+                    help="the methods run at the --large budgets (revisions and lookahead cost the most time per generation)")
     ap.add_argument("--methods", default="", help="comma-separated labels to run (default: all)")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
@@ -75,7 +78,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
     a = ap.parse_args(argv)
     if a.quick:
-        a.dataset, a.pool, a.budgets, a.boot = "arith:test:24", 32, "4,16", 200
+        a.dataset, a.pool, a.budgets, a.large, a.boot = "arith:test:24", 32, "4,16", "", 200
     return a
 
 
@@ -93,8 +96,11 @@ def run_all(a: argparse.Namespace) -> dict[str, Any]:
     verifier = build_verifier(a.verifier, policy, a.model)
     reviser = build_reviser("auto", a.model)
     plan = build_plan("auto", a.model, verifier)
-    budgets = sorted({int(b) for b in a.budgets.split(",") if b.strip()})
+    small = {int(b) for b in a.budgets.split(",") if b.strip()}
+    large = {int(b) for b in a.large.split(",") if b.strip()} - small
+    budgets = sorted(small | large)
     wanted = {m for m in a.methods.split(",") if m}
+    large_methods = {m for m in a.large_methods.split(",") if m}
     common = dict(seed=a.seed, concurrency=a.concurrency, max_rows=max(256, a.pool), progress=not a.json,
                   plan=plan, reviser=reviser)
 
@@ -114,7 +120,7 @@ def run_all(a: argparse.Namespace) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     for budget in budgets:
         for label, strategy, options in methods(budget):
-            if wanted and label not in wanted:
+            if (wanted and label not in wanted) or (budget in large and label not in large_methods):
                 continue
             same = next((r for r in runs if r["budget"] == budget and r["strategy"] == strategy and r["options"] == options), None)
             if same is not None:  # beam M=√N is beam M=4 at N=16: the same run, not run twice

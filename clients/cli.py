@@ -5,7 +5,7 @@
     ponder worker --redis URL [--model M]
     ponder ask QUESTION [--server HOST:PORT] [--strategy S] [--budget N] [--json]
     ponder info | watch JOB | cancel JOB | result JOB   [--server HOST:PORT]
-    ponder eval …   ponder train {policy,prm,confidence,revise,plan,report} …   ponder bench {engine,kernels,service,adaptive} …
+    ponder eval …   ponder train {policy,prm,confidence,revise,plan,report} …   ponder bench {engine,kernels,service,adaptive,scaling} …
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def _bench(what: str, argv: list[str]) -> int:
 
 
 TRAIN_JOBS = ("policy", "prm", "confidence", "revise", "plan", "report")  # modules of ponder.workers.train
-BENCHMARKS = ("engine", "kernels", "service", "adaptive")  # scripts in benchmarks/
+BENCHMARKS = ("engine", "kernels", "service", "adaptive", "scaling")  # scripts in benchmarks/
 DELEGATED = ("eval", "train", "bench")  # commands whose options belong to another module's parser
 
 
