@@ -167,8 +167,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "best_of_n_accuracy": best["accuracy"],
         "controller_generation_share": ctl["generations"] / best["generations"],
         "controller_accuracy_delta": ctl["accuracy"] - best["accuracy"],
-        "stop_agreement_on_pool": sim["agreement"],
-        "stop_agreement_real_runs": ctl["agreement_of_stopped"],
+        "controller_budget_ratio": ctl["budget_ratio"],
+        "controller_budget_ratio_ci": ctl["budget_ratio_ci"],
+        # of the questions the controller stopped early on the pool's own samples, the share
+        # that kept the full-budget answer (the 98%)
+        "stop_agreement_on_pool": sim["stop_agreement"],
+        # the same against an independent best-of-N run (different samples): a lower bound that
+        # includes run-to-run disagreement
+        "stopped_agree_with_independent_full_run": ctl["agreement_of_stopped"],
         "batch_never_overspent": all(r["total_generations"] <= r["nominal_total"] for r in report["runs"].values()),
     }
     report["targets"] = TARGETS

@@ -29,6 +29,7 @@ def worker_command(args: Any, redis_url: str) -> list[str]:
         sys.executable, "-m", "ponder.clients.cli", "worker", "--redis", redis_url, "--model", args.model,
         "--backend", args.backend, "--prefix", args.prefix, "--capacity", str(args.capacity),
         "--drain", "2", "--verifier", args.verifier, "--reviser", args.reviser, "--threads", str(args.threads),
+        "--plan", args.plan,
     ]
     return cmd
 

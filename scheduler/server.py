@@ -87,6 +87,10 @@ class Reasoner(pb_grpc.ReasonerServicer):
                     f"strategy: {cfg.strategy!r} is not offered by any live worker "
                     f"(available: {', '.join(sorted(strategies, key=_strategy_order))})",
                 )
+        if cfg.adaptive and cfg.max_generations is None:
+            # the default max (4 x N) under this server's cap, resolved here: workers may run
+            # with other limits than the scheduler that accepted the job
+            cfg = cfg.replace(max_generations=cfg.budget_bounds(self.cfg.limits)[1])
         remaining = context.time_remaining()
         if remaining is not None:  # the caller's deadline also bounds the job on the worker
             timeout = min(cfg.timeout_s or remaining, remaining)

@@ -333,17 +333,29 @@ def test_controller_config_is_validated() -> None:
 
 
 def test_budget_bank() -> None:
-    bank = BudgetBank()
-    assert bank.withdraw(4) == 0
-    bank.deposit(3)
-    bank.deposit(0)
-    bank.deposit(-2)  # nothing negative is ever deposited
-    assert bank.balance == 3
-    assert bank.withdraw(2) == 2 and bank.withdraw(4) == 1 and bank.withdraw(1) == 0
+    live = {"a", "b", "c"}
+    bank = BudgetBank(live=lambda: live)
+    assert bank.withdraw(4, "b") == 0
+    bank.deposit(3, by="a")
+    bank.deposit(0, by="a")
+    bank.deposit(-2, by="a")  # nothing negative is ever deposited
+    assert bank.balance == 3 and bank.available("b") == 3 and bank.available("a") == 0  # not to itself
+    assert bank.withdraw(2, "b") == 2 and bank.withdraw(4, "c") == 1 and bank.withdraw(1, "b") == 0
     assert (bank.balance, bank.deposited, bank.withdrawn) == (0, 3, 3)
-    bank.deposit(5)
+    # a deposit funds only the questions running when it was made, and expires with them
+    bank.deposit(5, by="a")
+    live.discard("a")
+    live.add("late")
+    assert bank.withdraw(5, "late") == 0
+    live.difference_update({"b", "c"})
+    bank.expire()
+    assert bank.balance == 0
+    bank.deposit(5, by="late")  # nobody else is running: nothing to deposit for
+    assert bank.balance == 0 and bank.deposited == 8
+    live.add("d")
+    bank.deposit(2, by="late")
     bank.reset()
-    assert bank.balance == 0 and bank.withdraw(1) == 0
+    assert bank.balance == 0 and bank.withdraw(1, "d") == 0
 
 
 # -- 3. adaptive budgets through the real loop -----------------------------------------------
@@ -476,10 +488,10 @@ def test_fixed_best_of_n_is_unchanged_by_the_controller() -> None:
 def test_a_lone_uncertain_question_cannot_widen_and_the_bank_is_per_batch() -> None:
     b = Behaviour(**BATCH_BEHAVIOUR)
     loop = SearchLoop(ScriptedPolicy(step_fn=b.step), ScriptedVerifier(score_fn=b.score))
-    # a first batch leaves savings behind (nobody withdraws them) ...
+    # a question alone saves for nobody ...
     first = run_batch(loop, {"easy": SolveConfig("easy", strategy="auto", generations=16, seed=1)})
     assert final(first["easy"]).usage.generations == 4
-    assert loop.bank.deposited == 12 and loop.bank.balance == 0  # ... dropped when idle
+    assert loop.bank.deposited == 0 and loop.bank.balance == 0
     # ... so a later uncertain question alone spends its nominal budget and no more
     later = run_batch(loop, {"unsure": SolveConfig("unsure", strategy="auto", generations=8, seed=1)})
     f = final(later["unsure"])
@@ -740,3 +752,72 @@ def test_render_streams_a_real_adaptive_run() -> None:
     assert sum(1 for line in lines if line.startswith("◆ ")) == 3  # pilot, plan, stop
     assert any("◆ stop: settled" in line for line in lines)
     assert "Spent: 4 of a nominal 8 generations (50%)" in lines[-1]
+
+
+# -- review regressions ------------------------------------------------------------------------
+
+
+def test_one_confident_sample_among_low_scored_dissent_cannot_stop() -> None:
+    """With the shipped arith thresholds (8 candidates, window 2, 70%): one answer at 0.99 and
+    seven scattered answers at 0.04 hold 78% of the weighted vote, but one vote is not settled."""
+    shipped = ControllerConfig(min_candidates=8, window=2, stop_share=0.7, abandon_after=8,
+                               abandon_score=0.3, abandon_share=0.5, widen_min_score=0.3)
+    t = tally(("9", 0.99), *[(str(100 + i), 0.04) for i in range(7)])
+    assert t.share > 0.7 and t.stable >= 2 and t.leader_votes == 1
+    assert decide(t, 8, 16, 1, 64, shipped).kind != "stop"
+    t = tally(("9", 0.99), *[(None, 0.0)] * 7)  # unparsable samples do not count as agreement
+    assert decide(t, 8, 16, 1, 64, shipped).kind != "stop"
+
+
+def test_majority_selection_settles_on_the_answer_it_returns() -> None:
+    """Adaptive best-of-N with selection=majority tallies votes by count: a high-scored minority
+    answer cannot be declared settled while the majority returns another one."""
+    b = Behaviour(answers={"q": lambda i, p, r: "A" if i % 8 in (0, 3, 6) else "B"}, scores={"q": 0.5})
+    scores = {"A": 0.99, "B": 0.1}
+
+    def score(node: Node) -> float:
+        return next((s for a, s in scores.items() if f"boxed{{{a}}}" in node.text), 0.5)
+
+    loop = SearchLoop(ScriptedPolicy(step_fn=b.step), ScriptedVerifier(score_fn=score),
+                      plan=PlanTable(controller=ControllerConfig(min_candidates=8, window=2, stop_share=0.6)))
+    events = run_batch(loop, {"q": SolveConfig("q", strategy="best_of_n", generations=16, budget_mode="adaptive",
+                                               selection="majority", seed=1)})
+    f = final(events["q"])
+    assert f.answer == "B"
+    (stop,) = decisions(events["q"], "stop")
+    assert stop.leader == f.answer and f.stop_reason == "settled"
+
+
+def test_auto_keeps_the_requests_selection() -> None:
+    loop = SearchLoop(ScriptedPolicy(step_fn=Behaviour(answers={"q": alternating("5", "6")}, scores={"q": 0.6}).step),
+                      ScriptedVerifier(score_fn=lambda n: 0.6),
+                      plan=table_with(StrategyPlan("best_of_n", selection="weighted")))
+    events = run_batch(loop, {"q": SolveConfig("q", strategy="auto", generations=8, selection="majority", seed=1)})
+    started = kind(events["q"], "started")[0]
+    assert started.strategy == "auto"
+    assert final(events["q"]).votes  # ran to the end with the request's selection, no error
+
+
+def test_savings_do_not_fund_later_traffic_on_a_busy_loop() -> None:
+    """A long unrelated job keeps the loop busy: an auto question settles and deposits for the
+    questions running beside it; a question submitted later cannot draw that deposit."""
+    b = Behaviour(answers={"easy": const("42"), "unsure": alternating("5", "6")}, scores={"easy": 0.95, "unsure": 0.6})
+
+    def step(parent: Node, rng: random.Random, greedy: bool) -> tuple[str, bool]:
+        if question(parent) == "long":
+            return f"Step {parent.depth + 1} of a long one.", parent.depth >= 60
+        return b.step(parent, rng, greedy)
+
+    loop = SearchLoop(ScriptedPolicy(step_fn=step), ScriptedVerifier(score_fn=lambda n: b.scores.get(question(n), 0.5)))
+    events: dict[str, list[pb.SolveEvent]] = defaultdict(list)
+    loop.sink = lambda job, evs: events[job].extend(evs)
+    loop.submit("long", SolveConfig("long", strategy="best_of_n", generations=1, max_steps=64, seed=1))
+    loop.submit("easy", SolveConfig("easy", strategy="auto", generations=16, seed=1))
+    for _ in range(12):
+        loop.tick()
+    assert final(events["easy"]).usage.generations < 16  # settled and gave the rest to "long"'s batch
+    loop.submit("unsure", SolveConfig("unsure", strategy="auto", generations=8, seed=1))
+    loop.run_until_idle()
+    f = final(events["unsure"])
+    assert f.usage.generations <= 8 and not decisions(events["unsure"], "widen")
+    assert loop.bank.balance == 0

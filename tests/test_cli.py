@@ -74,3 +74,13 @@ def test_delegated_commands_keep_their_options() -> None:
             _parse(bad)
         assert exc.value.code == 2
     assert _parse(["info", "--server", "h:1"]).command == "info"
+
+
+def test_serve_passes_the_plan_to_its_workers() -> None:
+    from ponder.clients.cli import build_parser
+    from ponder.clients.serve import worker_command
+
+    args = build_parser().parse_args(["serve", "--plan", "/tmp/my-plan.json", "--verifier", "none"])
+    cmd = worker_command(args, "redis://127.0.0.1:1/0")
+    assert cmd[cmd.index("--plan") + 1] == "/tmp/my-plan.json"
+    assert cmd[cmd.index("--verifier") + 1] == "none"

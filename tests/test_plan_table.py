@@ -120,11 +120,18 @@ def test_default_plan_round_trips(tmp_path: Path) -> None:
 def test_load_refuses_another_models_table(tmp_path: Path) -> None:
     path = tmp_path / "plan.json"
     PlanTable.from_dict(good()).save(path)
+    # the same model name, other weights
     with pytest.raises(InvalidArgument) as info:
-        PlanTable.load(path, fingerprint="def456", model="other")
+        PlanTable.load(path, fingerprint="def456", model="tiny")
     assert info.value.field == "plan"
     assert "abc123" in info.value.message and "def456" in info.value.message
-    PlanTable.load(path)  # without a fingerprint to check against, it loads
+    # another model, even when the table carries no fingerprint
+    data = good() | {"fingerprint": ""}
+    PlanTable.from_dict(data).save(path)
+    with pytest.raises(InvalidArgument) as info:
+        PlanTable.load(path, fingerprint="def456", model="other")
+    assert info.value.field == "plan" and "'tiny'" in info.value.message and "'other'" in info.value.message
+    PlanTable.load(path)  # without a model to check against, it loads
 
 
 @pytest.mark.parametrize("content", [None, "{not json", "[1, 2]"])

@@ -278,6 +278,20 @@ def test_auto_streams_its_decisions_and_reports_the_spend(svc: Service) -> None:
     assert 4 <= final.usage.generations <= 8
     assert sum(1 for e in events if e.WhichOneof("kind") == "candidate") == final.usage.generations
     assert fixed.usage.generations == 6 and fixed.nominal_generations == 6
+    # the scheduler writes the default max (4 x N, under its own cap) into the job: workers may
+    # run with other limits than the scheduler that accepted it
+    import asyncio
+
+    from ponder.scheduler.store import JobStore
+
+    async def stored_max() -> int | None:
+        store = JobStore.from_url(svc.redis_url, svc.prefix)
+        try:
+            return (await store.load(events[-1].job_id)).config.max_generations
+        finally:
+            await store.close()
+
+    assert asyncio.run(stored_max()) == 32
 
 
 def test_fifty_concurrent_streaming_clients(svc: Service) -> None:

@@ -64,7 +64,8 @@ def pass_at_1(pool: Sequence[dict[str, Any]]) -> np.ndarray:
 def quintile_bins(values: np.ndarray, higher_is_easier: bool = True) -> np.ndarray:
     """The paper's 5 difficulty bins by quantiles of ``values``: 1 = easiest."""
     edges = np.quantile(values, [0.2, 0.4, 0.6, 0.8])
-    above = np.searchsorted(edges, values, side="left")  # 0..4, higher value -> higher index
+    # ties at an edge go to the easier bin (many questions at pass@1 = 1 must land in bin 1)
+    above = np.searchsorted(edges, values, side="right")  # 0..4, higher value -> higher index
     return (5 - above) if higher_is_easier else (1 + above)
 
 

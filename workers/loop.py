@@ -73,7 +73,7 @@ class SearchLoop:
         self.limits = limits
         # Generations settled questions did not spend, for uncertain ones running beside them
         # (search/controller.py); emptied whenever the loop goes idle.
-        self.bank = BudgetBank()
+        self.bank = BudgetBank(live=lambda: [j for j, job in self.jobs.items() if not job.done])
 
     def _owner(self, prompt: Prompt | None) -> Policy:
         """The policy that serves a prompt, and every node under the root built from it."""
@@ -146,8 +146,7 @@ class SearchLoop:
             self._flush(job)
             if job.done:
                 self._finish(job)
-        if not self.jobs:
-            self.bank.reset()
+        self.bank.expire()
         return len(self.jobs)
 
     def run_until_idle(self, max_ticks: int = 100_000) -> None:

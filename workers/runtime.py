@@ -102,7 +102,7 @@ def build_plan(spec: str, model: str, verifier: Verifier | None = None) -> PlanT
         path = Path(files.path) / PLAN_FILE
     else:
         path = Path(spec).expanduser()
-    table = PlanTable.load(path, model_fingerprint(files) if files is not None else None, model)
+    table = PlanTable.load(path, model_fingerprint(files) if files is not None else None, files.name if files else "")
     running = verifier.name if verifier is not None else ""
     if table.verifier and table.verifier != running:
         raise InvalidArgument(

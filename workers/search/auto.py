@@ -53,12 +53,11 @@ class Auto(Strategy):
         ctx = self.ctx
         table = ctx.plan
         (root,) = yield Prefill([Prompt(ctx.config.question)])
-        tally, candidates = Tally.empty(), []
+        candidates: list[Candidate] = []
         pilot = min(table.pilot, ctx.allowance)
         ctx.charge_generations(pilot)
         stop = yield from grow(ctx, [root] * pilot, root, self.scored, candidates)
-        for cand in candidates:
-            tally.add(cand, self.scored)
+        tally = Tally.of(candidates, self.scored)
         ctx.difficulty_bin = table.bin_of(tally.mean_score) if self.scored else 0
         ctx.emit_decision(
             "pilot", tally,
@@ -66,7 +65,9 @@ class Auto(Strategy):
             difficulty_bin=ctx.difficulty_bin,
         )
         plan = self.choose(ctx.difficulty_bin)
-        selection = plan.selection or default_selection(ctx, self.scored)
+        # the request's own selection wins over the plan's; the controller votes the same way
+        selection = ctx.config.selection or plan.selection or default_selection(ctx, self.scored)
+        tally = Tally.of(candidates, self.scored, selection != "majority")
         ctx.emit_decision("plan", tally, f"bin {ctx.difficulty_bin or '?'}, N={ctx.config.generations}: {plan.describe()}",
                           difficulty_bin=ctx.difficulty_bin, plan=plan.describe())
         if stop:
@@ -83,10 +84,10 @@ class Auto(Strategy):
             stop = yield from self._run_plan(plan, candidates)
             candidates = ctx.concluded
             ctx.carried = []
-            tally = Tally.of(candidates, self.scored)
+            tally = Tally.of(candidates, self.scored, selection != "majority")
             if stop:
                 return conclude(ctx, candidates, selection, stop)
-        stop = yield from sample_waves(ctx, root, tally, candidates, self.scored)
+        stop = yield from sample_waves(ctx, root, tally, candidates, self.scored, selection)
         return conclude(ctx, candidates, selection, stop)
 
     def _run_plan(self, plan: StrategyPlan, pilot: list[Candidate]) -> StrategyRun:
@@ -95,7 +96,7 @@ class Auto(Strategy):
         ctx = self.ctx
         ctx.carried = list(pilot)
         overrides = {k: v for k, v in plan.overrides().items() if k not in ("strategy", "selection")}
-        request = ctx.config
+        request, budget = ctx.config, ctx.budget
         ctx.config = request.replace(strategy=plan.strategy, budget_mode="fixed", min_generations=None,
                                      max_generations=None, **overrides)
         ctx.budget = ctx.allowance - ctx.usage.generations
@@ -103,5 +104,5 @@ class Auto(Strategy):
             sub = STRATEGY_CLASSES[plan.strategy](ctx)
             outcome = yield from sub.run()
         finally:
-            ctx.config = request
+            ctx.config, ctx.budget = request, budget
         return outcome.stop_reason

@@ -100,7 +100,7 @@ class SearchContext:
         questions widening in this very tick can draw it."""
         unspent = self.allowance - self.usage.generations
         if self.config.adaptive and self.bank is not None and unspent > 0:
-            self.bank.deposit(unspent)
+            self.bank.deposit(unspent, by=self.job_id)
             self.allowance = self.usage.generations
 
     @property

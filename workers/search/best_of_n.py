@@ -34,11 +34,12 @@ class BestOfN(Strategy):
         ctx = self.ctx
         (root,) = yield Prefill([Prompt(ctx.config.question)])
         candidates: list[Candidate] = []
+        selection = default_selection(ctx, self.score_steps)
         if ctx.config.adaptive:
-            stop = yield from sample_waves(ctx, root, Tally.empty(), candidates, self.score_steps)
+            stop = yield from sample_waves(ctx, root, Tally.empty(), candidates, self.score_steps, selection)
         else:
             n = ctx.budget
             ctx.charge_generations(n)
             live: list[Node] = [root] * n
             stop = yield from grow(ctx, live, root, self.score_steps, candidates)
-        return conclude(ctx, candidates, default_selection(ctx, self.score_steps), stop)
+        return conclude(ctx, candidates, selection, stop)

@@ -6,8 +6,9 @@ leading answer, its margin over the runner-up, how many candidates in a row kept
 the best and mean final scores), and :func:`decide` says what to do with the question:
 
 - ``stop``: settled — at least ``min_candidates`` candidates, the leader holds ``stop_share`` of the
-  weighted vote and has led for the last ``window`` candidates (so one confident wrong sample
-  cannot end a question: it would need ``window`` more agreeing ones);
+  vote (verifier-weighted, or counts under majority selection), has led for the last ``window``
+  candidates and has at least 2 votes of its own (so one confident wrong sample
+  cannot end a question, however low the others score);
 - ``abandon``: hopeless — after ``abandon_after`` candidates the mean calibrated score is at most
   ``abandon_score`` and no answer holds ``abandon_share`` of the vote; the leader is returned,
   flagged low-confidence;
@@ -21,15 +22,17 @@ minimum and a stability window) applied to verifier-weighted votes; the threshol
 sample pool by ``ponder train plan`` (workers/train/plan.py) and shipped in the model's plan table.
 
 The bank: a question that ends below its nominal budget deposits what it did not spend; a
-question that wants more than its nominal budget withdraws, never more than the balance. So the
-questions of a batch spend at most the sum of their nominal budgets (each spend is bounded by
-its allowance; allowances above nominal are funded only by deposits). The balance is dropped when
-the loop goes idle: savings fund questions that run alongside, not later traffic.
+question that wants more than its nominal budget withdraws, never more than what it may draw.
+So the questions of a batch spend at most the sum of their nominal budgets (each spend is bounded
+by its allowance; allowances above nominal are funded only by deposits). A deposit may be drawn
+only by the questions that were running when it was made, and expires when they have all ended:
+savings fund the questions that run alongside, not later traffic.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,18 +96,20 @@ class Tally:
         return cls([], [], [])
 
     @classmethod
-    def of(cls, candidates: list[Candidate], scored: bool) -> Tally:
+    def of(cls, candidates: list[Candidate], scored: bool, weighted: bool | None = None) -> Tally:
         t = cls.empty()
         for c in candidates:
-            t.add(c, scored)
+            t.add(c, scored, weighted)
         return t
 
-    def add(self, cand: Candidate, scored: bool) -> None:
-        """Count one finished candidate. Without a verifier every vote weighs 1 (majority)."""
+    def add(self, cand: Candidate, scored: bool, weighted: bool | None = None) -> None:
+        """Count one finished candidate. Its vote weighs its score when ``weighted`` (default:
+        when scored), else 1 (majority voting, which is also all there is without a verifier)."""
         self.n += 1
         score = (cand.score or 0.0) if scored else 1.0
         self.score_sum += score
         self.best_score = max(self.best_score, score)
+        weight = score if (scored if weighted is None else weighted and scored) else 1.0
         if cand.answer is not None:
             for i, a in enumerate(self.answers):
                 if equivalent(a, cand.answer):
@@ -114,7 +119,7 @@ class Tally:
                 self.weights.append(0.0)
                 self.counts.append(0)
                 i = len(self.answers) - 1
-            self.weights[i] += score
+            self.weights[i] += weight
             self.counts[i] += 1
         lead = max(range(len(self.weights)), key=lambda j: (self.weights[j], self.counts[j], -j), default=-1)
         self.stable = self.stable + 1 if lead == self.leader and lead >= 0 else (1 if lead >= 0 else 0)
@@ -143,6 +148,10 @@ class Tally:
         return self.score_sum / self.n if self.n else 0.0
 
     @property
+    def leader_votes(self) -> int:
+        return self.counts[self.leader] if self.leader >= 0 else 0
+
+    @property
     def leader_answer(self) -> str:
         return self.answers[self.leader] if self.leader >= 0 else ""
 
@@ -153,12 +162,18 @@ class Action:
     reason: str = ""
 
 
+def min_votes(cfg: ControllerConfig) -> int:
+    """Votes the leading answer needs before a question may stop: never one sample alone,
+    however low the others score (its stability window counts dissenting candidates too)."""
+    return 2
+
+
 def decide(
     t: Tally, spent: int, allowance: int, lo: int, hi: int, cfg: ControllerConfig, *, can_widen: bool = True
 ) -> Action:
     """What to do with a question whose launched samples have all finished (see module doc)."""
     if spent >= lo and t.n >= cfg.min_candidates:
-        if t.share >= cfg.stop_share and t.stable >= cfg.window:
+        if t.share >= cfg.stop_share and t.stable >= cfg.window and t.leader_votes >= min_votes(cfg):
             return Action("stop", f"settled: {t.leader_answer} holds {t.share:.0%} of the weighted vote "
                                   f"(>= {cfg.stop_share:.0%}) and led the last {t.stable} candidates (>= {cfg.window})")
         if t.n >= cfg.abandon_after and t.mean_score <= cfg.abandon_score and t.share < cfg.abandon_share:
@@ -173,23 +188,47 @@ def decide(
 
 
 class BudgetBank:
-    """Generations that settled questions of a batch did not spend, for uncertain ones."""
+    """Generations that settled questions did not spend, for uncertain ones running beside them.
 
-    def __init__(self) -> None:
-        self.balance = 0
+    A deposit may be drawn only by the questions that were live when it was made (not by
+    questions that arrive later), and it expires once all of them have ended. ``live`` tells the
+    bank which questions are running (the loop's jobs)."""
+
+    def __init__(self, live: Callable[[], Iterable[str]] = tuple) -> None:
+        self.live = live
+        self.entries: list[tuple[int, frozenset[str]]] = []  # (generations, who may draw them)
         self.deposited = 0
         self.withdrawn = 0
 
-    def deposit(self, n: int) -> None:
-        if n > 0:
-            self.balance += n
+    @property
+    def balance(self) -> int:
+        return sum(n for n, _ in self.entries)
+
+    def available(self, job_id: str) -> int:
+        return sum(n for n, who in self.entries if job_id in who)
+
+    def deposit(self, n: int, by: str = "") -> None:
+        eligible = frozenset(self.live()) - {by}
+        if n > 0 and eligible:
+            self.entries.append((n, eligible))
             self.deposited += n
 
-    def withdraw(self, want: int) -> int:
-        got = max(0, min(want, self.balance))
-        self.balance -= got
+    def withdraw(self, want: int, job_id: str = "") -> int:
+        """Up to ``want`` generations from the deposits ``job_id`` may draw, oldest first."""
+        got, kept = 0, []
+        for n, who in self.entries:
+            take = min(n, want - got) if job_id in who else 0
+            got += take
+            if n - take > 0:
+                kept.append((n - take, who))
+        self.entries = kept
         self.withdrawn += got
         return got
 
+    def expire(self) -> None:
+        """Drop the deposits no running question may draw any more."""
+        live = set(self.live())
+        self.entries = [(n, who) for n, who in self.entries if who & live]
+
     def reset(self) -> None:
-        self.balance = 0
+        self.entries = []

@@ -98,6 +98,8 @@ class PlanTable:
                 raise InvalidArgument("plan.edges", f"must be {N_BINS - 1} numbers, got {list(self.edges)!r}")
             if list(self.edges) != sorted(self.edges):
                 raise InvalidArgument("plan.edges", f"must be ascending, got {list(self.edges)!r}")
+        elif any(b != 0 for b in self.plans):
+            raise InvalidArgument("plan.edges", "plans per difficulty bin need the 4 bin edges")
 
     def bin_of(self, mean_score: float) -> int:
         """Predicted difficulty bin, 1 (easiest: highest mean score) .. 5; 0 without edges."""
@@ -138,7 +140,8 @@ class PlanTable:
         }
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.as_dict(), indent=1, sort_keys=True) + "\n")
+        """Strict JSON: a NaN figure in the fit record is written as null."""
+        path.write_text(json.dumps(_finite(self.as_dict()), indent=1, sort_keys=True, allow_nan=False) + "\n")
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "") -> PlanTable:
@@ -181,7 +184,8 @@ class PlanTable:
 
     @classmethod
     def load(cls, path: Path, fingerprint: str | None = None, model: str = "") -> PlanTable:
-        """Read and validate a table; with ``fingerprint``, refuse a table fitted on another model."""
+        """Read and validate a table; with ``fingerprint`` (and ``model``, the model's name),
+        refuse a table fitted on another model."""
         try:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
@@ -192,6 +196,8 @@ class PlanTable:
         table = cls.from_dict(data, source=Path(path).name)
         if table.model:
             table = dataclasses.replace(table, source=f"{table.source} of {table.model}")
+        if model and table.model and table.model != model:
+            raise InvalidArgument("plan", f"{path} was fitted on model {table.model!r}, not on {model!r}; refit it with `ponder train plan`")
         if fingerprint is not None and table.fingerprint and table.fingerprint != fingerprint:
             raise InvalidArgument(
                 "plan",
@@ -199,6 +205,16 @@ class PlanTable:
                 f"{model or 'this model'!r} (fingerprint {fingerprint}); refit it with `ponder train plan`",
             )
         return table
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 DEFAULT_PLAN = PlanTable()

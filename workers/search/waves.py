@@ -55,10 +55,13 @@ def _finish(ctx: SearchContext, node: Node, out: list[Candidate]) -> None:
 
 
 def sample_waves(
-    ctx: SearchContext, root: Node, tally: Tally, candidates: list[Candidate], score_steps: bool
+    ctx: SearchContext, root: Node, tally: Tally, candidates: list[Candidate], score_steps: bool, selection: str
 ) -> WaveRun:
     """Sample from ``root`` until the allowance is spent or the controller ends the question.
-    Returns the stop reason: 'settled', 'abandoned', a cap's reason, or '' (budget spent)."""
+    The tally votes the way ``selection`` picks the answer (counts for majority, scores
+    otherwise), so "settled" means settled for the answer that will be returned. Returns the
+    stop reason: 'settled', 'abandoned', a cap's reason, or '' (budget spent)."""
+    weighted = selection != "majority"
     cfg = ctx.controller
     lo, hi = ctx.bounds
     while True:
@@ -72,7 +75,7 @@ def sample_waves(
                 return "settled" if action.kind == "stop" else "abandoned"
             if action.kind == "widen":
                 assert ctx.bank is not None
-                got = ctx.bank.withdraw(min(cfg.wave, hi - ctx.allowance))
+                got = ctx.bank.withdraw(min(cfg.wave, hi - ctx.allowance), ctx.job_id)
                 if got <= 0:
                     return ""
                 ctx.allowance += got
@@ -88,7 +91,7 @@ def sample_waves(
         new: list[Candidate] = []
         stop = yield from grow(ctx, [root] * n, root, score_steps, new)
         for cand in new:
-            tally.add(cand, score_steps)
+            tally.add(cand, score_steps, weighted)
         candidates.extend(new)
         if ctx.config.adaptive and new:
             ctx.emit_progress(tally.leader_answer, tally.share)
