@@ -15,7 +15,9 @@ FLOPs per question (pilot, verifier and everything else included), and how often
 agrees with the fixed best-of-N answer of the same question. The headline is the paper's metric,
 the *budget ratio*: the smallest weighted best-of-N budget (interpolated on the pool's curve, in
 generations and in FLOPs) that matches a run's accuracy, divided by what the run spent, with a 95%
-interval (bootstrap over questions). The controller's false-stop rate is also simulated on the
+interval (bootstrap over questions). Best-of-m's FLOPs are priced as m times the fixed run's FLOPs
+per generation, which spreads the prompt's prefill over all of its samples: a slight underprice
+at small m, so the FLOPs ratio is conservative. The controller's false-stop rate is also simulated on the
 pool itself (random sample orders; see workers/train/plan.py), where the full-budget answer is
 known exactly. Difficulty is reported both ways: the predicted bins auto chose, and oracle bins
 (quintiles of pass@1 over the pool).

@@ -96,3 +96,34 @@ def test_bad_inputs_are_invalid_argument(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument) as err:
         fitplan.load_pool(tmp_path / "empty.json")
     assert err.value.field == "pool"
+
+
+def test_simulation_applies_the_controllers_own_rule(tmp_path: Path) -> None:
+    """Replaying the simulation's sample orders through Tally/decide (the code the search loop
+    runs) gives the same spend, accuracy and stops as the vectorised simulation."""
+    from ponder.workers.answers import Candidate
+    from ponder.workers.search.controller import Tally, decide
+
+    qs = fitplan.load_pool(_pool(tmp_path / "pool.json", n_questions=15, samples=32, seed=3))
+    traj = fitplan.Trajectories(qs, wave=4, perms=3, seed=5)
+    for cfg in (fitplan.ControllerConfig(min_candidates=4, window=2, stop_share=0.7, abandon_after=8, abandon_score=0.2),
+                fitplan.ControllerConfig(min_candidates=8, window=8, stop_share=0.6, abandon_after=12, abandon_score=0.3)):
+        sim = traj.run(cfg, 32)
+        spent, hits, stops = [], [], 0
+        for i, q in enumerate(qs):
+            gold = {a for a, c in zip(q.answers, q.correct) if c}
+            for order in traj.orders[i]:
+                t, n = Tally.empty(), 0
+                while True:
+                    action = decide(t, n, 32, 1, 32, cfg, can_widen=False)
+                    if action.kind != "continue":
+                        break
+                    for j in order[n : n + 4]:
+                        t.add(Candidate(q.answers[j], "", float(q.scores[j])), True)
+                    n += 4
+                stops += action.kind == "stop"
+                spent.append(n)
+                hits.append(t.leader_answer in gold)
+        assert np.mean(spent) == pytest.approx(sim["generations"])
+        assert np.mean(hits) == pytest.approx(sim["accuracy"])
+        assert stops / len(spent) == pytest.approx(sim["stopped"])

@@ -146,13 +146,16 @@ class Trajectories:
         self.agree = np.zeros(shape, dtype=bool)
         self.pilot_mean = np.zeros((len(qs), perms))
         self.full_correct = np.zeros(len(qs), dtype=bool)
+        self.orders: list[list[list[int]]] = []  # [question][permutation] -> sample order
         for i, q in enumerate(qs):
+            self.orders.append([])
             gold = {_norm(a) for a, c in zip(q.answers, q.correct) if c}
             full = weighted_pick(q.answers[:size], q.scores[:size])
             self.full_correct[i] = full in gold
             for p in range(perms):
                 order = list(range(size))
                 rng.shuffle(order)
+                self.orders[i].append(order)
                 weights: dict[str, float] = {}
                 counts: dict[str, int] = {}
                 leader, stable, total = None, 0, 0.0
@@ -178,7 +181,9 @@ class Trajectories:
                 self.pilot_mean[i, p] = float(np.mean([q.scores[j] for j in order[:wave]]))
 
     def run(self, cfg: ControllerConfig, budget: int, idx: np.ndarray | None = None) -> dict[str, float]:
-        """The controller at nominal ``budget`` (no bank): mean generations, accuracy, agreement."""
+        """The controller at nominal ``budget`` (no bank): mean generations, accuracy, agreement.
+        Decisions fall after whole waves, as in the search loop; a budget that is not a multiple
+        of the wave is simulated as the multiple below it."""
         last = min(self.waves, max(1, budget // cfg.wave)) - 1
         sl = slice(None) if idx is None else idx
         cut = (sl, slice(None), slice(0, last + 1))
