@@ -5,7 +5,7 @@
     ponder worker --redis URL [--model M]
     ponder ask QUESTION [--server HOST:PORT] [--strategy S] [--budget N] [--json]
     ponder info | watch JOB | cancel JOB | result JOB   [--server HOST:PORT]
-    ponder eval …   ponder train {policy,prm,confidence,revise,plan,report} …   ponder bench {engine,kernels,service,adaptive,scaling} …
+    ponder eval …   ponder flops …   ponder train {policy,prm,confidence,revise,plan,report} …   ponder bench {engine,kernels,service,adaptive,scaling} …
 """
 
 from __future__ import annotations
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="accuracy vs compute per strategy on a dataset", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("flops", help="the test-time budget that costs as much as a larger model", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
     p = sub.add_parser("train", help="train the arith policy, PRM, reviser, a model's confidence calibration; quality report", add_help=False)
     p.add_argument("what", choices=TRAIN_JOBS)
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -201,7 +203,7 @@ def _bench(what: str, argv: list[str]) -> int:
 
 TRAIN_JOBS = ("policy", "prm", "confidence", "revise", "plan", "report")  # modules of ponder.workers.train
 BENCHMARKS = ("engine", "kernels", "service", "adaptive", "scaling")  # scripts in benchmarks/
-DELEGATED = ("eval", "train", "bench")  # commands whose options belong to another module's parser
+DELEGATED = ("eval", "train", "bench", "flops")  # commands whose options belong to another module's parser
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -211,7 +213,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     if i is not None and argv[i] in DELEGATED and all(a in ("-v", "--verbose") for a in argv[:i]):
         cmd, rest = argv[i], argv[i + 1 :]
         ns = argparse.Namespace(command=cmd, verbose=bool(argv[:i]), rest=rest)
-        if cmd != "eval":
+        if cmd not in ("eval", "flops"):
             choices = BENCHMARKS if cmd == "bench" else TRAIN_JOBS
             if not rest or rest[0] not in choices:
                 build_parser().parse_args(argv[: i + 2])  # prints the usage error and exits 2
@@ -248,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             return _job_command(args)
         if args.command == "eval":
             return _delegate("ponder.workers.evaluate", args.rest)
+        if args.command == "flops":
+            return _delegate("ponder.workers.flops", args.rest)
         if args.command == "train":
             return _delegate(f"ponder.workers.train.{args.what}", args.rest)
         if args.command == "bench":
