@@ -281,6 +281,19 @@ def figures(data: dict[str, Any], res: dict[str, Any], folder: Path) -> list[str
     curves = res["curves"]
     written = []
 
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=100)
+        plt.close(fig)
+        written.append(name)
+
+    def style(ax: Any, xlabel: str, title: str, log_base: int | None = 2) -> None:
+        if log_base:
+            ax.set_xscale("log", base=log_base)
+        ax.set(xlabel=xlabel, ylabel="accuracy", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+
     def line(ax: Any, label: str, key: str = "generations", **kw: Any) -> None:
         pts = sorted(curves.get(label, {}).values(), key=lambda p: p[key])
         if pts:
@@ -290,10 +303,7 @@ def figures(data: dict[str, Any], res: dict[str, Any], folder: Path) -> list[str
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4))
     for label in ("best_of_n weighted", "best_of_n majority", "beam M=4", "beam M=√N", "lookahead k=1", "lookahead k=3", "dvts M=4"):
         line(ax, label)
-    ax.set_xscale("log", base=2)
-    ax.set(xlabel="generations per question", ylabel="accuracy", title="search methods (cf. paper Fig. 3 left)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    style(ax, "generations per question", "search methods (cf. paper Fig. 3 left)")
     budgets = [b for b in data["budgets"] if str(b) in curves.get("beam M=4", {})]
     width = 0.8 / max(1, 2 * len(budgets))
     for k, b in enumerate(budgets):
@@ -303,12 +313,8 @@ def figures(data: dict[str, Any], res: dict[str, Any], folder: Path) -> list[str
                 continue
             vals = [p["oracle_bins"][str(i)]["accuracy"] or 0.0 for i in range(1, 6)]
             bx.bar(np.arange(1, 6) + (2 * k + j) * width - 0.4, vals, width, label=f"{label} N={b}")
-    bx.set(xlabel="oracle difficulty bin (1 = easiest)", ylabel="accuracy", title="by difficulty (cf. Fig. 3 right)")
-    bx.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "scaling_search.png", dpi=100)
-    plt.close(fig)
-    written.append("scaling_search.png")
+    style(bx, "oracle difficulty bin (1 = easiest)", "by difficulty (cf. Fig. 3 right)", None)
+    save(fig, "scaling_search.png")
 
     # Fig. 4: compute-optimal (auto) against best-of-N, in generations and FLOPs
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -316,35 +322,21 @@ def figures(data: dict[str, Any], res: dict[str, Any], folder: Path) -> list[str
         line(ax, "best_of_n weighted", key)
         line(ax, "beam M=4", key)
         line(ax, "auto", key, linewidth=2.5)
-        ax.set_xscale("log", base=2 if key == "generations" else 10)
-        ax.set(xlabel=f"{key} per question", ylabel="accuracy", title=f"compute-optimal vs best-of-N ({key}; cf. Fig. 4)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "scaling_compute_optimal.png", dpi=100)
-    plt.close(fig)
-    written.append("scaling_compute_optimal.png")
+        style(ax, f"{key} per question", f"compute-optimal vs best-of-N ({key}; cf. Fig. 4)", 2 if key == "generations" else 10)
+    save(fig, "scaling_compute_optimal.png")
 
     # Fig. 6/7: revisions and the sequential:parallel ratio
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
     for label in ("best_of_n weighted", "revision", *[f"hybrid r={r}" for r in HYBRID_RATIOS]):
         line(ax, label)
-    ax.set_xscale("log", base=2)
-    ax.set(xlabel="generations per question", ylabel="accuracy", title="revisions vs parallel (cf. Fig. 6)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    style(ax, "generations per question", "revisions vs parallel (cf. Fig. 6)")
     ratio = next((f for f in res["findings"] if "per_bin" in f), None)
     if ratio:
         for b, row in ratio["per_bin"].items():
             rs = [float(r) for r in row]
             bx.plot(rs, [row[r] if row[r] is not None else np.nan for r in row], marker="o", label=f"bin {b}")
-    bx.set(xlabel="sequential ratio (0 = best-of-N, 1 = one chain)", ylabel="accuracy", title="ratio by oracle bin (cf. Fig. 7)")
-    bx.grid(alpha=0.3)
-    bx.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "scaling_revisions.png", dpi=100)
-    plt.close(fig)
-    written.append("scaling_revisions.png")
+    style(bx, "sequential ratio (0 = best-of-N, 1 = one chain)", "ratio by oracle bin (cf. Fig. 7)", None)
+    save(fig, "scaling_revisions.png")
     return written
 
 
