@@ -240,7 +240,10 @@ def conclude(ctx: SearchContext, candidates: list[Candidate], mode: str, stop_re
     candidates = [*ctx.carried, *candidates]
     ctx.concluded = candidates
     sel = select(candidates, mode)
-    total = sum(v.count for v in sel.votes)
-    share = next((v.count for v in sel.votes if v.answer == sel.answer), 0) / total if total else 0.0
+    # the winner's share of the vote it was selected by: scores unless by majority (the same
+    # share the live controller reports)
+    weight = (lambda v: v.count) if mode == "majority" or not any(v.score for v in sel.votes) else (lambda v: v.score)
+    total = sum(weight(v) for v in sel.votes)
+    share = next((weight(v) for v in sel.votes if v.answer == sel.answer), 0) / total if total else 0.0
     ctx.emit_progress(sel.answer, share)
     return Outcome(answer=sel.answer, solution=sel.solution, votes=sel.votes, stop_reason=stop_reason)
