@@ -20,7 +20,7 @@ from ponder.workers.answers import Candidate, is_correct, select
 from ponder.workers.loop import SearchLoop
 from ponder.workers.tasks import arith
 
-# A valid value, other than the default, for every search option (with --strategies beam
+# A valid value, other than the default, for every search option (with --strategies best_of_n
 # --budgets 4), small enough that the arith run stays short.
 VALUES: dict[str, Any] = {
     "max_tokens": 400,
@@ -36,6 +36,9 @@ VALUES: dict[str, Any] = {
     "selection": "majority",
     "sequential_ratio": 0.25,
     "timeout_s": 120.0,
+    "budget_mode": "adaptive",
+    "min_generations": 2,
+    "max_generations": 8,
 }
 
 
@@ -93,7 +96,7 @@ def test_every_search_option_is_a_flag() -> None:
 def test_search_options_reach_the_jobs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     scripted_runtime(monkeypatch, StepScript(steps=2))
     seen = record_submits(monkeypatch)
-    argv = ["--dataset", "arith:test:2", "--strategies", "beam", "--budgets", "4", "--seed", "5",
+    argv = ["--dataset", "arith:test:2", "--strategies", "best_of_n", "--budgets", "4", "--seed", "5",
             "--no-progress", "--out", str(tmp_path / "o.json")]
     for name, value in VALUES.items():
         argv += [flag(name), str(value)]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from fakes import ScriptedVerifier
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.search.controller import ControllerConfig
 from ponder.workers.search.plan import DEFAULT_PLAN, PlanTable, StrategyPlan
@@ -182,7 +183,6 @@ def test_strategy_plan_overrides_and_describe() -> None:
 
 
 def test_build_plan_specs_and_verifier_check(tmp_path: Path) -> None:
-    from fakes import ScriptedVerifier
     from ponder.workers.runtime import build_plan
 
     assert build_plan("default", "") is DEFAULT_PLAN
@@ -202,4 +202,18 @@ def test_build_plan_specs_and_verifier_check(tmp_path: Path) -> None:
     assert info.value.field == "plan"
     with pytest.raises(InvalidArgument) as info:
         build_plan(str(tmp_path / "missing.json"), "")
+    assert info.value.field == "plan"
+
+
+def test_the_models_own_table_applies_only_to_its_verifier() -> None:
+    """`--plan auto` with another verifier than the one arith's table was fitted for: the
+    default plan (a path to the same table would be refused)."""
+    from ponder.workers.models import BUILTIN
+    from ponder.workers.runtime import build_plan
+
+    own = build_plan("auto", "arith", ScriptedVerifier(name="confidence"))
+    assert own.model == "arith" and own.plans
+    assert build_plan("auto", "arith", ScriptedVerifier(name="scripted-prm")) is DEFAULT_PLAN
+    with pytest.raises(InvalidArgument) as info:
+        build_plan(str(BUILTIN["arith"] / "plan.json"), "arith", ScriptedVerifier(name="scripted-prm"))
     assert info.value.field == "plan"

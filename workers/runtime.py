@@ -87,9 +87,10 @@ def build_reviser(spec: str, model: str, backend: str = "auto") -> Policy | None
 
 
 def build_plan(spec: str, model: str, verifier: Verifier | None = None) -> PlanTable:
-    """auto's plan table: ``auto`` (the model's ``plan.json`` when it ships one, else the
-    default plan), ``default``/``none`` (the default plan), or a path. A table fitted on another
-    model, or for another verifier than the worker runs, is INVALID_ARGUMENT."""
+    """auto's plan table: ``auto`` (the model's ``plan.json`` when it ships one and was fitted
+    for the verifier in use, else the default plan), ``default``/``none`` (the default plan), or
+    a path. A table fitted on another model, or a table named by path for another verifier than
+    the worker runs, is INVALID_ARGUMENT."""
     from ponder.workers.prm.confidence import model_fingerprint
     from ponder.workers.search.plan import DEFAULT_PLAN, PLAN_FILE
 
@@ -104,6 +105,11 @@ def build_plan(spec: str, model: str, verifier: Verifier | None = None) -> PlanT
         path = Path(spec).expanduser()
     table = PlanTable.load(path, model_fingerprint(files) if files is not None else None, files.name if files else "")
     running = verifier.name if verifier is not None else ""
+    if table.verifier and table.verifier != running and spec == "auto":
+        # the model's table was fitted for its own verifier; another one asked for explicitly
+        # gets the default plan, not an error (a table named by path must match)
+        log.warning("%s was fitted with the verifier %r, not %r: using the default plan", path, table.verifier, running)
+        return DEFAULT_PLAN
     if table.verifier and table.verifier != running:
         raise InvalidArgument(
             "plan", f"{path} was fitted with the verifier {table.verifier!r}; this worker runs {running or 'none'!r}"
