@@ -104,7 +104,7 @@ def test_search_options_reach_the_jobs(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert len(seen) == 2
     for i, (_, cfg, deadline) in enumerate(sorted(seen, key=lambda s: s[0])):
         assert {k: getattr(cfg, k) for k in VALUES} == VALUES
-        assert (cfg.strategy, cfg.generations, cfg.seed) == ("beam", 4, 5 + i)
+        assert (cfg.strategy, cfg.generations, cfg.seed) == ("best_of_n", 4, 5 + i)
         assert deadline is not None  # --timeout-s became the job's deadline
     saved = json.loads((tmp_path / "o.json").read_text())
     assert saved["options"] == VALUES
