@@ -252,9 +252,14 @@ def ratio_finding(col: Any, budget: int, oracle: np.ndarray, boot: int, rng: ran
     easy, hard = oracle <= 2, oracle >= 4
 
     def best(mask: np.ndarray, ix: np.ndarray | None = None) -> float:
+        """The best ratio; ties (easy bins are often perfect at several ratios) count as the
+        mean of the tied ratios, so neither end of the scale wins a tie by its position."""
         sel = mask if ix is None else mask[ix]
         m = mat if ix is None else mat[ix]
-        return float(ratios[int(np.argmax(m[sel].mean(axis=0)))]) if sel.any() else float("nan")
+        if not sel.any():
+            return float("nan")
+        acc = m[sel].mean(axis=0)
+        return float(ratios[np.isclose(acc, acc.max())].mean())
 
     e, h = best(easy), best(hard)
     from ponder.workers.curves import bootstrap_indices
