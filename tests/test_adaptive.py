@@ -789,13 +789,21 @@ def test_majority_selection_settles_on_the_answer_it_returns() -> None:
 
 
 def test_auto_keeps_the_requests_selection() -> None:
-    loop = SearchLoop(ScriptedPolicy(step_fn=Behaviour(answers={"q": alternating("5", "6")}, scores={"q": 0.6}).step),
-                      ScriptedVerifier(score_fn=lambda n: 0.6),
-                      plan=table_with(StrategyPlan("best_of_n", selection="weighted")))
-    events = run_batch(loop, {"q": SolveConfig("q", strategy="auto", generations=8, selection="majority", seed=1)})
-    started = kind(events["q"], "started")[0]
-    assert started.strategy == "auto"
-    assert final(events["q"]).votes  # ran to the end with the request's selection, no error
+    """The plan says weighted, the request says majority: a high-scored minority answer (A)
+    loses to the majority (B), as the request asked."""
+    b = Behaviour(answers={"q": lambda i, p, r: "A" if i % 8 in (0, 3, 6) else "B"}, scores={"q": 0.5})
+
+    def score(node: Node) -> float:
+        return 0.99 if "boxed{A}" in node.text else (0.1 if "boxed{B}" in node.text else 0.5)
+
+    def run(selection: str | None) -> pb.Final:
+        loop = SearchLoop(ScriptedPolicy(step_fn=Behaviour(b.answers, b.scores).step), ScriptedVerifier(score_fn=score),
+                          plan=table_with(StrategyPlan("best_of_n", selection="weighted")))
+        cfg = SolveConfig("q", strategy="auto", generations=8, budget_mode="fixed", selection=selection, seed=1)
+        return final(run_batch(loop, {"q": cfg})["q"])
+
+    assert run(None).answer == "A"  # the plan's weighted vote
+    assert run("majority").answer == "B"  # the request's majority vote
 
 
 def test_savings_do_not_fund_later_traffic_on_a_busy_loop() -> None:

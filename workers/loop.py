@@ -72,7 +72,7 @@ class SearchLoop:
         self.plan = plan or DEFAULT_PLAN
         self.limits = limits
         # Generations settled questions did not spend, for uncertain ones running beside them
-        # (search/controller.py); emptied whenever the loop goes idle.
+        # (search/controller.py); a deposit expires once the questions it could fund have ended.
         self.bank = BudgetBank(live=lambda: [j for j, job in self.jobs.items() if not job.done])
 
     def _owner(self, prompt: Prompt | None) -> Policy:

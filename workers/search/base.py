@@ -160,7 +160,6 @@ class SearchContext:
             )
         )
 
-
     def emit_decision(self, kind: str, tally: Tally, reason: str = "", **extra: Any) -> None:
         """A controller or planner decision, with the statistics it was based on."""
         self.emit(

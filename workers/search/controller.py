@@ -109,7 +109,7 @@ class Tally:
         score = (cand.score or 0.0) if scored else 1.0
         self.score_sum += score
         self.best_score = max(self.best_score, score)
-        weight = score if (scored if weighted is None else weighted and scored) else 1.0
+        weight = score if scored and weighted is not False else 1.0
         if cand.answer is not None:
             for i, a in enumerate(self.answers):
                 if equivalent(a, cand.answer):
