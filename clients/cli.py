@@ -26,14 +26,48 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ponder.proto.config import AGGREGATIONS, BUDGET_MODES, SELECTIONS, STRATEGIES, Limits, SolveConfig
-from ponder.proto.errors import PonderError
+from ponder.proto.errors import InvalidArgument, PonderError
 
 DEFAULT_QUESTION = "Compute 5 + 8 + 3 + 7 * 7."  # a test-split question of the built-in arith task
 SERVER_HELP = "scheduler address (default: localhost:50051)"
 
 
+REDIS_ENV = "PONDER_REDIS_URL"
+
+
 def _common_service(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", default="ponder", help="Redis key prefix (one per deployment)")
+
+
+def _redis_option(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--redis", default=os.environ.get(REDIS_ENV, ""), required=required and not os.environ.get(REDIS_ENV),
+                   help=f"Redis URL without a password (default ${REDIS_ENV}; a URL with a password goes "
+                        f"in ${REDIS_ENV}, not on the command line, where ps shows it)")
+
+
+def _redis_url(a: argparse.Namespace) -> str:
+    """The Redis URL; one with a password is refused on the command line."""
+    from urllib.parse import urlparse
+
+    url = a.redis
+    if url and url != os.environ.get(REDIS_ENV) and urlparse(url).password:
+        raise InvalidArgument("redis", f"the URL holds a password: pass it through ${REDIS_ENV}, not the command line")
+    return url
+
+
+def _tls_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-ca", default=None, help="TLS: the CA file that signed the server's certificate")
+    p.add_argument("--tls-cert", default=None, help="mutual TLS: this client's certificate (PEM)")
+    p.add_argument("--tls-key", default=None, help="mutual TLS: this client's key (PEM)")
+    p.add_argument("--tls", action="store_true", help="TLS with the system's root certificates")
+
+
+def _client(a: argparse.Namespace) -> Any:
+    """A Client for the command's server; the token comes from $PONDER_TOKEN or $PONDER_TOKEN_FILE."""
+    from ponder.clients.client import Client, Tls
+
+    tls = Tls(a.tls_ca, a.tls_cert, a.tls_key) if (a.tls or a.tls_ca or a.tls_cert) else None
+    return Client(a.server, tls=tls)
 
 
 def _worker_options(p: argparse.ArgumentParser) -> None:
@@ -94,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run Redis (private unless --redis), a scheduler and workers")
-    p.add_argument("--redis", default="", help="use this Redis instead of a private one")
+    _redis_option(p, required=False)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051)
     p.add_argument("--workers", type=int, default=1)
@@ -109,16 +143,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(demo_question=DEFAULT_QUESTION)
 
     p = sub.add_parser("scheduler", help="run a gRPC scheduler against a Redis")
-    p.add_argument("--redis", required=True)
+    _redis_option(p, required=True)
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=50051)
     p.add_argument("--max-generations", type=int, default=Limits().max_generations)
     p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on SIGTERM")
+    p.add_argument("--max-queued", type=int, default=10_000,
+                   help="jobs waiting per priority before new ones get RESOURCE_EXHAUSTED (0: no cap)")
+    p.add_argument("--tokens", default=None,
+                   help="bearer tokens file ('NAME SECRET [admin]' per line; default $PONDER_TOKENS, the file's "
+                        "content; neither: no authentication)")
+    p.add_argument("--tls-cert", default=None, help="serve TLS with this certificate (PEM)")
+    p.add_argument("--tls-key", default=None, help="... and this key (PEM)")
+    p.add_argument("--tls-client-ca", default=None, help="mutual TLS: require client certificates signed by this CA")
+    p.add_argument("--expose-workers", action="store_true",
+                   help="without tokens: show worker hosts and ids in ServerInfo (with tokens: admins only)")
     _common_service(p)
 
     p = sub.add_parser("worker", help="run a worker against a Redis")
-    p.add_argument("--redis", required=True)
+    _redis_option(p, required=True)
     p.add_argument("--lease", type=float, default=30.0, help="seconds before a silent worker's job is re-run")
+    p.add_argument("--isolate-after", type=int, default=2,
+                   help="a job lost with this many dying workers runs alone from then on")
+    p.add_argument("--max-solo-losses", type=int, default=2,
+                   help="a job running alone that loses this many workers fails (it is what kills them)")
     p.add_argument("--drain", type=float, default=30.0, help="seconds running jobs get to finish on SIGTERM")
     _common_service(p)
     _worker_options(p)
@@ -128,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default="localhost:50051", help=SERVER_HELP)
     p.add_argument("--json", action="store_true", help="one JSON object per event")
     _solve_options(p)
+    _tls_client_options(p)
 
     for name, help_ in (("info", "models, strategies, workers, queue depth"),
                         ("watch", "stream a job's events"), ("cancel", "cancel a job"),
@@ -139,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--after", default="", help="resume after this event id")
             p.add_argument("--json", action="store_true")
         p.add_argument("--server", default="localhost:50051", help=SERVER_HELP)
+        _tls_client_options(p)
 
     p = sub.add_parser("eval", help="accuracy vs compute per strategy on a dataset", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -154,12 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _ask(a: argparse.Namespace) -> int:
-    from ponder.clients.client import Client
     from ponder.clients.render import event_json, render
 
     cfg = config_from_args(a.question, a)
     code = 1
-    with Client(a.server) as client:
+    with _client(a) as client:
         for event in client.solve(cfg, timeout=a.timeout):
             print(event_json(event) if a.json else render(event), flush=True)
             kind = event.WhichOneof("kind")
@@ -171,10 +220,9 @@ def _ask(a: argparse.Namespace) -> int:
 def _job_command(a: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToJson
 
-    from ponder.clients.client import Client
     from ponder.clients.render import event_json, render
 
-    with Client(a.server) as client:
+    with _client(a) as client:
         if a.command == "info":
             print(MessageToJson(client.info(), preserving_proto_field_name=True))
         elif a.command == "cancel":
@@ -232,17 +280,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from ponder.clients.serve import serve
 
+            args.redis = _redis_url(args)
             return asyncio.run(serve(args))
         if args.command == "scheduler":
+            from ponder.scheduler.auth import TlsFiles, Tokens
             from ponder.scheduler.server import Scheduler, SchedulerConfig
 
-            cfg = SchedulerConfig(redis_url=args.redis, host=args.host, port=args.port, prefix=args.prefix,
-                                  limits=Limits(max_generations=args.max_generations), grace_s=args.grace)
+            if bool(args.tls_cert) != bool(args.tls_key):
+                raise InvalidArgument("tls", "--tls-cert and --tls-key go together")
+            if args.tls_client_ca and not args.tls_cert:
+                raise InvalidArgument("tls_client_ca", "mutual TLS needs --tls-cert and --tls-key")
+            tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key),
+                           Path(args.tls_client_ca) if args.tls_client_ca else None) if args.tls_cert else None
+            cfg = SchedulerConfig(redis_url=_redis_url(args), host=args.host, port=args.port, prefix=args.prefix,
+                                  limits=Limits(max_generations=args.max_generations), grace_s=args.grace,
+                                  max_queued=args.max_queued, tokens=Tokens.load(args.tokens), tls=tls,
+                                  expose_workers=args.expose_workers)
+            cfg.tls.credentials() if cfg.tls else None  # unreadable files fail here, named
             asyncio.run(Scheduler(cfg).serve_forever())
             return 0
         if args.command == "worker":
             from ponder.workers.runtime import run_worker
 
+            args.redis = _redis_url(args)
             return run_worker(args)
         if args.command == "ask":
             return _ask(args)

@@ -24,14 +24,20 @@ from ponder.scheduler.server import Scheduler, SchedulerConfig
 log = logging.getLogger(__name__)
 
 
-def worker_command(args: Any, redis_url: str) -> list[str]:
+def worker_command(args: Any) -> list[str]:
+    """The worker's command line; its Redis URL travels in $PONDER_REDIS_URL (see worker_env),
+    so a password in it never shows in ps."""
     cmd = [
-        sys.executable, "-m", "ponder.clients.cli", "worker", "--redis", redis_url, "--model", args.model,
+        sys.executable, "-m", "ponder.clients.cli", "worker", "--model", args.model,
         "--backend", args.backend, "--prefix", args.prefix, "--capacity", str(args.capacity),
         "--drain", "2", "--verifier", args.verifier, "--reviser", args.reviser, "--threads", str(args.threads),
         "--plan", args.plan,
     ]
     return cmd
+
+
+def worker_env(redis_url: str) -> dict[str, str]:
+    return {**os.environ, "PONDER_REDIS_URL": redis_url}
 
 
 def _say(msg: str) -> None:
@@ -67,7 +73,7 @@ async def serve(args: Any) -> int:
         port = await sched.start()
         _say(f"· scheduler on {args.host}:{port}")
         for _ in range(args.workers):
-            procs.append(subprocess.Popen(worker_command(args, url)))
+            procs.append(subprocess.Popen(worker_command(args), env=worker_env(url)))
         _say(f"· starting {args.workers} worker(s) with model {args.model!r} (loading the model takes a while)…")
         await _wait_for_workers(sched, args.workers, procs, args.ready_timeout)
         _say("· ready")

@@ -11,6 +11,8 @@ class PonderError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.job_id = ""  # set by the clients once a job exists
+        self.retry_after_s: float | None = None  # RESOURCE_EXHAUSTED: the server's hint
 
 
 class InvalidArgument(PonderError):
@@ -19,6 +21,14 @@ class InvalidArgument(PonderError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class Unauthenticated(PonderError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(PonderError):
+    code = "PERMISSION_DENIED"
 
 
 class NotFound(PonderError):
@@ -43,7 +53,8 @@ class DeadlineExceeded(PonderError):
 
 _BY_CODE: dict[str, type[PonderError]] = {
     cls.code: cls
-    for cls in (PonderError, NotFound, ResourceExhausted, Unavailable, Cancelled, DeadlineExceeded)
+    for cls in (PonderError, NotFound, ResourceExhausted, Unavailable, Cancelled, DeadlineExceeded,
+                Unauthenticated, PermissionDenied)
 }
 
 

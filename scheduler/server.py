@@ -8,6 +8,7 @@ any of them. On SIGTERM the server stops taking calls, ends in-flight streams wi
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import time
@@ -23,12 +24,21 @@ from redis.exceptions import RedisError
 from ponder.proto import pb, pb_grpc
 from ponder.proto.config import STRATEGIES, Limits, SolveConfig
 from ponder.proto.errors import InvalidArgument, PonderError
-from ponder.scheduler.store import JobStore
+from ponder.scheduler.auth import ANONYMOUS, Principal, TlsFiles, Tokens, Undecodable, bearer, safe_deserializer
+from ponder.scheduler.hub import EventHub
+from ponder.scheduler.store import JobStore, check_job_id, parse_event_id
 
 log = logging.getLogger(__name__)
 SERVICE = "ponder.v1.Reasoner"
 VERSION = "0.1.0"
 T = TypeVar("T")
+RETRY_AFTER_S = 5  # the hint sent with RESOURCE_EXHAUSTED (trailing metadata retry-after-s)
+_PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("ponder_principal", default=ANONYMOUS)
+
+
+def caller(context: Any = None) -> str:
+    """The name of the token that made the current call ("" without authentication)."""
+    return _PRINCIPAL.get().name
 
 
 @dataclass(frozen=True)
@@ -41,10 +51,18 @@ class SchedulerConfig:
     grace_s: float = 5.0
     result_ttl_s: int = 86_400
     worker_alive_s: float = 15.0
+    # jobs waiting for a worker per priority before Submit/Solve answer RESOURCE_EXHAUSTED
+    # (0: no cap)
+    max_queued: int = 10_000
+    tokens: Tokens | None = None  # None: no authentication (see ponder.scheduler.auth)
+    tls: TlsFiles | None = None
+    expose_workers: bool = False  # ServerInfo's worker details for everyone (no tokens)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise InvalidArgument("port", f"must be in [0, 65535], got {self.port}")
+        if self.max_queued < 0:
+            raise InvalidArgument("max_queued", f"must be >= 0 (0: no cap), got {self.max_queued}")
 
 
 class Reasoner(pb_grpc.ReasonerServicer):
@@ -52,6 +70,7 @@ class Reasoner(pb_grpc.ReasonerServicer):
         self.store = store
         self.cfg = cfg
         self.stopping = asyncio.Event()
+        self.hub = EventHub(store)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -60,10 +79,23 @@ class Reasoner(pb_grpc.ReasonerServicer):
         try:
             return await coro
         except PonderError as exc:
+            if exc.code == "RESOURCE_EXHAUSTED":  # a hint for clients that retry
+                context.set_trailing_metadata((("retry-after-s", str(RETRY_AFTER_S)),))
             await context.abort(grpc.StatusCode[exc.code], exc.message)
         except (RedisError, OSError) as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"job store unavailable: {exc}")
         raise AssertionError("unreachable")
+
+    async def _job(self, job_id: str, context: grpc.aio.ServicerContext) -> str:
+        """A well-formed job id of a job this caller may see (others' jobs are NOT_FOUND)."""
+        try:
+            check_job_id(job_id)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        owner = await self._guard(context, self.store.owner(job_id))
+        if owner is None or owner != caller(context):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r} (unknown, or expired)")
+        return job_id
 
     async def _config(self, request: Any, context: grpc.aio.ServicerContext) -> SolveConfig:
         try:
@@ -80,6 +112,9 @@ class Reasoner(pb_grpc.ReasonerServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"model: no live worker serves {cfg.model!r} (available: {', '.join(sorted(models))})",
                 )
+            too_long = _context_check(cfg, [w for w in workers if not cfg.model or cfg.model in w.models])
+            if too_long:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, too_long)
             strategies = {s for w in workers for s in w.strategies}
             if strategies and cfg.strategy not in strategies:
                 await context.abort(
@@ -103,7 +138,7 @@ class Reasoner(pb_grpc.ReasonerServicer):
         last = after
         finished = False
         try:
-            async for event in self.store.events(job_id, after, stop=self.stopping):
+            async for event in self.hub.subscribe(job_id, after):
                 last = event.event_id
                 yield event
                 if event.WhichOneof("kind") in ("final", "error"):
@@ -133,9 +168,12 @@ class Reasoner(pb_grpc.ReasonerServicer):
 
     # -- RPCs -------------------------------------------------------------------------------
 
+    async def _submit(self, cfg: SolveConfig, context: grpc.aio.ServicerContext) -> tuple[str, bool]:
+        return await self._guard(context, self.store.submit(cfg, caller(context), self.cfg.max_queued))
+
     async def Solve(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         cfg = await self._config(request, context)
-        job_id, _ = await self._guard(context, self.store.submit(cfg))
+        job_id, _ = await self._submit(cfg, context)
         await context.send_initial_metadata((("ponder-job-id", job_id),))
         async for event in self._relay(job_id, "0", context, cancel_on_exit=True):
             yield event
@@ -144,27 +182,32 @@ class Reasoner(pb_grpc.ReasonerServicer):
         cfg = await self._config(request, context)
         if context.time_remaining() is not None:  # Submit's own deadline is not the job's
             cfg = cfg.replace(timeout_s=SolveConfig.from_proto(request).timeout_s)
-        job_id, created = await self._guard(context, self.store.submit(cfg))
+        job_id, created = await self._submit(cfg, context)
         return pb.SubmitResponse(job_id=job_id, created=created)
 
     async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        if not request.job_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: must not be empty")
-        async for event in self._relay(request.job_id, request.after_event_id or "0", context, cancel_on_exit=False):
+        after = request.after_event_id or "0"
+        try:
+            parse_event_id(after)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        job_id = await self._job(request.job_id, context)
+        async for event in self._relay(job_id, after, context, cancel_on_exit=False):
             yield event
 
     async def Cancel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if not request.job_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: must not be empty")
-        state = await self._guard(context, self.store.cancel(request.job_id))
-        return pb.CancelResponse(job_id=request.job_id, state=state)
+        job_id = await self._job(request.job_id, context)
+        state = await self._guard(context, self.store.cancel(job_id))
+        return pb.CancelResponse(job_id=job_id, state=state)
 
     async def GetResult(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if not request.job_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "job_id: must not be empty")
-        return await self._guard(context, self.store.result(request.job_id))
+        job_id = await self._job(request.job_id, context)
+        return await self._guard(context, self.store.result(job_id))
 
     async def ServerInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        principal = _PRINCIPAL.get()
+        details = principal.admin or (self.cfg.tokens is None and self.cfg.expose_workers)
+
         async def gather() -> Any:
             workers = await self.store.workers(self.cfg.worker_alive_s)
             strategies = sorted({s for w in workers for s in w.strategies}, key=_strategy_order)
@@ -175,12 +218,83 @@ class Reasoner(pb_grpc.ReasonerServicer):
                 workers_alive=len(workers),
                 queue_depth=await self.store.queue_depth(),
                 jobs_running=await self.store.running(),
-                workers=workers,
+                workers=workers if details else [],
                 max_generations=self.cfg.limits.max_generations,
                 max_question_chars=self.cfg.limits.max_question_chars,
             )
 
         return await self._guard(context, gather())
+
+
+    # -- admission: every call passes here before its method runs --------------------------
+
+    async def admit(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        """Authenticate the caller (UNAUTHENTICATED) and refuse undecodable requests
+        (INVALID_ARGUMENT), so neither reaches Redis, a worker or the log as a traceback."""
+        if self.cfg.tokens is not None:
+            secret = bearer(context)
+            principal = self.cfg.tokens.lookup(secret) if secret else None
+            if principal is None:
+                what = "no bearer token" if secret is None else "an unknown bearer token"
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"authorization: {what}")
+            _PRINCIPAL.set(principal)
+        if isinstance(request, Undecodable):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request: the payload is not a valid {request.message} ({request.error})",
+            )
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        """The service's method handlers, each admitted first and with a deserializer that
+        turns undecodable bytes into :class:`Undecodable` instead of an UNKNOWN status."""
+
+        def unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await self.admit(request, context)
+                return await method(request, context)
+            return call
+
+        def stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await self.admit(request, context)
+                async for item in method(request, context):
+                    yield item
+            return call
+
+        methods = {
+            "Solve": (stream, pb.SolveRequest, pb.SolveEvent),
+            "Submit": (unary, pb.SolveRequest, pb.SubmitResponse),
+            "Watch": (stream, pb.WatchRequest, pb.SolveEvent),
+            "Cancel": (unary, pb.JobRef, pb.CancelResponse),
+            "GetResult": (unary, pb.JobRef, pb.ResultResponse),
+            "ServerInfo": (unary, pb.ServerInfoRequest, pb.ServerInfoResponse),
+        }
+        table = {}
+        for name, (wrap, req, resp) in methods.items():
+            make = grpc.unary_stream_rpc_method_handler if wrap is stream else grpc.unary_unary_rpc_method_handler
+            table[name] = make(
+                wrap(getattr(self, name)),
+                request_deserializer=safe_deserializer(req),
+                response_serializer=resp.SerializeToString,
+            )
+        return grpc.method_handlers_generic_handler(SERVICE, table)
+
+
+def _context_check(cfg: SolveConfig, workers: list[Any]) -> str:
+    """Why the question cannot fit any of these workers' context ("" if it may): a question of
+    C characters takes at least C / max_token_chars tokens. Workers that advertise no limit
+    (older ones) may take anything; the worker checks the exact count before the search."""
+    best = 0.0
+    for w in workers:
+        if not w.context_tokens or not w.max_token_chars:
+            return ""
+        best = max(best, w.context_tokens * w.max_token_chars)
+    if workers and len(cfg.question) >= best:
+        return (
+            f"question: {len(cfg.question)} characters cannot fit the model's context "
+            f"({max(w.context_tokens for w in workers)} tokens)"
+        )
+    return ""
 
 
 def _strategy_order(name: str) -> int:
@@ -203,25 +317,36 @@ class Scheduler:
         await self.store.ping()
         await self.store.ensure_groups()
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_ReasonerServicer_to_server(self.service, self.server)
+        self.server.add_generic_rpc_handlers((self.service.handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
+        address = f"{self.cfg.host}:{self.cfg.port}"
+        if self.cfg.tls is not None:
+            self.port = self.server.add_secure_port(address, self.cfg.tls.credentials())
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {self.cfg.host}:{self.cfg.port}")
         await self.server.start()
+        self.service.hub.start()
         self._health_task = asyncio.create_task(self._watch_redis())
         log.info("scheduler listening on %s:%d", self.cfg.host, self.port)
         return self.port
 
     async def _watch_redis(self) -> None:
-        """Health follows Redis: NOT_SERVING while the job store is unreachable."""
+        """Health follows Redis: NOT_SERVING while the job store is unreachable or its queues'
+        consumer groups are missing (Redis restarted without its data), which this re-creates."""
         while True:
             try:
                 await self.store.r.ping()
-                status = health_pb2.HealthCheckResponse.SERVING
-            except Exception:
+                if await self.store.ensure_groups():
+                    log.warning("the job queues' consumer groups were missing (Redis lost its data?); re-created them")
+                    status = health_pb2.HealthCheckResponse.NOT_SERVING  # SERVING from the next check
+                else:
+                    status = health_pb2.HealthCheckResponse.SERVING
+            except Exception as exc:
+                log.warning("job store unreachable: %s", exc)
                 status = health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", SERVICE):
                 await self.health.set(name, status)
@@ -233,6 +358,7 @@ class Scheduler:
             self._health_task.cancel()
         await self.health.enter_graceful_shutdown()
         self.service.stopping.set()
+        await self.service.hub.close()
         if self.server is not None:
             await self.server.stop(self.cfg.grace_s)
         await self.store.close()

@@ -5,6 +5,8 @@ Payloads are protobuf bytes (never pickle). See :mod:`ponder.scheduler.keys` for
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,10 +20,39 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ponder.proto import pb
 from ponder.proto.config import SolveConfig
-from ponder.proto.errors import NotFound, Unavailable
+from ponder.proto.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ponder.scheduler import keys as K
 
+log = logging.getLogger(__name__)
 TERMINAL_KINDS = ("final", "error")
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, the only job ids the store makes
+EVENT_ID = re.compile(r"(0|[0-9]{1,20}(-[0-9]{1,20})?)")
+# Connections a process may open to Redis. Calls wait for a free one (up to POOL_TIMEOUT_S)
+# instead of failing; the scheduler's streams share one reader (:mod:`ponder.scheduler.hub`),
+# so this bounds unary calls and worker traffic only.
+POOL_SIZE = 64
+POOL_TIMEOUT_S = 10.0
+
+
+def check_job_id(job_id: str) -> str:
+    """``job_id`` as the store made it, or InvalidArgument (never a key built from input)."""
+    if not JOB_ID.fullmatch(job_id or ""):
+        shown = job_id if len(job_id) <= 40 else job_id[:40] + "…"
+        raise InvalidArgument("job_id", f"{shown!r} is not a job id (32 lowercase hex digits)")
+    return job_id
+
+
+def parse_event_id(event_id: str, field: str = "after_event_id") -> tuple[int, int]:
+    """A Redis stream id (``ms-seq``, ``ms`` or ``0``) as a comparable pair."""
+    if not EVENT_ID.fullmatch(event_id or ""):
+        shown = event_id if len(event_id) <= 40 else event_id[:40] + "…"
+        raise InvalidArgument(field, f"{shown!r} is not an event id (like '1733100000000-0', or '0' for the start)")
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and "NOGROUP" in str(exc)
 
 
 @dataclass
@@ -29,6 +60,7 @@ class QueuedJob:
     queue: str
     entry: str
     job_id: str
+    reclaimed: bool = False  # taken over from a worker that stopped renewing its lease
 
 
 @dataclass
@@ -37,6 +69,15 @@ class JobRecord:
     config: SolveConfig
     created: float
     cancel: bool
+    lost: int = 0  # times the job was lost with a worker that died (see keys.CLAIM)
+
+
+def decode_event(entry_id: str, fields: dict[bytes, bytes]) -> Any:
+    """A SolveEvent from its stream entry, with the seq and event id the relay gives it."""
+    event = pb.SolveEvent.FromString(fields[b"data"])
+    event.seq = int(fields[b"seq"])
+    event.event_id = entry_id
+    return event
 
 
 class JobStore:
@@ -54,8 +95,10 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ponder", ttl_s: int = 86_400) -> JobStore:
-        client = aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
-        return cls(client, prefix, ttl_s)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=POOL_TIMEOUT_S, health_check_interval=30
+        )
+        return cls(aioredis.Redis(connection_pool=pool, decode_responses=False), prefix, ttl_s)
 
     async def close(self) -> None:
         await self.r.aclose()
@@ -66,32 +109,56 @@ class JobStore:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise Unavailable(f"Redis is unreachable: {exc}") from exc
 
-    async def ensure_groups(self) -> None:
-        for q in self.k.queues:
+    async def ensure_groups(self) -> int:
+        """Create the consumer groups that are missing (all of them after Redis lost its data);
+        returns how many were created."""
+        created = 0
+        for q in [*self.k.queues, self.k.solo]:
             try:
                 await self.r.xgroup_create(q, K.GROUP, id="0", mkstream=True)
+                created += 1
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+        return created
 
     # -- scheduler side ---------------------------------------------------------------------
 
-    async def submit(self, cfg: SolveConfig) -> tuple[str, bool]:
-        """Queue a job; returns (job_id, created). A known request_id returns its job."""
+    async def submit(self, cfg: SolveConfig, owner: str = "", max_queued: int = 0) -> tuple[str, bool]:
+        """Queue a job; returns (job_id, created). A request_id the same owner used before
+        returns its job. With ``max_queued`` > 0, a priority queue holding that many jobs no
+        worker has taken yet refuses with ResourceExhausted (and writes nothing)."""
         job_id = uuid.uuid4().hex
-        queue = self.k.queue(K.priority_name(cfg.priority))
+        priority = K.priority_name(cfg.priority)
         depth = await self.queue_depth()
         queued = pb.SolveEvent(
             job_id=job_id, time=time.time(),
             queued=pb.Queued(queue_depth=depth, request_id=cfg.request_id),
         )
         created, jid = await self._submit(
-            keys=[self.k.job(job_id), self.k.events(job_id), queue,
-                  self.k.request(cfg.request_id) if cfg.request_id else self.k.request("-")],
+            keys=[self.k.job(job_id), self.k.events(job_id), self.k.queue(priority),
+                  self.k.request(cfg.request_id, owner)],
             args=[job_id, cfg.to_proto().SerializeToString(), repr(time.time()), cfg.request_id,
-                  self.ttl_s, queued.SerializeToString()],
+                  self.ttl_s, queued.SerializeToString(), max_queued, owner],
         )
+        if int(created) < 0:
+            raise ResourceExhausted(
+                f"the {priority} queue is full: {int(jid)} jobs wait for a worker (the limit is {max_queued}); "
+                "retry later, or with another priority"
+            )
         return jid.decode(), bool(created)
+
+    async def owner(self, job_id: str) -> str | None:
+        """Who created the job (empty without authentication); None: no such job."""
+        h = await self.r.hmget(self.k.job(job_id), ["state", "owner"])
+        if h[0] is None:
+            return None
+        return (h[1] or b"").decode()
+
+    async def last_event_id(self, job_id: str) -> str | None:
+        """The id of the job's newest event (None: no events)."""
+        last = await self.r.xrevrange(self.k.events(job_id), count=1)
+        return last[0][0].decode() if last else None
 
     async def exists(self, job_id: str) -> bool:
         return bool(await self.r.exists(self.k.job(job_id)))
@@ -99,7 +166,9 @@ class JobStore:
     async def events(
         self, job_id: str, after: str = "0", block_ms: int = 500, stop: Any = None
     ) -> AsyncIterator[pb.SolveEvent]:
-        """Yield the job's events after ``after`` until its terminal event.
+        """Yield the job's events after ``after`` until its terminal event, holding one
+        connection in a blocking read (for one-off readers; the scheduler's streams share one
+        reader, :class:`ponder.scheduler.hub.EventHub`).
 
         ``stop`` (an asyncio.Event) ends the iteration early, between reads.
         """
@@ -124,9 +193,7 @@ class JobStore:
                 if stop is not None and stop.is_set():
                     return  # the caller resumes after the last event it was given
                 last = entry_id.decode()
-                event = pb.SolveEvent.FromString(fields[b"data"])
-                event.seq = int(fields[b"seq"])
-                event.event_id = last
+                event = decode_event(last, fields)
                 yield event
                 if event.WhichOneof("kind") in TERMINAL_KINDS:
                     return
@@ -157,7 +224,7 @@ class JobStore:
     async def queue_depth(self) -> int:
         """Jobs waiting (not yet taken by a worker), over all priorities."""
         total = 0
-        for q in self.k.queues:
+        for q in [*self.k.queues, self.k.solo]:
             try:
                 n = await self.r.xlen(q)
                 pending = (await self.r.xpending(q, K.GROUP))["pending"]
@@ -168,15 +235,16 @@ class JobStore:
 
     async def running(self) -> int:
         total = 0
-        for q in self.k.queues:
+        for q in [*self.k.queues, self.k.solo]:
             try:
                 total += (await self.r.xpending(q, K.GROUP))["pending"]
             except ResponseError:
                 continue
         return total
 
-    async def workers(self, alive_within_s: float = 15.0, forget_after_s: float = 3600.0) -> list[Any]:
-        """Workers whose heartbeat is recent; entries silent for an hour are removed."""
+    async def workers(self, alive_within_s: float = 15.0, forget_after_s: float = 60.0) -> list[Any]:
+        """Workers whose heartbeat is recent; entries silent for ``forget_after_s`` (a worker
+        that died without saying goodbye) are removed."""
         now = time.time()
         out, gone = [], []
         for wid, raw in (await self.r.hgetall(self.k.workers)).items():
@@ -191,18 +259,47 @@ class JobStore:
 
     # -- worker side ------------------------------------------------------------------------
 
-    async def read_jobs(self, consumer: str, count: int, block_ms: int) -> list[QueuedJob]:
-        """New jobs for this worker, highest priority first."""
+    async def read_jobs(self, consumer: str, count: int, block_ms: int, solo: bool = False) -> list[QueuedJob]:
+        """New jobs for this worker, highest priority first; ``solo``: one isolated job from
+        the solo queue instead (for a worker that runs nothing else)."""
         if count <= 0:
             return []
+        if solo:
+            return self._jobs(await self._nogroup_safe(
+                self.r.xreadgroup, K.GROUP, consumer, {self.k.solo: ">"}, count=1))
         for q in self.k.queues:  # a quick non-blocking pass in priority order
-            resp = await self.r.xreadgroup(K.GROUP, consumer, {q: ">"}, count=count)
+            resp = await self._nogroup_safe(self.r.xreadgroup, K.GROUP, consumer, {q: ">"}, count=count)
             if resp:
                 return self._jobs(resp)
-        resp = await self.r.xreadgroup(
-            K.GROUP, consumer, {q: ">" for q in self.k.queues}, count=count, block=block_ms
+        resp = await self._nogroup_safe(
+            self.r.xreadgroup, K.GROUP, consumer, {q: ">" for q in self.k.queues}, count=count, block=block_ms
         )
         return self._jobs(resp)
+
+    async def _nogroup_safe(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """``call``, re-creating the consumer groups once if Redis lost them (a restart without
+        persistence) instead of failing until someone restarts the worker."""
+        try:
+            return await call(*args, **kwargs)
+        except ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            log.warning("the job queues' consumer groups were gone (Redis lost its data?); re-creating them")
+            await self.ensure_groups()
+            return await call(*args, **kwargs)
+
+    async def solo_waiting(self, lease_ms: int) -> int:
+        """Isolated jobs waiting for a worker: not taken yet, or held by a worker silent for
+        ``lease_ms`` (which died running them)."""
+        try:
+            n = await self.r.xlen(self.k.solo)
+            if not n:
+                return 0
+            pending = (await self.r.xpending(self.k.solo, K.GROUP))["pending"]
+            stale = await self.r.xpending_range(self.k.solo, K.GROUP, "-", "+", 8, idle=lease_ms)
+        except ResponseError:
+            return 0
+        return max(0, n - pending) + len(stale)
 
     @staticmethod
     def _jobs(resp: Any) -> list[QueuedJob]:
@@ -213,33 +310,63 @@ class JobStore:
                     out.append(QueuedJob(stream.decode(), entry_id.decode(), fields[b"job"].decode()))
         return out
 
-    async def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[QueuedJob]:
-        """Take over jobs whose worker stopped renewing its lease (XAUTOCLAIM)."""
+    async def reclaim(self, consumer: str, min_idle_ms: int, count: int, solo: bool = False) -> list[QueuedJob]:
+        """Take over jobs whose worker stopped renewing its lease (XAUTOCLAIM). The solo queue
+        is searched only with ``solo`` (by a worker that runs nothing else)."""
         out: list[QueuedJob] = []
-        for q in self.k.queues:
+        for q in [self.k.solo] if solo else self.k.queues:
             if len(out) >= count:
                 break
-            resp = await self.r.xautoclaim(q, K.GROUP, consumer, min_idle_ms, "0-0", count=count - len(out))
+            resp = await self._nogroup_safe(
+                self.r.xautoclaim, q, K.GROUP, consumer, min_idle_ms, "0-0", count=count - len(out)
+            )
             for entry_id, fields in resp[1]:
                 if fields:
-                    out.append(QueuedJob(q, entry_id.decode(), fields[b"job"].decode()))
+                    out.append(QueuedJob(q, entry_id.decode(), fields[b"job"].decode(), reclaimed=True))
                 else:  # the job's entry was deleted: nothing to run, drop it from the PEL
                     await self.r.xack(q, K.GROUP, entry_id)
         return out
 
-    async def claim(self, job_id: str, worker: str, max_attempts: int) -> tuple[int, str]:
+    async def forget_consumers(self, alive: set[str], idle_ms: int) -> list[str]:
+        """Remove consumers of the job queues that hold no job, are not among the ``alive``
+        workers and have been idle for ``idle_ms`` (workers that died); returns their names."""
+        removed = []
+        for q in [*self.k.queues, self.k.solo]:
+            try:
+                consumers = await self.r.xinfo_consumers(q, K.GROUP)
+            except ResponseError:
+                continue
+            for c in consumers:
+                name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
+                if name not in alive and int(c["pending"]) == 0 and int(c["idle"]) >= idle_ms:
+                    await self.r.xgroup_delconsumer(q, K.GROUP, name)
+                    removed.append(name)
+        return removed
+
+    async def claim(
+        self, qjob: QueuedJob, worker: str, *, alone: bool = False, isolate_after: int = 2, max_solo_losses: int = 2
+    ) -> tuple[int, str]:
+        """Start an attempt (see ``keys.CLAIM``): (attempt, "running"), (0, state) when the job
+        must not run, (-1, "isolated") when it was moved to the solo queue."""
+        err = pb.Error(
+            code="INTERNAL",
+            message=f"job {qjob.job_id} failed: {max_solo_losses} workers died while running it alone "
+                    "(it is the job that kills them; it will not be retried)",
+        )
+        event = pb.SolveEvent(job_id=qjob.job_id, time=time.time(), error=err)
         attempt, state = await self._claim(
-            keys=[self.k.job(job_id), self.k.events(job_id)],
-            args=[worker, repr(time.time()), max_attempts],
+            keys=[self.k.job(qjob.job_id), self.k.events(qjob.job_id), qjob.queue, self.k.solo],
+            args=[worker, repr(time.time()), int(qjob.reclaimed), int(alone), isolate_after, max_solo_losses,
+                  event.SerializeToString(), err.SerializeToString(), self.ttl_s, qjob.entry, qjob.job_id],
         )
         return int(attempt), state.decode() if isinstance(state, bytes) else str(state)
 
     async def load(self, job_id: str) -> JobRecord:
-        h = await self.r.hmget(self.k.job(job_id), ["request", "created", "cancel"])
+        h = await self.r.hmget(self.k.job(job_id), ["request", "created", "cancel", "lost"])
         if h[0] is None:
             raise NotFound(f"no job {job_id!r}")
         cfg = SolveConfig.from_proto(pb.SolveRequest.FromString(h[0]))
-        return JobRecord(job_id, cfg, float(h[1] or time.time()), h[2] == b"1")
+        return JobRecord(job_id, cfg, float(h[1] or time.time()), h[2] == b"1", int(h[3] or 0))
 
     async def publish(self, job_id: str, attempt: int, event: Any) -> int:
         """Append one event; a final or error event also ends the job. -1: not ours any more."""
@@ -260,7 +387,12 @@ class JobStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.xack(job.queue, K.GROUP, job.entry)
         pipe.xdel(job.queue, job.entry)
-        await pipe.execute()
+        try:
+            await pipe.execute()
+        except ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            await self.r.xdel(job.queue, job.entry)  # the group was lost, its pending list with it
 
     async def renew(self, consumer: str, jobs: list[QueuedJob]) -> int:
         renewed = 0
@@ -268,7 +400,7 @@ class JobStore:
         for j in jobs:
             by_queue.setdefault(j.queue, []).append(j.entry)
         for q, entries in by_queue.items():
-            renewed += int(await self._renew(keys=[q], args=[K.GROUP, consumer, *entries]))
+            renewed += int(await self._nogroup_safe(self._renew, keys=[q], args=[K.GROUP, consumer, *entries]))
         return renewed
 
     async def cancel_flags(self, job_ids: list[str]) -> set[str]:

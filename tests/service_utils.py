@@ -73,7 +73,7 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str, procs: list[
 def start_scheduler(redis_url: str, prefix: str, port: int | None = None, grace: float = 5.0) -> tuple[Proc, int]:
     port = port or free_port()
     proc = Proc("scheduler", ["scheduler", "--redis", redis_url, "--prefix", prefix, "--port", str(port),
-                              "--grace", str(grace)])
+                              "--grace", str(grace), "--expose-workers"])
 
     def ready() -> bool:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:

@@ -81,6 +81,6 @@ def test_serve_passes_the_plan_to_its_workers() -> None:
     from ponder.clients.serve import worker_command
 
     args = build_parser().parse_args(["serve", "--plan", "/tmp/my-plan.json", "--verifier", "none"])
-    cmd = worker_command(args, "redis://127.0.0.1:1/0")
+    cmd = worker_command(args)
     assert cmd[cmd.index("--plan") + 1] == "/tmp/my-plan.json"
     assert cmd[cmd.index("--verifier") + 1] == "none"

@@ -107,7 +107,7 @@ def test_client_resumes_across_a_scheduler_restart(redis_url: str, prefix: str, 
             time.sleep(0.3)
             restarted.append(start_scheduler(redis_url, prefix, port=port)[0])
 
-        with Client(f"127.0.0.1:{port}", resume_attempts=8) as c:
+        with Client(f"127.0.0.1:{port}", resume_timeout=30) as c:
             t: threading.Thread | None = None
             for event in c.solve("Keep going.", timeout=120, **MEDIUM):
                 got.append(event)

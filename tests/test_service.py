@@ -222,9 +222,13 @@ def test_client_raises_typed_errors(svc: Service) -> None:
             c.ask("", **QUICK)
         assert info.value.field == "question"
         with pytest.raises(NotFound):
-            c.result("no-such-job")
+            c.result("0" * 32)
         with pytest.raises(NotFound):
-            list(c.watch("no-such-job"))
+            list(c.watch("0" * 32))
+        for call in (c.result, c.cancel, lambda j: list(c.watch(j))):  # malformed: never reaches Redis
+            with pytest.raises(InvalidArgument) as info:
+                call("no-such-job")
+            assert info.value.field == "job_id"
         with pytest.raises(InvalidArgument):
             c.ask("What is 1 + 1?", model="no-such-model", **QUICK)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ponder.proto import pb
 from ponder.proto.config import SolveConfig
-from ponder.scheduler.store import JobStore
+from ponder.scheduler.store import JobStore, QueuedJob
 
 Q = SolveConfig("What is 1 + 1?", generations=2)
 
@@ -30,6 +30,12 @@ def ev(job_id: str, **kind: Any) -> Any:
     return pb.SolveEvent(job_id=job_id, time=time.time(), **kind)
 
 
+async def qj(store: JobStore, job_id: str, reclaimed: bool = False) -> QueuedJob:
+    """The queue entry of a job (as a worker would hold it)."""
+    queue, entry = await store.r.hmget(store.k.job(job_id), ["queue", "entry"])
+    return QueuedJob(queue.decode(), entry.decode(), job_id, reclaimed)
+
+
 async def collect(store: JobStore, job_id: str, after: str = "0") -> list[Any]:
     return [e async for e in store.events(job_id, after, block_ms=50)]
 
@@ -42,7 +48,7 @@ def test_submit_claim_publish_final(redis_url: str, prefix: str) -> None:
         jobs = await store.read_jobs("w1", 10, block_ms=10)
         assert [j.job_id for j in jobs] == [job_id]
         assert await store.queue_depth() == 0 and await store.running() == 1
-        attempt, state = await store.claim(job_id, "w1", 3)
+        attempt, state = await store.claim(await qj(store, job_id), "w1")
         assert (attempt, state) == (1, "running")
         assert await store.publish(job_id, 1, ev(job_id, step=pb.Step(node_id=2, text="a"))) == 2
         assert await store.publish(job_id, 1, ev(job_id, final=pb.Final(answer="2"))) == 3
@@ -63,12 +69,12 @@ def test_stale_attempt_is_fenced_out(redis_url: str, prefix: str) -> None:
     async def body(store: JobStore) -> None:
         job_id, _ = await store.submit(Q)
         await store.read_jobs("w1", 1, block_ms=10)
-        assert (await store.claim(job_id, "w1", 3))[0] == 1
+        assert (await store.claim(await qj(store, job_id), "w1"))[0] == 1
         # w1 goes silent; w2 takes the entry over and runs attempt 2
         await asyncio.sleep(0.05)
         taken = await store.reclaim("w2", min_idle_ms=10, count=5)
         assert [j.job_id for j in taken] == [job_id]
-        assert (await store.claim(job_id, "w2", 3))[0] == 2
+        assert (await store.claim(taken[0], "w2"))[0] == 2
         assert await store.publish(job_id, 1, ev(job_id, final=pb.Final(answer="stale"))) == -1
         assert await store.publish(job_id, 2, ev(job_id, final=pb.Final(answer="fresh"))) > 0
         finals = [e for e in await collect(store, job_id) if e.WhichOneof("kind") == "final"]
@@ -94,13 +100,113 @@ def test_renew_keeps_the_lease_and_never_steals(redis_url: str, prefix: str) -> 
     run(redis_url, prefix, body)
 
 
-def test_claim_gives_up_after_max_attempts(redis_url: str, prefix: str) -> None:
+def test_lost_jobs_run_alone_then_fail_only_when_they_kill_lone_workers(redis_url: str, prefix: str) -> None:
+    async def lose(store: JobStore, worker: str, solo: bool = False) -> QueuedJob:
+        await asyncio.sleep(0.02)
+        (taken,) = await store.reclaim(worker, min_idle_ms=10, count=5, solo=solo)
+        assert taken.reclaimed
+        return taken
+
     async def body(store: JobStore) -> None:
         job_id, _ = await store.submit(Q)
-        assert (await store.claim(job_id, "a", 2))[0] == 1
-        assert (await store.claim(job_id, "b", 2))[0] == 2
-        attempt, _ = await store.claim(job_id, "c", 2)
-        assert attempt == -3  # the caller publishes the failure with attempt 3
+        bystander, _ = await store.submit(Q)
+        jobs = await store.read_jobs("w1", 5, block_ms=10)
+        assert [(await store.claim(j, "w1"))[0] for j in jobs] == [1, 1]
+        # a fresh claim never counts as a loss: only a take-over from a silent worker does
+        assert (await store.load(job_id)).lost == 0
+        # w1 dies holding both: both are re-run, neither is charged a failed attempt
+        taken = await store.reclaim("w2", min_idle_ms=0, count=5)
+        assert sorted(j.job_id for j in taken) == sorted([job_id, bystander])
+        assert [(await store.claim(j, "w2"))[0] for j in taken] == [2, 2]
+        assert (await store.load(job_id)).lost == 1
+        # w2 dies too: lost twice, the job is isolated (moved to the solo queue)...
+        (again, other) = sorted(await store.reclaim("w3", min_idle_ms=0, count=5), key=lambda j: j.job_id != job_id)
+        assert await store.claim(again, "w3") == (-1, "isolated")
+        assert await store.solo_waiting(lease_ms=10_000) == 1
+        assert await store.read_jobs("w3", 5, block_ms=10) == []  # not in the priority queues
+        # ...and runs alone on a worker that takes nothing else
+        (solo,) = await store.read_jobs("w4", 1, block_ms=10, solo=True)
+        assert solo.queue == store.k.solo
+        assert await store.claim(solo, "w4", alone=True) == (3, "running")
+        assert await store.solo_waiting(lease_ms=10_000) == 0
+        # one lone worker dies with it: a coincidence is possible, it runs alone once more
+        assert await store.claim(await lose(store, "w5", solo=True), "w5", alone=True) == (4, "running")
+        # a second lone worker dies with it: it is the job that kills them, it fails visibly
+        assert await store.claim(await lose(store, "w6", solo=True), "w6", alone=True) == (0, "failed")
+        res = await store.result(job_id)
+        assert res.state == "failed" and job_id in res.error.message and "alone" in res.error.message
+        kinds = [e.WhichOneof("kind") for e in await collect(store, job_id)]
+        assert kinds[0] == "queued" and kinds[-1] == "error"
+
+    run(redis_url, prefix, body)
+
+
+def test_queue_cap_refuses_without_writing(redis_url: str, prefix: str) -> None:
+    from ponder.proto.errors import ResourceExhausted
+
+    async def body(store: JobStore) -> None:
+        a, _ = await store.submit(Q.replace(request_id="cap-a"), max_queued=2)
+        await store.submit(Q, max_queued=2)
+        try:
+            await store.submit(Q, max_queued=2)
+        except ResourceExhausted as exc:
+            assert "normal queue is full" in exc.message and "2 jobs" in exc.message
+        else:
+            raise AssertionError("a third job was queued past the cap")
+        assert await store.queue_depth() == 2
+        # a known request id still answers with its job; another priority has its own cap
+        assert await store.submit(Q.replace(request_id="cap-a"), max_queued=2) == (a, False)
+        await store.submit(Q.replace(priority=1), max_queued=2)
+        # once a worker takes one, there is room again (high first, then a normal one)
+        assert [j.queue for j in await store.read_jobs("w1", 1, block_ms=10)] == [store.k.queue("high")]
+        assert [j.queue for j in await store.read_jobs("w1", 1, block_ms=10)] == [store.k.queue("normal")]
+        await store.submit(Q, max_queued=2)
+
+    run(redis_url, prefix, body)
+
+
+def test_request_ids_and_jobs_are_scoped_to_their_owner(redis_url: str, prefix: str) -> None:
+    async def body(store: JobStore) -> None:
+        a, _ = await store.submit(Q.replace(request_id="same"), owner="alice")
+        b, created = await store.submit(Q.replace(request_id="same"), owner="bob")
+        assert created and a != b
+        assert (await store.owner(a), await store.owner(b)) == ("alice", "bob")
+        assert await store.owner("0" * 32) is None
+
+    run(redis_url, prefix, body)
+
+
+def test_lost_consumer_groups_are_recreated(redis_url: str, prefix: str) -> None:
+    async def body(store: JobStore) -> None:
+        await store.r.delete(*store.k.queues, store.k.solo)  # what a Redis restart without data leaves
+        job_id, _ = await store.submit(Q)  # XADD re-creates the stream, not its group
+        jobs = await store.read_jobs("w1", 5, block_ms=10)  # NOGROUP → groups re-created → read
+        assert jobs == [] or [j.job_id for j in jobs] == [job_id]
+        if not jobs:  # the groups start at the stream's end ('0': the whole stream)
+            jobs = await store.read_jobs("w1", 5, block_ms=10)
+        assert [j.job_id for j in jobs] == [job_id]
+        assert await store.renew("w1", jobs) == 1
+        await store.ack(jobs[0])
+        await store.r.delete(*store.k.queues)
+        assert await store.renew("w1", jobs) == 0  # no NOGROUP error either
+        await store.ack(jobs[0])
+
+    run(redis_url, prefix, body)
+
+
+def test_dead_consumers_are_forgotten(redis_url: str, prefix: str) -> None:
+    async def body(store: JobStore) -> None:
+        for _ in range(3):
+            await store.submit(Q)
+        (job,) = await store.read_jobs("dead", 1, block_ms=10)  # dies holding a job
+        (done,) = await store.read_jobs("idle-dead", 1, block_ms=10)  # finished a job, then died
+        await store.ack(done)
+        await store.read_jobs("alive", 1, block_ms=10)
+        await asyncio.sleep(0.05)
+        removed = await store.forget_consumers({"alive"}, idle_ms=10)
+        assert "idle-dead" in removed and "dead" not in removed  # "dead" still holds a job
+        names = {c["name"] for c in await store.r.xinfo_consumers(job.queue, "workers")}
+        assert names == {b"dead", b"alive"}
 
     run(redis_url, prefix, body)
 
@@ -111,10 +217,10 @@ def test_cancel_queued_and_running(redis_url: str, prefix: str) -> None:
         assert await store.cancel(queued) == "cancelled"
         kinds = [e.WhichOneof("kind") for e in await collect(store, queued)]
         assert kinds == ["queued", "error"]
-        assert (await store.claim(queued, "w", 3)) == (0, "cancelled")  # a worker skips it
+        assert (await store.claim(await qj(store, queued), "w")) == (0, "cancelled")  # a worker skips it
 
         running, _ = await store.submit(Q)
-        await store.claim(running, "w", 3)
+        await store.claim(await qj(store, running), "w")
         assert await store.cancel(running) == "running"
         assert await store.cancel_flags([running, queued]) == {running, queued}
 
@@ -148,7 +254,7 @@ def test_priority_order(redis_url: str, prefix: str) -> None:
 def test_resume_after_event_id(redis_url: str, prefix: str) -> None:
     async def body(store: JobStore) -> None:
         job_id, _ = await store.submit(Q)
-        await store.claim(job_id, "w", 3)
+        await store.claim(await qj(store, job_id), "w")
         for i in range(5):
             await store.publish(job_id, 1, ev(job_id, step=pb.Step(node_id=i + 2)))
         await store.publish(job_id, 1, ev(job_id, final=pb.Final()))

@@ -7,11 +7,12 @@ engine is measured against and the fallback for architectures the engine does no
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
-from ponder.workers.models import ModelFiles, format_prompt, load_hf_model, load_tokenizer, non_embedding_params
+from ponder.workers.models import ModelFiles, format_prompt, longest_token_chars, load_hf_model, load_tokenizer, non_embedding_params
 from ponder.workers.policy import Policy
 from ponder.workers.sampling import RowRandom, StepStopper, eos_ids, sample_next, token_logprobs
 from ponder.workers.types import Node, PrefillOutput, Prompt, SamplingParams, StepOutput
@@ -37,6 +38,14 @@ class HFPolicy(Policy):
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def context_tokens(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        return longest_token_chars(self.tokenizer)
 
     def prefill(self, prompts: list[Prompt]) -> list[PrefillOutput]:
         # Nothing is computed here: every expansion re-encodes its whole prefix.

@@ -16,7 +16,7 @@ import torch
 from ponder.kernels import topk_prune
 from ponder.proto import pb
 from ponder.proto.config import Limits, SolveConfig
-from ponder.proto.errors import PonderError
+from ponder.proto.errors import InvalidArgument, PonderError
 from ponder.workers.policy import Policy
 from ponder.workers.search import base as search_base
 from ponder.workers.search.base import SearchContext, Strategy, usage_to_proto
@@ -87,6 +87,7 @@ class SearchLoop:
         """Start a job; its strategy runs from the next tick. Raises PonderError on bad config."""
         from ponder.workers import search  # noqa: F401  (registers the strategies)
 
+        self._check_context(config.question)
         ctx = SearchContext(
             job_id,
             config,
@@ -110,6 +111,18 @@ class SearchLoop:
         self.jobs[job_id] = Job(ctx=ctx, strategy=strategy, gen=strategy.run(), started=time.time())
         self._flush(self.jobs[job_id])
         return ctx
+
+    def _check_context(self, question: str) -> None:
+        """A question whose prompt fills the model's context fails alone, here, before it
+        joins a batch (where its failure would fail the batch's other jobs' tick)."""
+        limit = self.policy.context_tokens
+        if not limit:
+            return
+        n = self.policy.prompt_tokens(Prompt(question))
+        if n is not None and n >= limit:
+            raise InvalidArgument(
+                "question", f"its prompt takes {n} tokens; the model's context holds {limit}, with room to answer"
+            )
 
     def cancel(self, job_id: str) -> bool:
         job = self.jobs.get(job_id)

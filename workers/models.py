@@ -165,3 +165,14 @@ def format_prompt(tokenizer: Any, fmt: PromptFormat, question: str, attempts: tu
         ]
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return body
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """An upper bound on the characters one token spells (0: unknown): the longest vocabulary
+    entry, special tokens aside (a byte-level entry spells at most one character per symbol).
+    A question of C characters takes at least C / this many tokens."""
+    try:
+        special = set(tokenizer.all_special_tokens)
+        return max((len(t) for t in tokenizer.get_vocab() if t not in special), default=0)
+    except Exception:
+        return 0

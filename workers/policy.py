@@ -39,3 +39,18 @@ class Policy(ABC):
     def format_prompt(self, prompt: Prompt) -> str:
         """The text the model sees for a prompt (chat template, earlier attempts)."""
         raise NotImplementedError
+
+    @property
+    def context_tokens(self) -> int:
+        """The most tokens a sequence may hold (0: unknown)."""
+        return 0
+
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters one token of the vocabulary spells (0: unknown)."""
+        return 0
+
+    def prompt_tokens(self, prompt: Prompt) -> int | None:
+        """How many tokens the prompt takes (None: this policy cannot tell without running)."""
+        encode = getattr(self, "encode", None)
+        return len(encode(self.format_prompt(prompt))) if encode is not None else None

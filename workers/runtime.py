@@ -123,7 +123,7 @@ def run_worker(args: Any) -> int:
 
     cfg = WorkerConfig(
         redis_url=args.redis, prefix=args.prefix, capacity=args.capacity, lease_s=args.lease,
-        drain_s=args.drain,
+        drain_s=args.drain, isolate_after=args.isolate_after, max_solo_losses=args.max_solo_losses,
     )
     log.info("loading model %s", args.model)
     policy = build_policy(args.model, args.backend)

@@ -43,7 +43,10 @@ class WorkerConfig:
     prefix: str = "ponder"
     capacity: int = 16  # questions searched at once
     lease_s: float = 30.0  # a job whose worker is silent this long is re-run elsewhere
-    max_attempts: int = 3
+    # A job lost with a dying worker is re-run; after `isolate_after` losses it runs alone, and
+    # if `max_solo_losses` workers die while running it alone it fails (see keys.CLAIM).
+    isolate_after: int = 2
+    max_solo_losses: int = 2
     heartbeat_s: float = 2.0
     cancel_poll_s: float = 0.25
     drain_s: float = 30.0  # on SIGTERM, how long running jobs may finish before we leave
@@ -55,8 +58,10 @@ class WorkerConfig:
             raise InvalidArgument("capacity", f"must be >= 1, got {self.capacity}")
         if self.lease_s <= 0.3:
             raise InvalidArgument("lease_s", f"must be > 0.3 s, got {self.lease_s}")
-        if self.max_attempts < 1:
-            raise InvalidArgument("max_attempts", f"must be >= 1, got {self.max_attempts}")
+        if self.isolate_after < 1:
+            raise InvalidArgument("isolate_after", f"must be >= 1, got {self.isolate_after}")
+        if self.max_solo_losses < 1:
+            raise InvalidArgument("max_solo_losses", f"must be >= 1, got {self.max_solo_losses}")
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Active:
     attempt: int
     created: float
     started: float
+    lost: int = 0  # earlier attempts lost with their workers
 
 
 class Worker:
@@ -89,6 +95,7 @@ class Worker:
         self.loop = SearchLoop(policy, verifier, sink=self._sink, reviser=reviser, plan=plan, limits=config.limits)
         self.jobs_done = 0
         self.failed = False
+        self.solo: str | None = None  # the isolated job this worker runs alone, if any
         self._stop_event: asyncio.Event | None = None
 
     # -- compute thread ---------------------------------------------------------------------
@@ -179,35 +186,67 @@ class Worker:
             await self.store.close()
 
     async def _intake(self, stop: asyncio.Event) -> None:
-        last_reclaim = 0.0
+        last_reclaim = last_forget = 0.0
+        lease_ms = int(self.cfg.lease_s * 1000)
+        failing = False
         while not stop.is_set():
-            free = self.cfg.capacity - len(self.active)
-            if free <= 0:
-                await asyncio.sleep(0.02)
-                continue
             try:
-                jobs: list[QueuedJob] = []
+                if self.solo is not None and self.solo in self.active:
+                    await asyncio.sleep(0.05)  # an isolated job runs alone
+                    continue
+                self.solo = None
+                if await self.store.solo_waiting(lease_ms):
+                    if self.active:  # let the batch finish, then take the isolated job alone
+                        await asyncio.sleep(0.05)
+                        continue
+                    jobs = await self.store.reclaim(self.cfg.worker_id, lease_ms, 1, solo=True)
+                    jobs = jobs or await self.store.read_jobs(self.cfg.worker_id, 1, block_ms=0, solo=True)
+                    for qjob in jobs:
+                        await self._start(qjob, alone=True)
+                    continue
+                free = self.cfg.capacity - len(self.active)
+                if free <= 0:
+                    await asyncio.sleep(0.02)
+                    continue
+                jobs = []
                 if time.monotonic() - last_reclaim >= min(1.0, self.cfg.lease_s / 4):
                     last_reclaim = time.monotonic()
-                    jobs = await self.store.reclaim(self.cfg.worker_id, int(self.cfg.lease_s * 1000), free)
+                    jobs = await self.store.reclaim(self.cfg.worker_id, lease_ms, free)
+                if time.monotonic() - last_forget >= self.cfg.lease_s:
+                    last_forget = time.monotonic()
+                    alive = {w.worker_id for w in await self.store.workers(3 * self.cfg.heartbeat_s + 1)}
+                    gone = await self.store.forget_consumers(alive | {self.cfg.worker_id}, 2 * lease_ms)
+                    if gone:
+                        log.info("removed %d dead consumers from the job queues: %s", len(gone), ", ".join(gone))
                 if not jobs:
                     jobs = await self.store.read_jobs(self.cfg.worker_id, free, block_ms=200)
                 for qjob in jobs:
                     await self._start(qjob)
-            except Exception:
-                log.exception("intake failed; retrying")
+                if failing:
+                    log.info("intake recovered")
+                failing = False
+            except Exception as exc:
+                # one line per outage, not a traceback twice a second
+                if not failing:
+                    log.warning("intake failed (%s: %s); retrying every 0.5 s", type(exc).__name__, exc)
+                failing = True
                 await asyncio.sleep(0.5)
 
-    async def _start(self, qjob: QueuedJob) -> None:
-        attempt, state = await self.store.claim(qjob.job_id, self.cfg.worker_id, self.cfg.max_attempts)
-        if attempt == 0:  # finished or cancelled while queued: nothing to run
+    async def _start(self, qjob: QueuedJob, alone: bool = False) -> None:
+        attempt, state = await self.store.claim(
+            qjob, self.cfg.worker_id, alone=alone,
+            isolate_after=self.cfg.isolate_after, max_solo_losses=self.cfg.max_solo_losses,
+        )
+        if attempt < 0:  # isolated: moved to the solo queue for a worker that runs nothing else
+            log.warning("job %s was lost with %d workers; it will run alone", qjob.job_id, self.cfg.isolate_after)
+            return
+        if attempt == 0:  # finished, cancelled while queued, or failed for killing workers
+            if state == "failed" and qjob.reclaimed:
+                log.error("job %s failed: workers died while running it alone", qjob.job_id)
             await self.store.ack(qjob)
             return
-        if attempt < 0:
-            err = pb.Error(code="INTERNAL", message=f"job abandoned after {self.cfg.max_attempts} attempts: its workers kept dying")
-            await self.store.publish(qjob.job_id, -attempt, pb.SolveEvent(job_id=qjob.job_id, time=time.time(), error=err))
-            await self.store.ack(qjob)
-            return
+        if alone:
+            self.solo = qjob.job_id
         try:
             rec = await self.store.load(qjob.job_id)
             config = rec.config.validate(self.cfg.limits)
@@ -218,7 +257,7 @@ class Worker:
             await self.store.ack(qjob)
             return
         now = time.time()
-        self.active[qjob.job_id] = Active(qjob, attempt, rec.created, now)
+        self.active[qjob.job_id] = Active(qjob, attempt, rec.created, now, rec.lost)
         deadline = rec.created + config.timeout_s if config.timeout_s else None
         self._inbox.put(("start", (qjob.job_id, config, deadline)))
         if rec.cancel:
@@ -240,6 +279,11 @@ class Worker:
                 if kind == "started":
                     event.started.attempt = act.attempt
                     event.started.worker = self.cfg.worker_id
+                    if act.attempt > 1:  # watchers drop what the earlier attempts streamed
+                        event.started.restart_reason = (
+                            f"attempt {act.attempt}: an earlier attempt's worker stopped "
+                            f"(lost {act.lost} time{'s' if act.lost != 1 else ''}); its steps are void"
+                        )
                 elif kind == "final":
                     event.final.latency_s = time.time() - act.created
                     event.final.queue_s = act.started - act.created
@@ -290,6 +334,8 @@ class Worker:
                 last_seen=time.time(), strategies=available_strategies(),
                 verifier=self.loop.verifier.name if self.loop.has_verifier else "",
                 plan=self.loop.plan.summary(),
+                context_tokens=self.policy.context_tokens,
+                max_token_chars=self.policy.max_token_chars,
             )
             try:
                 await self.store.heartbeat(info)

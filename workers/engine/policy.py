@@ -4,6 +4,7 @@ decode one step; a node's handle is its :class:`~ponder.workers.engine.kv_cache.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from ponder.workers.engine.config import EngineConfig
 from ponder.workers.engine.decode import StepRow, StopRule, run_steps
 from ponder.workers.engine.engine import Engine
 from ponder.workers.engine.kv_cache import CacheStats, Sequence
-from ponder.workers.models import ModelFiles, format_prompt, load_hf_model, load_tokenizer, non_embedding_params, resolve
+from ponder.workers.models import ModelFiles, format_prompt, longest_token_chars, load_hf_model, load_tokenizer, non_embedding_params, resolve
 from ponder.workers.policy import Policy
 from ponder.workers.sampling import RowRandom, StepStopper, eos_ids
 from ponder.workers.types import Node, PrefillOutput, Prompt, SamplingParams, StepOutput
@@ -67,6 +68,14 @@ class EnginePolicy(Policy):
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def context_tokens(self) -> int:
+        return self.engine.context_limit
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        return longest_token_chars(self.tokenizer)
 
     def prefill(self, prompts: list[Prompt]) -> list[PrefillOutput]:
         outs: list[PrefillOutput] = []

@@ -137,7 +137,7 @@ class Queued(_message.Message):
     def __init__(self, queue_depth: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Started(_message.Message):
-    __slots__ = ("strategy", "plan", "worker", "attempt", "model", "generations", "verifier")
+    __slots__ = ("strategy", "plan", "worker", "attempt", "model", "generations", "verifier", "restart_reason")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class Started(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     GENERATIONS_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_FIELD_NUMBER: _ClassVar[int]
+    RESTART_REASON_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     plan: str
     worker: str
@@ -152,7 +153,8 @@ class Started(_message.Message):
     model: str
     generations: int
     verifier: str
-    def __init__(self, strategy: _Optional[str] = ..., plan: _Optional[str] = ..., worker: _Optional[str] = ..., attempt: _Optional[int] = ..., model: _Optional[str] = ..., generations: _Optional[int] = ..., verifier: _Optional[str] = ...) -> None: ...
+    restart_reason: str
+    def __init__(self, strategy: _Optional[str] = ..., plan: _Optional[str] = ..., worker: _Optional[str] = ..., attempt: _Optional[int] = ..., model: _Optional[str] = ..., generations: _Optional[int] = ..., verifier: _Optional[str] = ..., restart_reason: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
     __slots__ = ("node_id", "parent_id", "depth", "text", "score", "aggregate", "finished")
@@ -307,7 +309,7 @@ class ServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "host", "models", "active_jobs", "capacity", "last_seen", "strategies", "verifier", "plan")
+    __slots__ = ("worker_id", "host", "models", "active_jobs", "capacity", "last_seen", "strategies", "verifier", "plan", "context_tokens", "max_token_chars")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -317,6 +319,8 @@ class WorkerInfo(_message.Message):
     STRATEGIES_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKEN_CHARS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     host: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -326,7 +330,9 @@ class WorkerInfo(_message.Message):
     strategies: _containers.RepeatedScalarFieldContainer[str]
     verifier: str
     plan: str
-    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., active_jobs: _Optional[int] = ..., capacity: _Optional[int] = ..., last_seen: _Optional[float] = ..., strategies: _Optional[_Iterable[str]] = ..., verifier: _Optional[str] = ..., plan: _Optional[str] = ...) -> None: ...
+    context_tokens: int
+    max_token_chars: int
+    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., active_jobs: _Optional[int] = ..., capacity: _Optional[int] = ..., last_seen: _Optional[float] = ..., strategies: _Optional[_Iterable[str]] = ..., verifier: _Optional[str] = ..., plan: _Optional[str] = ..., context_tokens: _Optional[int] = ..., max_token_chars: _Optional[int] = ...) -> None: ...
 
 class ServerInfoResponse(_message.Message):
     __slots__ = ("version", "models", "strategies", "workers_alive", "queue_depth", "jobs_running", "workers", "max_generations", "max_question_chars")
