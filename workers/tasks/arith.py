@@ -355,3 +355,15 @@ class PromptSpec:
         extra = d.pop("extra")
         d.update(extra)
         return d
+
+
+def parse_expression(expression: str) -> list[Token]:
+    """The token list of an expression as :func:`_fmt` writes it (``"37 + (48 * 3)"`` →
+    ``[37, "+", "(", 48, "*", 3, ")"]``): the inverse of ``_fmt`` on this task's expressions."""
+    out: list[Token] = []
+    for m in re.finditer(r"\d+|[-+*()]", expression):
+        t = m.group(0)
+        out.append(int(t) if t.isdigit() else t)
+    if _fmt(out) != expression.strip():
+        raise ValueError(f"not an arith expression: {expression!r}")
+    return out

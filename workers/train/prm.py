@@ -69,6 +69,11 @@ class PrmRecipe:
     # checker's process labels (every step from the first wrong one on is bad), no rollouts.
     labels: str = "mc"
     model_steps: int = 3000  # optimizer steps of the separate PRM model with exact labels (early-stopped)
+    # "checker" labels only: slipped copies per worked solution (workers/train/checker_labels.py),
+    # samples per validation question for early stopping on within-question AUC, and a time cap.
+    synthetic_negatives: int = 3
+    val_samples: int = 16
+    model_minutes: float = 55.0
 
 
 def label_split(
@@ -193,6 +198,10 @@ def train_prm(
 ) -> dict[str, Any]:
     if recipe.task != "arith":
         raise InvalidArgument("task", f"unknown task {recipe.task!r}; the built-in task is 'arith'")
+    if recipe.labels == "checker":
+        if model_out is None:
+            raise InvalidArgument("model_out", "--label-kind checker trains a PRM model: give --model-out")
+        return train_checker_prm(recipe, policy, labels, command, model_out)
     torch.set_num_threads(recipe.threads)
     model, tokenizer, fmt = load_checkpoint(policy)
     started = time.time()
@@ -263,6 +272,57 @@ def train_prm(
     return summary
 
 
+def train_checker_prm(
+    recipe: PrmRecipe, policy: Path, labels: Path | None, command: str, model_out: Path
+) -> dict[str, Any]:
+    """A PRM model trained to check each step: a copy of the policy fine-tuned on batches that
+    hold (a) the policy's own samples of a few training questions with the checker's exact labels
+    (``labels``' training split, or freshly sampled) and (b) synthetic groups — a fresh training
+    question's worked solution and ``synthetic_negatives`` copies with one step slipped the way
+    the policy slips (:mod:`ponder.workers.train.checker_labels`). The checkpoint is picked by
+    within-question AUC on ``val_samples`` policy samples of each of ``val_questions`` validation
+    questions; training stops after ``model_minutes``."""
+    from ponder.workers.train import checker_labels
+    from ponder.workers.train.prm_model import PrmModelRecipe, train_prm_model
+
+    torch.set_num_threads(recipe.threads)
+    model, tokenizer, fmt = load_checkpoint(policy)
+    started = time.time()
+    counts: dict[str, Any] = {}
+    if labels is not None and labels.exists():
+        train = relabel_exact(load_labels(labels)["train"])
+        counts["train_relabelled_from"] = str(labels)
+    else:
+        train, counts["train"] = exact_label_split(model, tokenizer, fmt, "train", recipe.questions, recipe, recipe.seed)
+    val_recipe = PrmRecipe(**{**asdict(recipe), "samples": recipe.val_samples})
+    val, counts["validation"] = exact_label_split(
+        model, tokenizer, fmt, "validation", recipe.val_questions, val_recipe, recipe.seed + 1
+    )
+    label_seconds = time.time() - started
+    samples_per_q = max(1, round(len(train) / max(1, len({s.question for s in train}))))
+    pm_recipe = PrmModelRecipe(
+        seed=recipe.seed, steps=recipe.model_steps, questions_per_batch=max(1, 16 // samples_per_q) if train else 0,
+        synthetic_groups=max(1, 16 // (1 + recipe.synthetic_negatives)), select="within_auc", eval_every=100,
+        # Patient: the held-out ranking dips before the slips are learned (measured: 0.52 at step
+        # 100); the time cap, not the patience, usually ends the run.
+        patience=10, max_seconds=60.0 * recipe.model_minutes,
+    )
+    synthetic = checker_labels.groups(recipe.synthetic_negatives, seed=recipe.seed + 7)
+    meta = {
+        "labels": "checker", "prm_recipe": asdict(recipe), "policy": str(policy), "counts": counts,
+        "train_policy_samples": len(train), "val_policy_samples": len(val), "label_seconds": label_seconds,
+        "slips": {"result": dict(checker_labels.RESULT_SLIPS), "remainder": dict(checker_labels.REMAINDER_SLIPS),
+                  "remainder_share": checker_labels.REMAINDER_SHARE, "propagate_share": checker_labels.PROPAGATE_SHARE},
+    }
+    pm = train_prm_model(model, tokenizer, train, val, pm_recipe, model_out, command, synthetic=synthetic, meta=meta)
+    wall = time.time() - started
+    manifest.update(model_out.parent, model_out.name, [Path(f) for f in pm["files"]], command)
+    return {
+        "val_within_question_auc": pm["val_within_question_auc"], "best_step": pm["best_step"],
+        "label_seconds": label_seconds, "wall_seconds": wall, "out": str(model_out),
+    }
+
+
 def parser() -> argparse.ArgumentParser:
     d = PrmRecipe()
     p = argparse.ArgumentParser(prog="ponder train prm", description=__doc__.splitlines()[0])
@@ -279,8 +339,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("linear", "mlp"), default=d.kind)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--bf16-rollouts", action="store_true", help="rollouts in bf16 (faster only on CPUs with avx512_bf16)")
-    p.add_argument("--label-kind", choices=("mc", "exact"), default=d.labels,
-                   help="mc: Monte Carlo rollouts (the paper); exact: the arith checker's process labels")
+    p.add_argument("--label-kind", choices=("mc", "exact", "checker"), default=d.labels,
+                   help="mc: Monte Carlo rollouts (the paper); exact: the arith checker's process labels; "
+                   "checker: exact labels plus synthetic slipped solutions, a PRM model only (needs --model-out)")
+    p.add_argument("--synthetic-negatives", type=int, default=d.synthetic_negatives,
+                   help="checker labels: slipped copies per worked solution")
+    p.add_argument("--val-samples", type=int, default=d.val_samples,
+                   help="checker labels: policy samples per validation question (early stopping)")
+    p.add_argument("--model-minutes", type=float, default=d.model_minutes,
+                   help="checker labels: stop training the PRM model after this many minutes")
     p.add_argument("--model-steps", type=int, default=d.model_steps, help="PRM model steps (exact labels)")
     p.add_argument("--model-out", type=Path, default=None,
                    help="also fine-tune a separate PRM model (a copy of the policy) on the same labels, saved here")
@@ -293,12 +360,18 @@ def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     if min(a.questions, a.val_questions, a.samples, a.rollouts) < 1:
         raise InvalidArgument("questions", "questions, val-questions, samples and rollouts must be >= 1")
+    if a.label_kind == "checker" and min(a.synthetic_negatives, a.val_samples) < 1:
+        raise InvalidArgument("synthetic_negatives", "synthetic-negatives and val-samples must be >= 1")
     recipe = PrmRecipe(
         task=a.task, seed=a.seed, questions=a.questions, val_questions=a.val_questions, samples=a.samples,
         rollouts=a.rollouts, temperature=a.temperature, kind=a.kind, threads=a.threads,
         bf16_rollouts=a.bf16_rollouts, labels=a.label_kind, model_steps=a.model_steps,
+        synthetic_negatives=a.synthetic_negatives, val_samples=a.val_samples, model_minutes=a.model_minutes,
     )
     s = train_prm(recipe, a.policy, a.out, a.labels, "ponder train prm " + " ".join(argv), a.model_out)
+    if recipe.labels == "checker":
+        print(json.dumps(s))
+        return 0
     print(json.dumps({k: s[k] for k in ("val_auc_steps", "val_auc_final_step", "wall_seconds")} | {"out": str(a.out)}))
     return 0
 

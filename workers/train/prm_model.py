@@ -60,6 +60,10 @@ class PrmModelRecipe:
     # What picks the checkpoint: "bce" (held-out BCE against the labels) or "within_auc"
     # (held-out within-question AUC of the last step's score against the answer's correctness).
     select: str = "bce"
+    # Checker labels (``--label-kind checker``): each batch also holds this many synthetic groups
+    # (a training question's worked solution and its slipped copies, workers/train/checker_labels.py).
+    synthetic_groups: int = 0
+    max_seconds: float = 0.0  # stop after this much training wall time (0: no limit)
 
 
 def encode_solution(tokenizer: Any, fmt: PrmModelFormat, s: LabeledSolution) -> tuple[list[int], list[int]]:
@@ -125,7 +129,10 @@ def _batches(sols: Sequence[LabeledSolution], recipe: PrmModelRecipe, rng: rando
 def train_prm_model(
     policy_model: Any, tokenizer: Any, train: Sequence[LabeledSolution], val: Sequence[LabeledSolution],
     recipe: PrmModelRecipe, out: Path, command: str,
+    synthetic: Iterator[list[LabeledSolution]] | None = None, meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Fine-tune a copy of the policy on ``train`` (and, when ``synthetic`` is given, on
+    ``recipe.synthetic_groups`` of its groups per batch); the checkpoint is picked on ``val``."""
     from tqdm import tqdm
 
     from ponder.workers.train.checkpoint import save_checkpoint
@@ -143,10 +150,12 @@ def train_prm_model(
     rng = random.Random(recipe.seed)
     torch.manual_seed(recipe.seed)
 
+    within_min: list[tuple[int, float]] = []  # held-out within-question AUC of the min step score
+
     def evaluate() -> tuple[float, float]:
         """(held-out BCE, held-out within-question AUC of the last step's score)."""
         model.eval()
-        total, n, last = 0.0, 0, []
+        total, n, last, low = 0.0, 0, [], []
         with torch.no_grad():
             for i in range(0, len(enc_val), 64):
                 part = enc_val[i : i + 64]
@@ -156,8 +165,11 @@ def train_prm_model(
                 n += len(y)
                 ends = torch.tensor(list(itertools.accumulate(len(t) for _, t, _ in part))) - 1
                 last += margin[ends].tolist()
+                starts = [0, *(ends[:-1] + 1).tolist()]
+                low += [float(margin[a : e + 1].min()) for a, e in zip(starts, ends.tolist())]
         model.train()
         within = grouped_auc(last, [s.correct for s in val], [s.question for s in val])
+        within_min.append((len(within_min), grouped_auc(low, [s.correct for s in val], [s.question for s in val])))
         return total / max(1, n), within
 
     def better(v: tuple[float, float], best: tuple[float, float]) -> bool:
@@ -166,10 +178,14 @@ def train_prm_model(
     started = time.time()
     best = evaluate()
     best_state, best_step, bad_evals, history = None, 0, 0, [(0, float("nan"), *best)]
-    batches = _batches(train, recipe, rng)
+    batches = _batches(train, recipe, rng) if train else None
+    enc = lambda s: (*encode_solution(tokenizer, fmt, s), s.labels)  # noqa: E731
     bar = tqdm(range(recipe.steps), desc="train PRM model", unit="step", dynamic_ncols=True, mininterval=2.0)
     for step in bar:
-        ids, rows, cols, y = _batch([enc_train[i] for i in next(batches)])
+        items = [enc_train[i] for i in next(batches)] if batches is not None else []
+        if synthetic is not None:
+            items += [enc(s) for _ in range(recipe.synthetic_groups) for s in next(synthetic)]
+        ids, rows, cols, y = _batch(items)
         # fp32: bf16 autocast made this backward 16x slower here (45.5 s vs 2.9 s for a
         # (32, 185) batch, one thread, torch 2.13), though it halves the SFT loop's steps.
         margin = _margin(model, ids, rows, cols, good, bad)
@@ -182,6 +198,8 @@ def train_prm_model(
             v = evaluate()
             history.append((step + 1, float(loss.detach()), *v))
             bar.set_postfix(val_bce=f"{v[0]:.4f}", within_auc=f"{v[1]:.3f}")
+            log.info("step %d: train loss %.4f, held-out BCE %.4f, within-question AUC %.4f (min %.4f), %.0f s",
+                     step + 1, float(loss.detach()), v[0], v[1], within_min[-1][1], time.time() - started)
             if better(v, best):
                 best, best_step, bad_evals = v, step + 1, 0
                 best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
@@ -189,6 +207,8 @@ def train_prm_model(
                 bad_evals += 1
                 if bad_evals >= recipe.patience:
                     break
+            if recipe.max_seconds and time.time() - started > recipe.max_seconds:
+                break
     if best_state is not None:
         model.load_state_dict(best_state)
     elif len(history) > 1:
@@ -199,7 +219,9 @@ def train_prm_model(
         "recipe": asdict(recipe), "format": asdict(fmt), "command": command, "val_bce": best[0],
         "val_within_question_auc": best[1], "best_step": best_step,
         "history": history,  # (step, train loss, held-out BCE, held-out within-question AUC)
+        "val_within_question_auc_min": [w for _, w in within_min],  # per evaluation, min-step score
         "seconds": time.time() - started,
+        **(meta or {}),
     }
     files = save_checkpoint(model, tokenizer, out, {}, summary)
     (out / "ponder.json").unlink()  # not a policy: its format file is ponder_prm.json
