@@ -143,12 +143,12 @@ class _Resume:
         now = time.monotonic()
         self.since = self.since if self.since is not None else now
         self.tries += 1
-        delay = min(2.0, 0.1 * 2**self.tries)
-        if now + delay - self.since > self.window:
+        left = self.since + self.window - now
+        if self.deadline is not None:
+            left = min(left, self.deadline - now)
+        if left <= 0.01:
             return None
-        if self.deadline is not None and now + delay >= self.deadline:
-            return None
-        return delay
+        return min(2.0, 0.1 * 2**self.tries, left)
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())

@@ -40,7 +40,10 @@ def render(event: Any) -> str:
     if kind == "started":
         again = f", attempt {e.attempt}" if e.attempt > 1 else ""
         verifier = f" + {e.verifier}" if e.verifier else ""
-        return f"· started on {e.worker or 'a worker'} with {e.model}{verifier}: {e.plan}{again}"
+        line = f"· started on {e.worker or 'a worker'} with {e.model}{verifier}: {e.plan}{again}"
+        if e.restart_reason:  # the tree so far belongs to a lost attempt: start it over
+            line = f"\n↺ {'─' * 60}\n↺ restart — {e.restart_reason}\n{line}"
+        return line
     if kind == "step":
         score = f" score {e.score:.3f}" if e.HasField("score") else ""
         end = " ■" if e.finished else ""

@@ -31,8 +31,12 @@ class Proc:
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ponder.clients.cli", *args], stdout=self._log, stderr=subprocess.STDOUT, env=full_env
+            [*self.command(), *args], stdout=self._log, stderr=subprocess.STDOUT, env=full_env
         )
+
+    @staticmethod
+    def command() -> list[str]:
+        return [sys.executable, "-m", "ponder.clients.cli"]
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -70,13 +74,24 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str, procs: list[
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs}")
 
 
-def start_scheduler(redis_url: str, prefix: str, port: int | None = None, grace: float = 5.0) -> tuple[Proc, int]:
+def start_scheduler(
+    redis_url: str, prefix: str, port: int | None = None, grace: float = 5.0, *, extra: list[str] = (),  # type: ignore[assignment]
+    env: dict[str, str] | None = None, tls_ca: Path | None = None, tls_client: tuple[Path, Path] | None = None,
+) -> tuple[Proc, int]:
+    """A scheduler subprocess, once it listens. ``tls_ca`` (and ``tls_client``, a certificate and
+    key for mutual TLS): how to reach a scheduler started with ``--tls-cert``."""
     port = port or free_port()
     proc = Proc("scheduler", ["scheduler", "--redis", redis_url, "--prefix", prefix, "--port", str(port),
-                              "--grace", str(grace), "--expose-workers"])
+                              "--grace", str(grace), "--expose-workers", *extra], env=env)
+
+    def channel() -> grpc.Channel:
+        if tls_ca is None:
+            return grpc.insecure_channel(f"127.0.0.1:{port}")
+        key, cert = (tls_client[1].read_bytes(), tls_client[0].read_bytes()) if tls_client else (None, None)
+        return grpc.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(tls_ca.read_bytes(), key, cert))
 
     def ready() -> bool:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        with channel() as ch:
             try:
                 grpc.channel_ready_future(ch).result(timeout=0.5)
                 return True
