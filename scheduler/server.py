@@ -337,6 +337,7 @@ class Scheduler:
     async def _watch_redis(self) -> None:
         """Health follows Redis: NOT_SERVING while the job store is unreachable or its queues'
         consumer groups are missing (Redis restarted without its data), which this re-creates."""
+        down = False
         while True:
             try:
                 await self.store.r.ping()
@@ -345,8 +346,13 @@ class Scheduler:
                     status = health_pb2.HealthCheckResponse.NOT_SERVING  # SERVING from the next check
                 else:
                     status = health_pb2.HealthCheckResponse.SERVING
+                    if down:
+                        log.info("job store reachable again")
+                    down = False
             except Exception as exc:
-                log.warning("job store unreachable: %s", exc)
+                if not down:  # one line per outage
+                    log.warning("job store unreachable (%s: %s); health NOT_SERVING", type(exc).__name__, exc)
+                down = True
                 status = health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", SERVICE):
                 await self.health.set(name, status)

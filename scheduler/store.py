@@ -72,6 +72,15 @@ class JobRecord:
     lost: int = 0  # times the job was lost with a worker that died (see keys.CLAIM)
 
 
+def fingerprint(cfg: SolveConfig) -> str:
+    """What makes two submissions the same request: everything but the deadline (a retry has
+    less time left) and the idempotency key itself."""
+    import hashlib
+
+    same = cfg.replace(timeout_s=0.0, request_id="").to_proto().SerializeToString(deterministic=True)
+    return hashlib.sha256(same).hexdigest()
+
+
 def decode_event(entry_id: str, fields: dict[bytes, bytes]) -> Any:
     """A SolveEvent from its stream entry, with the seq and event id the relay gives it."""
     event = pb.SolveEvent.FromString(fields[b"data"])
@@ -139,8 +148,13 @@ class JobStore:
             keys=[self.k.job(job_id), self.k.events(job_id), self.k.queue(priority),
                   self.k.request(cfg.request_id, owner)],
             args=[job_id, cfg.to_proto().SerializeToString(), repr(time.time()), cfg.request_id,
-                  self.ttl_s, queued.SerializeToString(), max_queued, owner],
+                  self.ttl_s, queued.SerializeToString(), max_queued, owner, fingerprint(cfg), self.k.job("")],
         )
+        if int(created) == -2:
+            raise InvalidArgument(
+                "request_id", f"{cfg.request_id!r} was used for a different request (job {jid.decode()}); "
+                "an idempotency key names one request"
+            )
         if int(created) < 0:
             raise ResourceExhausted(
                 f"the {priority} queue is full: {int(jid)} jobs wait for a worker (the limit is {max_queued}); "

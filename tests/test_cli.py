@@ -12,6 +12,7 @@ import pytest
 
 from service_utils import Proc, wait_until, workers_alive
 
+from ponder.proto.errors import InvalidArgument
 from ponder.scheduler.redis_server import free_port
 
 ASK_OPTS = ["--budget", "2", "--max-steps", "2", "--max-step-tokens", "8", "--seed", "1"]
@@ -84,3 +85,26 @@ def test_serve_passes_the_plan_to_its_workers() -> None:
     cmd = worker_command(args)
     assert cmd[cmd.index("--plan") + 1] == "/tmp/my-plan.json"
     assert cmd[cmd.index("--verifier") + 1] == "none"
+
+
+def test_render_marks_a_restarted_attempt() -> None:
+    from ponder.clients.render import render
+    from ponder.proto import pb
+
+    first = render(pb.SolveEvent(job_id="j", started=pb.Started(attempt=1, model="m", plan="p")))
+    again = render(pb.SolveEvent(job_id="j", started=pb.Started(
+        attempt=2, model="m", plan="p", restart_reason="attempt 2: an earlier attempt's worker stopped")))
+    assert "restart" not in first
+    assert "↺ restart — attempt 2" in again and again.index("restart") < again.index("started on")
+
+
+def test_redis_url_with_a_password_is_refused_on_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ponder.clients.cli import _redis_url, build_parser
+
+    args = build_parser().parse_args(["worker", "--redis", "redis://:pw@127.0.0.1:1/0"])
+    with pytest.raises(InvalidArgument) as info:
+        _redis_url(args)
+    assert info.value.field == "redis" and "pw" not in info.value.message
+    monkeypatch.setenv("PONDER_REDIS_URL", "redis://:pw@127.0.0.1:1/0")  # from the environment: fine
+    args = build_parser().parse_args(["worker"])
+    assert _redis_url(args) == "redis://:pw@127.0.0.1:1/0"

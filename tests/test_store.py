@@ -9,6 +9,7 @@ from typing import Any
 
 from ponder.proto import pb
 from ponder.proto.config import SolveConfig
+from ponder.proto.errors import InvalidArgument
 from ponder.scheduler.store import JobStore, QueuedJob
 
 Q = SolveConfig("What is 1 + 1?", generations=2)
@@ -171,6 +172,15 @@ def test_request_ids_and_jobs_are_scoped_to_their_owner(redis_url: str, prefix: 
         b, created = await store.submit(Q.replace(request_id="same"), owner="bob")
         assert created and a != b
         assert (await store.owner(a), await store.owner(b)) == ("alice", "bob")
+        # the same key for another question is refused, not answered with the first job
+        try:
+            await store.submit(Q.replace(request_id="same", question="What is 2 + 2?"), owner="alice")
+        except InvalidArgument as exc:
+            assert exc.field == "request_id" and a in exc.message
+        else:
+            raise AssertionError("a reused request id returned another question's job")
+        # a retry with less time left is the same request
+        assert await store.submit(Q.replace(request_id="same", timeout_s=3.0), owner="alice") == (a, False)
         assert await store.owner("0" * 32) is None
 
     run(redis_url, prefix, body)

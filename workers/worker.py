@@ -306,13 +306,15 @@ class Worker:
         while True:
             try:
                 return await self.store.publish(job_id, attempt, event)
-            except Exception:
-                log.exception("publishing an event of job %s failed; retrying in %.1f s", job_id, delay)
+            except Exception as exc:
+                if delay == 0.1:  # one line per outage, not a traceback per retry
+                    log.warning("publishing an event of job %s failed (%s: %s); retrying", job_id, type(exc).__name__, exc)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
 
     async def _leases(self) -> None:
         last_renew = 0.0
+        failing = False
         while True:
             await asyncio.sleep(self.cfg.cancel_poll_s)
             try:
@@ -322,8 +324,11 @@ class Worker:
                 if time.monotonic() - last_renew >= self.cfg.lease_s / 3:
                     last_renew = time.monotonic()
                     await self.store.renew(self.cfg.worker_id, [a.qjob for a in list(self.active.values())])
-            except Exception:
-                log.exception("lease renewal / cancel poll failed")
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    log.warning("lease renewal / cancel poll failed (%s: %s); retrying", type(exc).__name__, exc)
+                failing = True
 
     async def _heartbeats(self) -> None:
         host = socket.gethostname()
@@ -339,8 +344,8 @@ class Worker:
             )
             try:
                 await self.store.heartbeat(info)
-            except Exception:
-                log.exception("heartbeat failed")
+            except Exception as exc:
+                log.debug("heartbeat failed (%s: %s)", type(exc).__name__, exc)  # intake logs the outage
             await asyncio.sleep(self.cfg.heartbeat_s)
 
 
