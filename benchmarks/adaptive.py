@@ -50,6 +50,8 @@ TARGETS = {"auto_ratio": 4.0, "auto_ratio_moonshot": 8.0, "controller_generation
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="ponder bench adaptive", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="arith")
+    ap.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, cuda:N, auto)")
+    ap.add_argument("--dtype", default="auto", help="compute dtype (auto: bfloat16 on CUDA, float32 on the CPU)")
     ap.add_argument("--verifier", default="auto")
     ap.add_argument("--plan", default="auto", help="the plan table (auto: the model's)")
     ap.add_argument("--dataset", default="arith:test:160")
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     started = time.time()
     items = load_dataset(a.dataset)
-    policy = build_policy(a.model)
+    policy = build_policy(a.model, "auto", a.device, a.dtype)
     set_threads(0, policy)
     verifier = build_verifier(a.verifier, policy, a.model)
     plan = build_plan(a.plan, a.model, verifier)

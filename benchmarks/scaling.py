@@ -60,6 +60,8 @@ def methods(budget: int) -> list[tuple[str, str, dict[str, Any]]]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="ponder bench scaling", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="arith")
+    ap.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, cuda:N, auto)")
+    ap.add_argument("--dtype", default="auto", help="compute dtype (auto: bfloat16 on CUDA, float32 on the CPU)")
     ap.add_argument("--verifier", default="auto")
     ap.add_argument("--dataset", default="arith:test:100")
     ap.add_argument("--pool", type=int, default=256, help="best-of-N samples per question")
@@ -93,7 +95,7 @@ def run_all(a: argparse.Namespace) -> dict[str, Any]:
 
     started = time.time()
     items = load_dataset(a.dataset)
-    policy = build_policy(a.model)
+    policy = build_policy(a.model, "auto", a.device, a.dtype)
     set_threads(0, policy)
     verifier = build_verifier(a.verifier, policy, a.model)
     reviser = build_reviser("auto", a.model)

@@ -30,9 +30,9 @@ from ponder.clients.client import Client
 from ponder.scheduler.redis_server import free_port
 
 
-def _serve(model: str, backend: str, port: int) -> subprocess.Popen[bytes]:
+def _serve(model: str, backend: str, port: int, device: str = "cpu", dtype: str = "auto") -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "ponder.clients.cli", "serve", "--port", str(port), "--model", model,
-           "--backend", backend, "--capacity", "64"]
+           "--backend", backend, "--capacity", "64", "--device", device, "--dtype", dtype]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2")
     p.add_argument("--backend", default="auto")
+    p.add_argument("--device", default="cpu", help="where the workers' model runs (cpu, cuda, cuda:N, auto)")
+    p.add_argument("--dtype", default="auto", help="compute dtype (auto: bfloat16 on CUDA, float32 on the CPU)")
     p.add_argument("--questions", type=int, default=16)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--budget", type=int, default=4)
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = dict(strategy=args.strategy, generations=args.budget, max_steps=args.max_steps,
                 max_step_tokens=args.max_step_tokens)
     port = free_port()
-    proc = _serve(args.model, args.backend, port)
+    proc = _serve(args.model, args.backend, port, args.device, args.dtype)
     try:
         with Client(f"127.0.0.1:{port}") as client:
             _wait_ready(client, proc, 900)

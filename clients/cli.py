@@ -82,8 +82,16 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", default="auto",
                    help="auto's plan table: 'auto' (the model's plan.json, else the default plan), 'default', or a path")
     p.add_argument("--capacity", type=int, default=16, help="questions one worker searches at once")
+    _placement_options(p)
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = auto: 1 for models under 20M parameters, else every core)")
+
+
+def _placement_options(p: argparse.ArgumentParser) -> None:
+    from ponder.workers.runtime import DEVICE_HELP, DTYPE_HELP
+
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
 
 
 def _solve_options(p: argparse.ArgumentParser) -> None:
@@ -279,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             from ponder.clients.serve import serve
+            from ponder.workers.runtime import resolve_placement
 
             args.redis = _redis_url(args)
+            args.device, args.dtype = resolve_placement(args.device, args.dtype)  # before anything starts
             return asyncio.run(serve(args))
         if args.command == "scheduler":
             from ponder.scheduler.auth import TlsFiles, Tokens

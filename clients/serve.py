@@ -31,7 +31,7 @@ def worker_command(args: Any) -> list[str]:
         sys.executable, "-m", "ponder.clients.cli", "worker", "--model", args.model,
         "--backend", args.backend, "--prefix", args.prefix, "--capacity", str(args.capacity),
         "--drain", "2", "--verifier", args.verifier, "--reviser", args.reviser, "--threads", str(args.threads),
-        "--plan", args.plan,
+        "--plan", args.plan, "--device", args.device, "--dtype", args.dtype,
     ]
     return cmd
 

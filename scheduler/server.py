@@ -219,6 +219,7 @@ class Reasoner(pb_grpc.ReasonerServicer):
                 queue_depth=await self.store.queue_depth(),
                 jobs_running=await self.store.running(),
                 workers=workers if details else [],
+                placements=_placements(workers),
                 max_generations=self.cfg.limits.max_generations,
                 max_question_chars=self.cfg.limits.max_question_chars,
             )
@@ -278,6 +279,15 @@ class Reasoner(pb_grpc.ReasonerServicer):
                 response_serializer=resp.SerializeToString,
             )
         return grpc.method_handlers_generic_handler(SERVICE, table)
+
+
+def _placements(workers: list[Any]) -> list[str]:
+    counts: dict[str, int] = {}
+    for w in workers:
+        for m in w.models:
+            key = f"{m} on {w.device or 'cpu'} ({w.dtype or 'float32'})"
+            counts[key] = counts.get(key, 0) + 1
+    return [f"{k} x{n}" for k, n in sorted(counts.items())]
 
 
 def _context_check(cfg: SolveConfig, workers: list[Any]) -> str:

@@ -67,10 +67,10 @@ def scripted_runtime(monkeypatch: pytest.MonkeyPatch, script: StepScript, verifi
     """`main` on the scripted fakes instead of a real model."""
     from ponder.workers import runtime
 
-    monkeypatch.setattr(runtime, "build_policy", lambda model, backend="auto": ScriptedPolicy(script))
+    monkeypatch.setattr(runtime, "build_policy", lambda model, backend="auto", device="cpu", dtype="float32": ScriptedPolicy(script))
     monkeypatch.setattr(runtime, "build_verifier", lambda spec, policy, model="": ScriptedVerifier() if verifier else None)
     monkeypatch.setattr(runtime, "set_threads", lambda threads, policy: 1)
-    monkeypatch.setattr(runtime, "build_reviser", lambda spec, model, backend="auto": None)
+    monkeypatch.setattr(runtime, "build_reviser", lambda spec, model, backend="auto", device="cpu", dtype="float32": None)
 
 
 def test_every_search_option_is_a_flag() -> None:

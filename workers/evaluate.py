@@ -475,6 +475,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8, help="questions in flight per group")
     p.add_argument("--max-rows", type=int, default=64, help="sequences in flight (bounds KV memory)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: auto, as for a worker)")
+    p.add_argument("--device", default="cpu", help="where the model runs (as for a worker)")
+    p.add_argument("--dtype", default="auto", help="compute dtype (as for a worker)")
     p.add_argument("--out", default="",
                    help="write the results as JSON here after every group, with every question's candidates")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
@@ -504,12 +506,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ponder.workers.runtime import build_plan, build_policy, build_reviser, build_verifier, set_threads
+    from ponder.workers.runtime import (
+        build_plan, build_policy, build_reviser, build_verifier, resolve_placement, set_threads,
+    )
 
     strategies = _csv(args.strategies)
     budgets = _parse_budgets(args.budgets)
     options = {name: getattr(args, name) for name in SEARCH_OPTIONS}
     check_options(strategies, budgets, options)  # before any model loads
+    device, dtype = resolve_placement(args.device, args.dtype)
     for name in ("limit", "concurrency", "max_rows"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -518,7 +523,7 @@ def _main(args: argparse.Namespace) -> int:
     if not items:
         raise InvalidArgument("dataset", f"{args.dataset} holds no questions")
 
-    policy = build_policy(args.model, args.backend)
+    policy = build_policy(args.model, args.backend, device, dtype)
     threads = set_threads(args.threads, policy)
     verifier = build_verifier(args.verifier, policy, args.model)
     plan = build_plan(args.plan, args.model, verifier)
@@ -526,11 +531,13 @@ def _main(args: argparse.Namespace) -> int:
     revising = {"revision", "hybrid"} & set(strategies) or (
         "auto" in strategies and any(c.strategy in ("revision", "hybrid") for row in plan.plans.values() for c in row.values())
     )
-    reviser = build_reviser(args.reviser, args.model, args.backend) if revising else None
+    reviser = build_reviser(args.reviser, args.model, args.backend, device, dtype) if revising else None
     start = time.perf_counter()
     header = {
         "model": policy.name,
         "backend": type(policy).__name__,
+        "device": policy.device,
+        "dtype": policy.dtype,
         "verifier": getattr(verifier, "name", "none") if verifier is not None else "none",
         "reviser": reviser.name if reviser is not None else "none",
         "plan": plan.summary(),

@@ -19,12 +19,17 @@ from ponder.workers.types import Node, PrefillOutput, Prompt, SamplingParams, St
 
 
 class HFPolicy(Policy):
-    def __init__(self, files: ModelFiles, *, model: Any = None, tokenizer: Any = None) -> None:
+    def __init__(
+        self, files: ModelFiles, *, model: Any = None, tokenizer: Any = None,
+        device: str = "cpu", dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.files = files
         self.fmt = files.fmt
         self.name = files.name
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(files)
-        self.model = model if model is not None else load_hf_model(files)
+        self.model = model if model is not None else load_hf_model(files, dtype=dtype)
+        self.model.to(device=device)
+        self._device = torch.device(device)
         self.n_params = non_embedding_params(self.model)
         self.hidden_size = int(self.model.config.hidden_size)
         self.step_delimiter = self.fmt.step_delimiter
@@ -38,6 +43,14 @@ class HFPolicy(Policy):
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def device(self) -> str:
+        return str(self._device)
+
+    @property
+    def dtype(self) -> str:
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
     @property
     def context_tokens(self) -> int:
@@ -74,6 +87,8 @@ class HFPolicy(Policy):
 
         cache = DynamicCache()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        dev = self._device  # built on the CPU, run where the model is
+        ids, mask, positions = ids.to(dev), mask.to(dev), positions.to(dev)
         out = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
         hidden = out.last_hidden_state[:, -1]  # (B, D)
         rngs = [RowRandom(s) for s in seeds]
@@ -90,7 +105,7 @@ class HFPolicy(Policy):
                 break
             toks = sample_next(logits[live], [sampling[i] for i in live], [rngs[i].next() for i in live])
             lps = token_logprobs(logits[live], toks)
-            feed = torch.full((B,), self.pad_id, dtype=torch.long)
+            feed = torch.full((B,), self.pad_id, dtype=torch.long)  # filled on the CPU, then moved
             for j, i in enumerate(live):
                 t = int(toks[j])
                 steps[i].append(t)
@@ -102,9 +117,9 @@ class HFPolicy(Policy):
                     reason[i] = "delimiter"
                 elif len(steps[i]) >= sampling[i].max_step_tokens:
                     reason[i] = "max_tokens"
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], dim=1)
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long, device=dev)], dim=1)
             out = decoder(
-                input_ids=feed.unsqueeze(1), attention_mask=mask, position_ids=next_pos.unsqueeze(1),
+                input_ids=feed.unsqueeze(1).to(dev), attention_mask=mask, position_ids=next_pos.unsqueeze(1),
                 past_key_values=cache, use_cache=True,
             )
             next_pos = next_pos + 1

@@ -75,6 +75,11 @@ class SearchLoop:
         # (search/controller.py); a deposit expires once the questions it could fund have ended.
         self.bank = BudgetBank(live=lambda: [j for j, job in self.jobs.items() if not job.done])
 
+    @property
+    def device(self) -> torch.device:
+        """Where the policy computes; the loop's own tensors (prune scores) go there too."""
+        return torch.device(getattr(self.policy, "device", "cpu"))
+
     def _owner(self, prompt: Prompt | None) -> Policy:
         """The policy that serves a prompt, and every node under the root built from it."""
         if self.reviser is not None and prompt is not None and prompt.attempts:
@@ -343,10 +348,15 @@ class SearchLoop:
         def run(jobs: list[Job]) -> None:
             segments = [(job, g, keep) for job in jobs for g, keep in zip(job.pending.groups, job.pending.keep, strict=True)]
             nodes = [n for _, g, _ in segments for n in g]
-            scores = torch.tensor([n.aggregate if n.aggregate is not None else 0.0 for n in nodes], dtype=torch.float32)
-            offsets = torch.tensor([0, *itertools.accumulate(len(g) for _, g, _ in segments)], dtype=torch.long)
-            k = torch.tensor([max(0, keep) for _, _, keep in segments], dtype=torch.long)
-            kept, _, kept_offsets = topk_prune(scores, offsets, k, torch.arange(len(nodes), dtype=torch.long))
+            dev = self.device  # the policy's: on a GPU the prune runs as the Triton kernel there
+            scores = torch.tensor(
+                [n.aggregate if n.aggregate is not None else 0.0 for n in nodes], dtype=torch.float32, device=dev
+            )
+            offsets = torch.tensor(
+                [0, *itertools.accumulate(len(g) for _, g, _ in segments)], dtype=torch.long, device=dev
+            )
+            k = torch.tensor([max(0, keep) for _, _, keep in segments], dtype=torch.long, device=dev)
+            kept, _, kept_offsets = topk_prune(scores, offsets, k, torch.arange(len(nodes), dtype=torch.long, device=dev))
             kept_list, bounds = kept.tolist(), kept_offsets.tolist()
             replies: dict[int, list[list[Node]]] = {id(job): [] for job in jobs}
             for i, (job, _, _) in enumerate(segments):

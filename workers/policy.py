@@ -41,6 +41,16 @@ class Policy(ABC):
         raise NotImplementedError
 
     @property
+    def device(self) -> str:
+        """Where the model computes ("cpu", "cuda:0", …)."""
+        return "cpu"
+
+    @property
+    def dtype(self) -> str:
+        """The model's compute dtype, by name ("float32", "bfloat16", …)."""
+        return "float32"
+
+    @property
     def context_tokens(self) -> int:
         """The most tokens a sequence may hold (0: unknown)."""
         return 0

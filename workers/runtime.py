@@ -20,11 +20,55 @@ BACKENDS = ("auto", "engine", "hf")
 DEFAULT_MODEL = "arith"  # the built-in arithmetic policy (artifacts/arith); SmolLM2: --model smollm2
 
 
-def build_policy(model: str = DEFAULT_MODEL, backend: str = "auto") -> Policy:
-    """The policy for ``model``: our paged-KV engine when it covers the architecture
-    (``auto``/``engine``), else plain transformers (``hf``)."""
+DEVICE_HELP = "where the model runs: 'auto' (the first CUDA device if there is one, else cpu), 'cpu', 'cuda', 'cuda:N'"
+DTYPE_HELP = "compute dtype: 'auto' (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16, float16 (CUDA only)"
+
+
+def resolve_placement(device: str = "cpu", dtype: str = "float32") -> tuple[str, str]:
+    """``(device, dtype)`` checked against this machine, ``auto`` resolved. A device the machine
+    lacks (``cuda:1`` with one GPU, any CUDA without one) or a dtype the device cannot run
+    (float16 on the CPU) is INVALID_ARGUMENT naming the flag, before any model loads."""
+    import torch
+
+    from ponder.workers.engine.config import parse_dtype
+
+    device = (device or "cpu").strip().lower()
+    if device == "auto":
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgument("device", f"{device!r} is not a device; {DEVICE_HELP}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidArgument("device", f"{device!r}: this machine has no CUDA device (use cpu)")
+        index = dev.index or 0
+        if index >= torch.cuda.device_count():
+            raise InvalidArgument("device", f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        device = f"cuda:{index}"
+    elif dev.type != "cpu":
+        raise InvalidArgument("device", f"{device!r}: only cpu and cuda are supported")
+    name = (dtype or "auto").strip().lower()
+    if name == "auto":
+        name = "bfloat16" if device.startswith("cuda") else "float32"
+    try:
+        parsed = parse_dtype(name)
+    except InvalidArgument as exc:
+        raise InvalidArgument("dtype", exc.message.partition(": ")[2]) from None
+    if parsed == torch.float16 and not device.startswith("cuda"):
+        raise InvalidArgument("dtype", "float16 runs on CUDA only; on the CPU use float32 or bfloat16")
+    if parsed == torch.bfloat16 and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise InvalidArgument("dtype", f"{device} does not support bfloat16; use float16 or float32")
+    return device, str(parsed).removeprefix("torch.")
+
+
+def build_policy(model: str = DEFAULT_MODEL, backend: str = "auto", device: str = "cpu", dtype: str = "float32") -> Policy:
+    """The policy for ``model`` on ``device`` in ``dtype`` (see :func:`resolve_placement`): our
+    paged-KV engine when it covers the architecture (``auto``/``engine``), else plain
+    transformers (``hf``)."""
     if backend not in BACKENDS:
         raise InvalidArgument("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    device, dtype = resolve_placement(device, dtype)
     files = resolve(model)
     if backend in ("auto", "engine"):
         try:
@@ -34,14 +78,16 @@ def build_policy(model: str = DEFAULT_MODEL, backend: str = "auto") -> Policy:
                 raise InvalidArgument("backend", "the engine is not available in this build") from None
         else:
             try:
-                return EnginePolicy.load(model)
+                return EnginePolicy.load(model, device=device, dtype=dtype)
             except InvalidArgument:
                 if backend == "engine":
                     raise
                 log.warning("the engine does not cover %s; using plain transformers", files.name)
+    import torch
+
     from ponder.workers.hf_policy import HFPolicy
 
-    return HFPolicy(files)
+    return HFPolicy(files, device=device, dtype=getattr(torch, dtype))
 
 
 def build_verifier(spec: str, policy: Policy, model: str = "") -> Verifier | None:
@@ -76,14 +122,16 @@ def set_threads(threads: int, policy: Policy) -> int:
     return threads
 
 
-def build_reviser(spec: str, model: str, backend: str = "auto") -> Policy | None:
+def build_reviser(
+    spec: str, model: str, backend: str = "auto", device: str = "cpu", dtype: str = "float32"
+) -> Policy | None:
     """``auto``: the model's own reviser (the built-in ``arith`` has ``arith-reviser``), else
     none — the policy then writes revisions itself; ``none``; or any model name or path."""
     if spec == "auto":
         spec = resolve(model).default_reviser or "none"
     if spec in ("", "none"):
         return None
-    return build_policy(spec, backend)
+    return build_policy(spec, backend, device, dtype)
 
 
 def build_plan(spec: str, model: str, verifier: Verifier | None = None) -> PlanTable:
@@ -125,11 +173,12 @@ def run_worker(args: Any) -> int:
         redis_url=args.redis, prefix=args.prefix, capacity=args.capacity, lease_s=args.lease,
         drain_s=args.drain, isolate_after=args.isolate_after, max_solo_losses=args.max_solo_losses,
     )
-    log.info("loading model %s", args.model)
-    policy = build_policy(args.model, args.backend)
+    device, dtype = resolve_placement(args.device, args.dtype)  # a bad flag fails before the model loads
+    log.info("loading model %s on %s (%s)", args.model, device, dtype)
+    policy = build_policy(args.model, args.backend, device, dtype)
     set_threads(args.threads, policy)
     verifier = build_verifier(args.verifier, policy, args.model)
-    reviser = build_reviser(args.reviser, args.model, args.backend)
+    reviser = build_reviser(args.reviser, args.model, args.backend, device, dtype)
     plan = build_plan(getattr(args, "plan", "auto"), args.model, verifier)
     worker = Worker(cfg, policy, verifier, reviser, plan)
 

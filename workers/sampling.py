@@ -35,24 +35,26 @@ def sample_next(
     """
     B, V = logits.shape
     logits = logits.float()
-    out = torch.empty(B, dtype=torch.long)
-    greedy = torch.tensor([p.temperature == 0.0 for p in params])
+    dev = logits.device  # every helper tensor lives beside the logits (CPU or GPU)
+    out = torch.empty(B, dtype=torch.long, device=dev)
+    greedy = torch.tensor([p.temperature == 0.0 for p in params], device=dev)
     if bool(greedy.any()):
         out[greedy] = logits[greedy].argmax(dim=-1)
     rows = (~greedy).nonzero().flatten()
     if rows.numel() == 0:
         return out
     sub = logits[rows]  # (b, V)
-    temps = torch.tensor([params[i].temperature for i in rows.tolist()]).unsqueeze(1)
+    picked = rows.tolist()
+    temps = torch.tensor([params[i].temperature for i in picked], device=dev).unsqueeze(1)
     sub = sub / temps
-    top_k = torch.tensor([params[i].top_k for i in rows.tolist()])
+    top_k = torch.tensor([params[i].top_k for i in picked], device=dev)
     if bool((top_k > 0).any()):
         k = torch.where(top_k > 0, top_k.clamp(max=V), torch.full_like(top_k, V))
         kth = sub.sort(dim=-1, descending=True).values.gather(1, (k - 1).unsqueeze(1))  # (b, 1)
         sub = sub.masked_fill(sub < kth, float("-inf"))
     probs = torch.softmax(sub, dim=-1)  # (b, V)
-    u = torch.tensor([uniforms[i] for i in rows.tolist()], dtype=probs.dtype).unsqueeze(1)
-    top_p = torch.tensor([params[i].top_p for i in rows.tolist()], dtype=probs.dtype)
+    u = torch.tensor([uniforms[i] for i in picked], dtype=probs.dtype, device=dev).unsqueeze(1)
+    top_p = torch.tensor([params[i].top_p for i in picked], dtype=probs.dtype, device=dev)
     if bool((top_p < 1.0).any()):
         sorted_p, order = probs.sort(dim=-1, descending=True)
         cum = sorted_p.cumsum(dim=-1)

@@ -340,6 +340,7 @@ class Worker:
                 verifier=self.loop.verifier.name if self.loop.has_verifier else "",
                 plan=self.loop.plan.summary(),
                 context_tokens=self.policy.context_tokens,
+                device=self.policy.device, dtype=self.policy.dtype,
                 max_token_chars=self.policy.max_token_chars,
             )
             try:

@@ -70,6 +70,14 @@ class EnginePolicy(Policy):
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @property
+    def device(self) -> str:
+        return str(self.engine.device)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.config.dtype).removeprefix("torch.")
+
+    @property
     def context_tokens(self) -> int:
         return self.engine.context_limit
 

@@ -69,7 +69,9 @@ def _load(spec: str, policy: Policy) -> Verifier:
         ver.check_policy(policy.hidden_size)
         return ver
     if path.is_dir():
-        return load_prm(path, mode=mode)
+        prm = load_prm(path, mode=mode)
+        device = getattr(policy, "device", None)  # a separate PRM runs beside the policy
+        return prm.to(device) if device is not None and str(device) != "cpu" else prm
     raise InvalidArgument(
         "verifier",
         f"{spec!r} is neither a value-head .safetensors file, a PRM directory, 'confidence[:PATH]' nor 'random'",

@@ -102,6 +102,14 @@ class ModelPRM(Verifier):
         self.tag_id = self.check_tokenisation()
         self.suffix_ids = self.encode(fmt.step_suffix)
 
+    def to(self, device: str | torch.device) -> ModelPRM:
+        """Move the PRM's weights (its decoder and head) to ``device``; inputs follow."""
+        self.decoder.to(device)
+        if self.head_body is not None:
+            self.head_body.to(device)
+        self.head = self.head.to(device)
+        return self
+
     # -- text → tokens ----------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
@@ -171,15 +179,17 @@ class ModelPRM(Verifier):
         rows = [r for r, _ in built]
         hidden, states = self.runner.run(rows)  # (B, N, D)
         B, N, D = hidden.shape
-        flat_rows = torch.tensor([b * N + at for b, (_, at) in enumerate(built)], dtype=torch.long)
+        dev = hidden.device  # the PRM's device (it follows the policy's: see to())
+        flat_rows = torch.tensor([b * N + at for b, (_, at) in enumerate(built)], dtype=torch.long, device=dev)
         flat = hidden.reshape(B * N, D)
         if self.head_body is not None:  # the MLP body in torch on the B read rows only
             flat = self.head_body(flat.index_select(0, flat_rows).float())
-            flat_rows = torch.arange(B, dtype=torch.long)
+            flat_rows = torch.arange(B, dtype=torch.long, device=dev)
         mode = "last" if self.mode == "outcome" else aggregation
-        prev = torch.tensor([n.aggregate if n.aggregate is not None else 0.0 for n in nodes], dtype=torch.float32)
-        n_prev = torch.tensor([n.n_scored if n.aggregate is not None else 0 for n in nodes], dtype=torch.int32)
-        scores, aggs = prm_score(flat.contiguous(), flat_rows, self.head.to(flat.dtype), prev, n_prev, mode, bias=self.head_bias)
+        prev = torch.tensor([n.aggregate if n.aggregate is not None else 0.0 for n in nodes], dtype=torch.float32, device=dev)
+        n_prev = torch.tensor([n.n_scored if n.aggregate is not None else 0 for n in nodes], dtype=torch.int32, device=dev)
+        head = self.head.to(device=dev, dtype=flat.dtype)
+        scores, aggs = prm_score(flat.contiguous(), flat_rows, head, prev, n_prev, mode, bias=self.head_bias)
         for node, state in zip(nodes, states):
             node.verifier_state = state
         tokens = sum(len(r.new_ids) for r in rows)

@@ -83,8 +83,10 @@ class IncrementalDecoder:
                         k[b, :, L - past_lens[b] :] = pk
                         v[b, :, L - past_lens[b] :] = pv
                 cache.update(k, v, layer)
+        dev = next(self.decoder.parameters()).device  # built on the CPU, run where the model is
         out = self.decoder(
-            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+            past_key_values=cache, use_cache=True,
         )
         hidden = out.last_hidden_state  # (B, N, D)
         kv = out.past_key_values

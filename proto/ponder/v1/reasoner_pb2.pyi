@@ -309,7 +309,7 @@ class ServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "host", "models", "active_jobs", "capacity", "last_seen", "strategies", "verifier", "plan", "context_tokens", "max_token_chars")
+    __slots__ = ("worker_id", "host", "models", "active_jobs", "capacity", "last_seen", "strategies", "verifier", "plan", "context_tokens", "max_token_chars", "device", "dtype")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -321,6 +321,8 @@ class WorkerInfo(_message.Message):
     PLAN_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKEN_CHARS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     host: str
     models: _containers.RepeatedScalarFieldContainer[str]
@@ -332,10 +334,12 @@ class WorkerInfo(_message.Message):
     plan: str
     context_tokens: int
     max_token_chars: int
-    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., active_jobs: _Optional[int] = ..., capacity: _Optional[int] = ..., last_seen: _Optional[float] = ..., strategies: _Optional[_Iterable[str]] = ..., verifier: _Optional[str] = ..., plan: _Optional[str] = ..., context_tokens: _Optional[int] = ..., max_token_chars: _Optional[int] = ...) -> None: ...
+    device: str
+    dtype: str
+    def __init__(self, worker_id: _Optional[str] = ..., host: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., active_jobs: _Optional[int] = ..., capacity: _Optional[int] = ..., last_seen: _Optional[float] = ..., strategies: _Optional[_Iterable[str]] = ..., verifier: _Optional[str] = ..., plan: _Optional[str] = ..., context_tokens: _Optional[int] = ..., max_token_chars: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class ServerInfoResponse(_message.Message):
-    __slots__ = ("version", "models", "strategies", "workers_alive", "queue_depth", "jobs_running", "workers", "max_generations", "max_question_chars")
+    __slots__ = ("version", "models", "strategies", "workers_alive", "queue_depth", "jobs_running", "workers", "max_generations", "max_question_chars", "placements")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     STRATEGIES_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +349,7 @@ class ServerInfoResponse(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     MAX_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_QUESTION_CHARS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENTS_FIELD_NUMBER: _ClassVar[int]
     version: str
     models: _containers.RepeatedScalarFieldContainer[str]
     strategies: _containers.RepeatedScalarFieldContainer[str]
@@ -354,4 +359,5 @@ class ServerInfoResponse(_message.Message):
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     max_generations: int
     max_question_chars: int
-    def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., strategies: _Optional[_Iterable[str]] = ..., workers_alive: _Optional[int] = ..., queue_depth: _Optional[int] = ..., jobs_running: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., max_generations: _Optional[int] = ..., max_question_chars: _Optional[int] = ...) -> None: ...
+    placements: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., strategies: _Optional[_Iterable[str]] = ..., workers_alive: _Optional[int] = ..., queue_depth: _Optional[int] = ..., jobs_running: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., max_generations: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., placements: _Optional[_Iterable[str]] = ...) -> None: ...
