@@ -164,6 +164,18 @@ def gpu_cases(quick: bool) -> list[Case]:
     return [c for i, c in enumerate(cases) if not quick or i % 2 == 0]
 
 
+def large_cases() -> list[Case]:
+    """The far ends: 1,024 beams of one question, 8,192-token contexts, GQA (8 KV heads of 32)."""
+    dev, h = torch.device("cuda"), torch.float16
+    return [
+        prm_case(1, 1024, 2048, False, h, dev), prm_case(16, 1024, 4096, True, h, dev),
+        topk_case(1, 1024, dev), topk_case(64, 1024, dev),
+        paged_case(1, 1024, 128, "llama-3-8b", 16, h, dev), paged_case(1, 16, 8192, "llama-3-8b", 16, h, dev),
+        paged_case(8, 128, 8192, "qwen2.5-1.5b", 32, h, dev),
+        shared_case(1, 1024, 4096, 128, "llama-3-8b", 16, h, dev), shared_case(4, 16, 8192, 256, "llama-3-8b", 16, h, dev),
+    ]
+
+
 def cpu_cases() -> list[Case]:
     """Small enough for the interpreter (~1 ms a program), awkward on purpose."""
     dev, f, h = torch.device("cpu"), torch.float32, torch.float16
@@ -243,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ponder bench kernels", description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print only the JSON summary line")
     ap.add_argument("--quick", action="store_true", help="GPU: every other case")
+    ap.add_argument("--large", action="store_true", help="GPU: also beams to 1024 and contexts to 8192 (gpu_check)")
     args = ap.parse_args(argv)
     if not _GPU and not dispatch.is_interpreted(_paged_attention_kernel):
         # ponder.kernels was imported before TRITON_INTERPRET could be set: rerun in a clean process
@@ -250,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call([sys.executable, os.path.abspath(__file__), *(argv or [])], env=env)
     if _GPU:
         device = torch.cuda.get_device_name(0)
-        records = [run_case(c, gpu_timer) for c in gpu_cases(args.quick)]
+        cases = gpu_cases(args.quick) + (large_cases() if args.large else [])
+        records = [run_case(c, gpu_timer) for c in cases]
         note = "median µs from triton.testing.do_bench, fp16 inputs; GB/s = minimum DRAM bytes / Triton time"
     else:
         device = "cpu (Triton interpreter)"

@@ -258,7 +258,7 @@ def _bench(what: str, argv: list[str]) -> int:
 
 
 TRAIN_JOBS = ("policy", "prm", "confidence", "revise", "plan", "report")  # modules of ponder.workers.train
-BENCHMARKS = ("engine", "kernels", "service", "adaptive", "scaling", "chaos")  # scripts in benchmarks/
+BENCHMARKS = ("engine", "kernels", "service", "adaptive", "scaling", "chaos", "gpu_check")  # scripts in benchmarks/
 DELEGATED = ("eval", "train", "bench", "flops")  # commands whose options belong to another module's parser
 
 

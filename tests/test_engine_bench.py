@@ -23,4 +23,4 @@ def test_quick_benchmark_on_a_tiny_model(tiny_llama_dir: Path, capsys: pytest.Ca
     assert b["ours_usage"]["prompt_tokens"] < b["hf_usage"]["prompt_tokens"]  # HF re-encodes
     # 8 beams over a 40-token prompt, block 4: 10 shared prompt blocks + 1 own block per beam.
     assert kv["fraction"] == pytest.approx((10 + 8) * 4 / (8 * 41))
-    assert g["limit_tok_s"] > 0 and 0 < g["fraction"] and set(res["met"]) == set(res["targets"])
+    assert g["limit_tok_s"] > 0 and 0 < g["fraction"] and "met" not in res and res["device"] == "cpu"
