@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import os
@@ -19,6 +18,8 @@ import runpy
 import sys
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On 2 shared cores a
 # batched arith search took 13.2 s with spinning threads and 3.0 s with passive ones (1 thread:
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
             args.redis = _redis_url(args)
             args.device, args.dtype = resolve_placement(args.device, args.dtype)  # before anything starts
-            return asyncio.run(serve(args))
+            return anyio.run(serve, args)
         if args.command == "scheduler":
             from ponder.scheduler.auth import TlsFiles, Tokens
             from ponder.scheduler.server import Scheduler, SchedulerConfig
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                                   max_queued=args.max_queued, tokens=Tokens.load(args.tokens), tls=tls,
                                   expose_workers=args.expose_workers)
             cfg.tls.credentials() if cfg.tls else None  # unreadable files fail here, named
-            asyncio.run(Scheduler(cfg).serve_forever())
+            anyio.run(Scheduler(cfg).serve_forever)
             return 0
         if args.command == "worker":
             from ponder.workers.runtime import run_worker

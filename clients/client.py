@@ -13,7 +13,6 @@ Security: ``tls=Tls(ca=...)`` (and ``cert``/``key`` for mutual TLS); the bearer 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import grpc
 
 from ponder.proto import pb, pb_grpc
@@ -233,7 +233,10 @@ class Client:
 
 
 class AsyncClient:
-    """asyncio client with the same calls; ``solve``/``watch`` are async iterators."""
+    """Async client with the same calls; ``solve``/``watch`` are async iterators. It runs on
+    asyncio, and so from anyio code on the asyncio backend (``anyio.run(main,
+    backend="asyncio")``, or any anyio task group there): grpc.aio, underneath, exists for
+    asyncio only, so trio is not supported."""
 
     def __init__(
         self, target: str = DEFAULT_TARGET, *, token: str | None = None, tls: Tls | None = None,
@@ -282,7 +285,7 @@ class AsyncClient:
                 delay = resume.wait() if exc.code() in _RESUMABLE and job_id else None
                 if delay is None:
                     raise _typed(exc, job_id, last) from None
-                await asyncio.sleep(delay)
+                await anyio.sleep(delay)
                 call = self.stub.Watch(
                     pb.WatchRequest(job_id=job_id, after_event_id=last),
                     timeout=resume.remaining(), metadata=self.metadata,

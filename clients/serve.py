@@ -8,14 +8,14 @@ streamed reasoning, and shuts down.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
+
+import anyio
 
 from ponder.proto.config import Limits
 from ponder.scheduler.redis_server import RedisServer
@@ -45,18 +45,19 @@ def _say(msg: str) -> None:
 
 
 async def _wait_for_workers(sched: Scheduler, n: int, procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        dead = [p for p in procs if p.poll() is not None]
-        if dead:
-            raise RuntimeError(f"a worker exited with code {dead[0].returncode} while loading (see its log above)")
-        if len(await sched.store.workers()) >= n:
-            return
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"workers not ready after {timeout:.0f} s")
+    with anyio.fail_after(timeout):
+        while True:
+            dead = [p for p in procs if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"a worker exited with code {dead[0].returncode} while loading (see its log above)")
+            if len(await sched.store.workers()) >= n:
+                return
+            await anyio.sleep(0.2)
 
 
 async def serve(args: Any) -> int:
+    """Redis (unless given), a scheduler in this process and worker subprocesses, supervised
+    together: whatever ends first (the demo, a signal, a failure), every part is stopped."""
     redis: RedisServer | None = None
     url = args.redis
     if not url:
@@ -70,33 +71,34 @@ async def serve(args: Any) -> int:
     )
     code = 0
     try:
-        port = await sched.start()
-        _say(f"· scheduler on {args.host}:{port}")
-        for _ in range(args.workers):
-            procs.append(subprocess.Popen(worker_command(args), env=worker_env(url)))
-        _say(f"· starting {args.workers} worker(s) with model {args.model!r} (loading the model takes a while)…")
-        await _wait_for_workers(sched, args.workers, procs, args.ready_timeout)
-        _say("· ready")
-        if args.demo:
-            code = await asyncio.to_thread(_demo, f"localhost:{port}", args)
-        else:
-            done = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, done.set)
-            _say(f"· serving; try: ponder ask \"{args.demo_question}\" --server localhost:{port}   (Ctrl-C stops)")
-            await done.wait()
+        async with sched:
+            _say(f"· scheduler on {args.host}:{sched.port}")
+            for _ in range(args.workers):
+                procs.append(subprocess.Popen(worker_command(args), env=worker_env(url)))
+            _say(f"· starting {args.workers} worker(s) with model {args.model!r} (loading the model takes a while)…")
+            try:
+                await _wait_for_workers(sched, args.workers, procs, args.ready_timeout)
+            except TimeoutError:
+                raise TimeoutError(f"workers not ready after {args.ready_timeout:.0f} s") from None
+            _say("· ready")
+            if args.demo:
+                code = await anyio.to_thread.run_sync(_demo, f"localhost:{sched.port}", args)
+            else:
+                _say(f"· serving; try: ponder ask \"{args.demo_question}\" --server localhost:{sched.port}   (Ctrl-C stops)")
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        break
+            _say("· shutting down")
     finally:
-        _say("· shutting down")
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        await sched.stop()
-        for p in procs:
-            try:
-                await asyncio.to_thread(p.wait, 10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        with anyio.CancelScope(shield=True):
+            for p in procs:
+                try:
+                    await anyio.to_thread.run_sync(p.wait, 10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
         if redis is not None:
             redis.stop()
     return code

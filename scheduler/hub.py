@@ -13,13 +13,14 @@ job from the oldest position and hands each subscriber only what is newer than i
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from redis.exceptions import RedisError
 
 from ponder.proto.errors import InvalidArgument, NotFound, PonderError, Unavailable
@@ -28,7 +29,6 @@ from ponder.scheduler.store import TERMINAL_KINDS, JobStore, decode_event, parse
 
 log = logging.getLogger(__name__)
 
-_END = object()  # queue item: the stream ended without a terminal event (or the hub stopped)
 
 
 class SlowConsumer(Unavailable):
@@ -37,10 +37,18 @@ class SlowConsumer(Unavailable):
 
 @dataclass(eq=False)
 class _Sub:
+    """One open stream: a bounded memory stream from the reader to the call. Its end (a
+    terminal event, an error, the hub closing) closes the send side; ``end`` says why."""
+
     job_id: str
     last: str
-    queue: asyncio.Queue[Any] = field(default_factory=lambda: asyncio.Queue(maxsize=SUB_BUFFER))
+    send: MemoryObjectSendStream[Any] = field(init=False)
+    receive: MemoryObjectReceiveStream[Any] = field(init=False)
     done: bool = False
+    end: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.send, self.receive = anyio.create_memory_object_stream[Any](SUB_BUFFER)
 
     @property
     def pos(self) -> tuple[int, int]:
@@ -59,8 +67,7 @@ class EventHub:
         self.idle_check_s = idle_check_s
         self.batch = batch
         self._subs: dict[str, set[_Sub]] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._wake = anyio.Event()
         self._closed = False
         self._last_check = 0.0
         self._heard: set[str] = set()  # jobs with events since the last idle check
@@ -69,24 +76,14 @@ class EventHub:
     def streams(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="event-hub")
-
     async def close(self) -> None:
-        """End every stream (its caller resumes elsewhere) and stop reading."""
+        """End every stream (its caller resumes elsewhere); :meth:`run` returns."""
         self._closed = True
         for subs in list(self._subs.values()):
             for sub in subs:
-                self._end(sub, _END)
+                self._end(sub)
         self._subs.clear()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        self._wake.set()
 
     async def subscribe(self, job_id: str, after: str = "0") -> AsyncIterator[Any]:
         """The job's events after ``after`` until its terminal event.
@@ -117,15 +114,13 @@ class EventHub:
         self._subs.setdefault(job_id, set()).add(sub)
         self._wake.set()
         try:
-            while True:
-                item = await sub.queue.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.WhichOneof("kind") in TERMINAL_KINDS:
-                    return
+            async with sub.receive:
+                async for event in sub.receive:
+                    yield event
+                    if event.WhichOneof("kind") in TERMINAL_KINDS:
+                        return
+            if sub.end is not None:
+                raise sub.end
         finally:
             self._drop(sub)
 
@@ -138,59 +133,59 @@ class EventHub:
             if not subs:
                 del self._subs[sub.job_id]
 
-    def _end(self, sub: _Sub, item: Any) -> None:
+    def _end(self, sub: _Sub, error: BaseException | None = None) -> None:
+        """No more events for ``sub``: its caller reads what is buffered, then ``error`` (if
+        any) is raised, else its stream just ends."""
         if sub.done:
             return
-        sub.done = True
-        while True:
-            try:
-                sub.queue.put_nowait(item)
-                return
-            except asyncio.QueueFull:  # make room: the end matters more than a buffered event
-                sub.queue.get_nowait()
+        sub.done, sub.end = True, error
+        sub.send.close()
 
     def _deliver(self, sub: _Sub, event: Any) -> None:
         if sub.done:
             return
         try:
-            sub.queue.put_nowait(event)
-        except asyncio.QueueFull:
+            sub.send.send_nowait(event)
+        except anyio.WouldBlock:
             self._end(sub, SlowConsumer(
                 f"the stream of job {sub.job_id} fell {SUB_BUFFER} events behind; "
                 f"resume with Watch(job_id={sub.job_id!r}, after_event_id={sub.last!r})"
             ))
             self._drop(sub)
             return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):  # the caller went away
+            sub.done = True
+            self._drop(sub)
+            return
         sub.last = event.event_id
         if event.WhichOneof("kind") in TERMINAL_KINDS:
-            sub.done = True
+            self._end(sub)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """The reader: run it in the owner's task group (the scheduler's) until :meth:`close`."""
         while not self._closed:
             if not self._subs:
-                self._wake.clear()
+                self._wake = anyio.Event()
                 await self._wake.wait()
                 continue
             try:
                 await self._read_once()
                 if time.monotonic() - self._last_check >= self.idle_check_s:
                     await self._check_idle()
-            except asyncio.CancelledError:
-                raise
             except (RedisError, OSError, PonderError) as exc:
                 err = Unavailable(f"job store unavailable: {exc}")
                 for subs in list(self._subs.values()):
                     for sub in subs:
                         self._end(sub, err)
                 self._subs.clear()
-                await asyncio.sleep(0.1)
+                await anyio.sleep(0.1)
             except Exception:  # a bug: end the streams loudly rather than hang them
                 log.exception("the event hub failed")
                 for subs in list(self._subs.values()):
                     for sub in subs:
                         self._end(sub, Unavailable("the scheduler's event reader failed"))
                 self._subs.clear()
-                await asyncio.sleep(0.1)
+                await anyio.sleep(0.1)
 
     async def _read_once(self) -> None:
         streams = {}
@@ -199,7 +194,7 @@ class EventHub:
             if live:
                 streams[self.store.k.events(job_id)] = min(live, key=lambda s: s.pos).last
         if not streams:
-            await asyncio.sleep(self.block_ms / 1000)
+            await anyio.sleep(self.block_ms / 1000)
             return
         resp = await self.store.r.xread(streams, count=self.batch, block=self.block_ms)
         prefix, suffix = self.store.k.job(""), ":events"
@@ -245,5 +240,5 @@ class EventHub:
                 )
                 if not resp:
                     for sub in list(subs):
-                        self._end(sub, _END)
+                        self._end(sub)
                     self._subs.pop(job_id, None)

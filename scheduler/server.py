@@ -7,15 +7,13 @@ any of them. On SIGTERM the server stops taking calls, ends in-flight streams wi
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
-import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import anyio
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -69,7 +67,7 @@ class Reasoner(pb_grpc.ReasonerServicer):
     def __init__(self, store: JobStore, cfg: SchedulerConfig) -> None:
         self.store = store
         self.cfg = cfg
-        self.stopping = asyncio.Event()
+        self.stopping = anyio.Event()
         self.hub = EventHub(store)
 
     # -- helpers ----------------------------------------------------------------------------
@@ -144,11 +142,11 @@ class Reasoner(pb_grpc.ReasonerServicer):
                 if event.WhichOneof("kind") in ("final", "error"):
                     finished = True
                     return
-        except asyncio.CancelledError:
+        except anyio.get_cancelled_exc_class():
             # The caller went away (cancel or deadline): its job is cancelled on the worker.
             if cancel_on_exit and not finished:
-                task = asyncio.ensure_future(self._cancel_quietly(job_id, "the caller cancelled or its deadline passed"))
-                await asyncio.shield(task)
+                with anyio.CancelScope(shield=True):  # this call's own cleanup, then the cancel goes on
+                    await self._cancel_quietly(job_id, "the caller cancelled or its deadline passed")
             raise
         except PonderError as exc:
             await context.abort(grpc.StatusCode[exc.code], exc.message)
@@ -208,7 +206,7 @@ class Reasoner(pb_grpc.ReasonerServicer):
         principal = _PRINCIPAL.get()
         details = principal.admin or (self.cfg.tokens is None and self.cfg.expose_workers)
 
-        async def gather() -> Any:
+        async def collect() -> Any:
             workers = await self.store.workers(self.cfg.worker_alive_s)
             strategies = sorted({s for w in workers for s in w.strategies}, key=_strategy_order)
             return pb.ServerInfoResponse(
@@ -224,7 +222,7 @@ class Reasoner(pb_grpc.ReasonerServicer):
                 max_question_chars=self.cfg.limits.max_question_chars,
             )
 
-        return await self._guard(context, gather())
+        return await self._guard(context, collect())
 
 
     # -- admission: every call passes here before its method runs --------------------------
@@ -321,9 +319,18 @@ class Scheduler:
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None  # made in start(), on the running loop
         self.port = 0
-        self._health_task: asyncio.Task[None] | None = None
+        self._tg: Any = None  # the task group of the health watch and the event reader
+
+    async def __aenter__(self) -> Scheduler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     async def start(self) -> int:
+        """Listen, and start the health watch and the event reader in a task group that
+        :meth:`stop` closes (call both from the same task, or use ``async with``)."""
         await self.store.ping()
         await self.store.ensure_groups()
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -339,8 +346,10 @@ class Scheduler:
         if self.port == 0:
             raise OSError(f"could not bind {self.cfg.host}:{self.cfg.port}")
         await self.server.start()
-        self.service.hub.start()
-        self._health_task = asyncio.create_task(self._watch_redis())
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._watch_redis, name="health")
+        self._tg.start_soon(self.service.hub.run, name="event-hub")
         log.info("scheduler listening on %s:%d", self.cfg.host, self.port)
         return self.port
 
@@ -366,34 +375,28 @@ class Scheduler:
                 status = health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", SERVICE):
                 await self.health.set(name, status)
-            await asyncio.sleep(1.0)
+            await anyio.sleep(1.0)
 
     async def stop(self) -> None:
-        """Graceful stop: refuse new calls, end streams with a resumable UNAVAILABLE."""
-        if self._health_task:
-            self._health_task.cancel()
+        """Graceful stop: refuse new calls, end streams with a resumable UNAVAILABLE, then
+        close the task group (nothing of the scheduler's is left running)."""
         await self.health.enter_graceful_shutdown()
         self.service.stopping.set()
         await self.service.hub.close()
         if self.server is not None:
             await self.server.stop(self.cfg.grace_s)
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
         await self.store.close()
 
-    async def serve_forever(self) -> None:
-        """Start, then run until SIGTERM or SIGINT."""
-        await self.start()
-        done = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, done.set)
-        await done.wait()
-        await self.stop()
+    async def serve_forever(self, stop: Any = None) -> None:
+        """Start, then run until ``stop`` is set (default: until SIGTERM or SIGINT)."""
+        if stop is None:
+            from ponder.workers.runtime import serve_until_signalled
 
-
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if await predicate():
-            return True
-        await asyncio.sleep(interval)
-    return False
+            await serve_until_signalled(self.serve_forever)
+            return
+        async with self:
+            await stop.wait()

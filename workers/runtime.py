@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 from pathlib import Path
 from typing import Any
 
+import anyio
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.models import resolve
 from ponder.workers.policy import Policy
@@ -181,13 +181,25 @@ def run_worker(args: Any) -> int:
     reviser = build_reviser(args.reviser, args.model, args.backend, device, dtype)
     plan = build_plan(getattr(args, "plan", "auto"), args.model, verifier)
     worker = Worker(cfg, policy, verifier, reviser, plan)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await worker.run(stop)
-
-    asyncio.run(main())
+    try:
+        anyio.run(serve_until_signalled, worker.run)
+    except Exception:  # a bug in the worker: say so and exit non-zero (its jobs are reclaimed)
+        log.exception("the worker failed")
+        return 1
     return 1 if worker.failed else 0
+
+
+async def serve_until_signalled(run: Any) -> None:
+    """``await run(stop)`` with ``stop`` set on SIGTERM or SIGINT, in one task group: when
+    ``run`` returns or raises, the signal watcher goes with it."""
+    stop = anyio.Event()
+
+    async def watch_signals() -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                stop.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch_signals)
+        await run(stop)
+        tg.cancel_scope.cancel()

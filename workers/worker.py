@@ -1,9 +1,15 @@
 """The worker process: takes jobs from the Redis consumer group, runs them all in one batched
 search loop, publishes their events, acknowledges them.
 
-Two halves: an asyncio side doing all Redis I/O (intake, reclaim, leases, cancel polling,
-publishing, heartbeats) and one compute thread running :class:`SearchLoop` ticks. They talk
-through two queues, so model compute never blocks Redis traffic and vice versa.
+Two halves: an async side doing all Redis I/O (intake, reclaim, leases, cancel polling,
+publishing, heartbeats) as one anyio task group, and one compute thread running
+:class:`SearchLoop` ticks. The compute thread hands events to the publisher through a bounded
+anyio memory stream (``anyio.from_thread.run``: when Redis is slow the thread waits instead of
+growing memory, and says so in the log); the async side hands jobs and cancels to the thread
+through a ``queue.Queue`` (bounded by ``capacity``: it holds at most one start per job). A
+child of the task group that fails with anything but a Redis outage (a bug) cancels its
+siblings and ``run`` raises: the process exits non-zero, and its jobs are reclaimed by the
+other workers once its lease runs out.
 
 Failure handling: a job's queue entry stays pending until its final event is written. Each
 worker renews the idle time of its own entries every ``lease_s / 3``; a worker that dies stops
@@ -14,7 +20,6 @@ cannot write, and the client sees exactly one final event.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import queue
@@ -25,9 +30,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from redis.exceptions import RedisError
+
 from ponder.proto import pb
 from ponder.proto.config import STRATEGIES, Limits, SolveConfig
-from ponder.proto.errors import InvalidArgument, PonderError
+from ponder.proto.errors import InvalidArgument, PonderError, Unavailable
 from ponder.scheduler.store import JobStore, QueuedJob
 from ponder.workers.loop import SearchLoop
 from ponder.workers.policy import Policy
@@ -35,6 +46,9 @@ from ponder.workers.search.plan import PlanTable
 from ponder.workers.verifier import Verifier
 
 log = logging.getLogger(__name__)
+# What a worker rides out with retries (Redis down, restarting, slow); anything else is a bug.
+TRANSIENT: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError, Unavailable)
+OUTBOX = 1024  # event batches buffered between the compute thread and the publisher
 
 
 @dataclass(frozen=True)
@@ -88,21 +102,40 @@ class Worker:
         self.store = JobStore.from_url(config.redis_url, config.prefix)
         self.active: dict[str, Active] = {}
         self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._outbox: asyncio.Queue[tuple[str, list[pb.SolveEvent]]] | None = None
-        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._outbox: ObjectSendStream[tuple[str, list[pb.SolveEvent]]] | None = None
+        self._token: Any = None  # the event loop's, for calls from the compute thread
         self._stop = threading.Event()
+        self._drained: anyio.Event | None = None  # set when the last running job ends while draining
+        self._backpressure = False
         self._draining = False
         self.loop = SearchLoop(policy, verifier, sink=self._sink, reviser=reviser, plan=plan, limits=config.limits)
         self.jobs_done = 0
         self.failed = False
         self.solo: str | None = None  # the isolated job this worker runs alone, if any
-        self._stop_event: asyncio.Event | None = None
+        self._stop_event: Any = None
 
     # -- compute thread ---------------------------------------------------------------------
 
     def _sink(self, job_id: str, events: list[pb.SolveEvent]) -> None:
-        assert self._aloop is not None and self._outbox is not None
-        self._aloop.call_soon_threadsafe(self._outbox.put_nowait, (job_id, events))
+        """Hand events to the publisher; blocks while its buffer is full (backpressure)."""
+        assert self._outbox is not None
+        item = (job_id, events)
+        try:
+            self._outbox.send_nowait(item)
+            if self._backpressure:
+                log.info("event buffer has room again")
+                self._backpressure = False
+            return
+        except anyio.WouldBlock:
+            if not self._backpressure:
+                log.warning("event buffer full (%d batches): the compute thread waits for Redis", OUTBOX)
+                self._backpressure = True
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return  # shutting down: the job is reclaimed elsewhere
+        try:
+            anyio.from_thread.run(self._outbox.send, item, token=self._token)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, RuntimeError):
+            return
 
     def _compute_main(self) -> None:
         try:
@@ -112,8 +145,11 @@ class Worker:
             # Stop the worker: its jobs are reclaimed by the others once its lease runs out.
             log.exception("the compute thread died; stopping this worker")
             self.failed = True
-            if self._aloop is not None and self._stop_event is not None:
-                self._aloop.call_soon_threadsafe(self._stop_event.set)
+            if self._token is not None and self._stop_event is not None:
+                try:
+                    anyio.from_thread.run_sync(self._stop_event.set, token=self._token)
+                except RuntimeError:  # the event loop is gone already
+                    pass
 
     def _compute_loop(self) -> None:
         while not self._stop.is_set():
@@ -144,60 +180,73 @@ class Worker:
                 job.done = True
                 self.loop._release(job)
 
-    # -- asyncio side -----------------------------------------------------------------------
+    # -- async side (anyio) -------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Serve until ``stop`` is set, then drain (see WorkerConfig.drain_s) and return."""
-        stop = stop or asyncio.Event()
+    async def run(self, stop: Any = None) -> None:
+        """Serve until ``stop`` (an event) is set, then drain (see WorkerConfig.drain_s) and
+        return. Raises when a child task fails with a bug: nothing is left running either way."""
+        stop = stop or anyio.Event()
         self._stop_event = stop
-        self._aloop = asyncio.get_running_loop()
-        self._outbox = asyncio.Queue()
+        self._token = anyio.lowlevel.current_token()
+        send, receive = anyio.create_memory_object_stream[tuple[str, list[pb.SolveEvent]]](OUTBOX)
+        self._outbox = send
         await self.store.ping()
         await self.store.ensure_groups()
         compute = threading.Thread(target=self._compute_main, name="ponder-compute", daemon=True)
         compute.start()
-        tasks = [
-            asyncio.create_task(self._intake(stop), name="intake"),
-            asyncio.create_task(self._publisher(), name="publisher"),
-            asyncio.create_task(self._leases(), name="leases"),
-            asyncio.create_task(self._heartbeats(), name="heartbeat"),
-        ]
         log.info("worker %s serving model %s", self.cfg.worker_id, self.policy.name)
         try:
-            await stop.wait()
-            self._draining = True
-            if self.failed:
-                self.active.clear()  # nothing can finish them here
-            deadline = time.monotonic() + self.cfg.drain_s
-            while self.active and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if self.active:
-                log.warning("leaving %d unfinished jobs to be reclaimed by other workers", len(self.active))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._intake, stop, name="intake")
+                tg.start_soon(self._publisher, receive, name="publisher")
+                tg.start_soon(self._leases, name="leases")
+                tg.start_soon(self._heartbeats, name="heartbeat")
+                await stop.wait()
+                await self._drain()
+                tg.cancel_scope.cancel()
         finally:
             self._stop.set()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.to_thread(compute.join, 5.0)
-            try:
-                await self.store.remove_worker(self.cfg.worker_id)
-            except Exception:  # Redis may already be gone on shutdown
-                pass
-            await self.store.close()
+            send.close()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(compute.join, 5.0)
+                try:
+                    await self.store.remove_worker(self.cfg.worker_id)
+                except Exception:  # Redis may already be gone on shutdown
+                    pass
+                await self.store.close()
 
-    async def _intake(self, stop: asyncio.Event) -> None:
+    async def _drain(self) -> None:
+        """Stop taking jobs; give running ones ``drain_s`` seconds to finish (a cancel scope
+        with a deadline, woken the moment the last one ends)."""
+        self._draining = True
+        if self.failed:
+            self.active.clear()  # nothing can finish them here
+        self._drained = anyio.Event()
+        if not self.active:
+            self._drained.set()
+        with anyio.move_on_after(self.cfg.drain_s):
+            await self._drained.wait()
+        if self.active:
+            log.warning("leaving %d unfinished jobs to be reclaimed by other workers", len(self.active))
+
+    def _finished(self, job_id: str) -> None:
+        self.active.pop(job_id, None)
+        if self._drained is not None and not self.active:
+            self._drained.set()
+
+    async def _intake(self, stop: Any) -> None:
         last_reclaim = last_forget = 0.0
         lease_ms = int(self.cfg.lease_s * 1000)
         failing = False
         while not stop.is_set():
             try:
                 if self.solo is not None and self.solo in self.active:
-                    await asyncio.sleep(0.05)  # an isolated job runs alone
+                    await anyio.sleep(0.05)  # an isolated job runs alone
                     continue
                 self.solo = None
                 if await self.store.solo_waiting(lease_ms):
                     if self.active:  # let the batch finish, then take the isolated job alone
-                        await asyncio.sleep(0.05)
+                        await anyio.sleep(0.05)
                         continue
                     jobs = await self.store.reclaim(self.cfg.worker_id, lease_ms, 1, solo=True)
                     jobs = jobs or await self.store.read_jobs(self.cfg.worker_id, 1, block_ms=0, solo=True)
@@ -206,7 +255,7 @@ class Worker:
                     continue
                 free = self.cfg.capacity - len(self.active)
                 if free <= 0:
-                    await asyncio.sleep(0.02)
+                    await anyio.sleep(0.02)
                     continue
                 jobs = []
                 if time.monotonic() - last_reclaim >= min(1.0, self.cfg.lease_s / 4):
@@ -225,12 +274,13 @@ class Worker:
                 if failing:
                     log.info("intake recovered")
                 failing = False
-            except Exception as exc:
-                # one line per outage, not a traceback twice a second
+            except TRANSIENT as exc:
+                # one line per outage, not a traceback twice a second; anything else is a bug
+                # and ends the worker (the task group cancels its siblings, run() raises)
                 if not failing:
                     log.warning("intake failed (%s: %s); retrying every 0.5 s", type(exc).__name__, exc)
                 failing = True
-                await asyncio.sleep(0.5)
+                await anyio.sleep(0.5)
 
     async def _start(self, qjob: QueuedJob, alone: bool = False) -> None:
         attempt, state = await self.store.claim(
@@ -267,37 +317,39 @@ class Worker:
         if config.model and config.model not in (self.policy.name, getattr(self.policy, "source", "")):
             raise InvalidArgument("model", f"this worker serves {self.policy.name!r}, not {config.model!r}")
 
-    async def _publisher(self) -> None:
-        assert self._outbox is not None
-        while True:
-            job_id, events = await self._outbox.get()
-            act = self.active.get(job_id)
-            if act is None:
-                continue
-            for event in events:
-                kind = event.WhichOneof("kind")
-                if kind == "started":
-                    event.started.attempt = act.attempt
-                    event.started.worker = self.cfg.worker_id
-                    if act.attempt > 1:  # watchers drop what the earlier attempts streamed
-                        event.started.restart_reason = (
-                            f"attempt {act.attempt}: an earlier attempt's worker stopped "
-                            f"(lost {act.lost} time{'s' if act.lost != 1 else ''}); its steps are void"
-                        )
-                elif kind == "final":
-                    event.final.latency_s = time.time() - act.created
-                    event.final.queue_s = act.started - act.created
-                seq = await self._publish_retrying(job_id, act.attempt, event)
-                if seq == -1:  # another worker re-ran this job: stop ours, write nothing more
-                    log.warning("job %s attempt %d was taken over; dropping it", job_id, act.attempt)
-                    self._inbox.put(("drop", job_id))
-                    self.active.pop(job_id, None)
-                    break
-                if kind in ("final", "error") and seq > 0:
-                    await self.store.ack(act.qjob)
-                    self.active.pop(job_id, None)
-                    self.jobs_done += 1
-                    break
+    async def _publisher(self, receive: ObjectReceiveStream[tuple[str, list[pb.SolveEvent]]]) -> None:
+        async with receive:  # closed on the way out: the compute thread's sends fail, not hang
+            async for job_id, events in receive:
+                await self._publish_batch(job_id, events)
+
+    async def _publish_batch(self, job_id: str, events: list[pb.SolveEvent]) -> None:
+        act = self.active.get(job_id)
+        if act is None:
+            return
+        for event in events:
+            kind = event.WhichOneof("kind")
+            if kind == "started":
+                event.started.attempt = act.attempt
+                event.started.worker = self.cfg.worker_id
+                if act.attempt > 1:  # watchers drop what the earlier attempts streamed
+                    event.started.restart_reason = (
+                        f"attempt {act.attempt}: an earlier attempt's worker stopped "
+                        f"(lost {act.lost} time{'s' if act.lost != 1 else ''}); its steps are void"
+                    )
+            elif kind == "final":
+                event.final.latency_s = time.time() - act.created
+                event.final.queue_s = act.started - act.created
+            seq = await self._publish_retrying(job_id, act.attempt, event)
+            if seq == -1:  # another worker re-ran this job: stop ours, write nothing more
+                log.warning("job %s attempt %d was taken over; dropping it", job_id, act.attempt)
+                self._inbox.put(("drop", job_id))
+                self._finished(job_id)
+                break
+            if kind in ("final", "error") and seq > 0:
+                await self.store.ack(act.qjob)
+                self._finished(job_id)
+                self.jobs_done += 1
+                break
 
     async def _publish_retrying(self, job_id: str, attempt: int, event: pb.SolveEvent) -> int:
         """Publish, retrying while Redis is unreachable: an event is never dropped. If the
@@ -306,17 +358,17 @@ class Worker:
         while True:
             try:
                 return await self.store.publish(job_id, attempt, event)
-            except Exception as exc:
+            except TRANSIENT as exc:
                 if delay == 0.1:  # one line per outage, not a traceback per retry
                     log.warning("publishing an event of job %s failed (%s: %s); retrying", job_id, type(exc).__name__, exc)
-                await asyncio.sleep(delay)
+                await anyio.sleep(delay)
                 delay = min(2.0, delay * 2)
 
     async def _leases(self) -> None:
         last_renew = 0.0
         failing = False
         while True:
-            await asyncio.sleep(self.cfg.cancel_poll_s)
+            await anyio.sleep(self.cfg.cancel_poll_s)
             try:
                 ids = list(self.active)
                 for job_id in await self.store.cancel_flags(ids):
@@ -325,7 +377,7 @@ class Worker:
                     last_renew = time.monotonic()
                     await self.store.renew(self.cfg.worker_id, [a.qjob for a in list(self.active.values())])
                 failing = False
-            except Exception as exc:
+            except TRANSIENT as exc:
                 if not failing:
                     log.warning("lease renewal / cancel poll failed (%s: %s); retrying", type(exc).__name__, exc)
                 failing = True
@@ -345,9 +397,9 @@ class Worker:
             )
             try:
                 await self.store.heartbeat(info)
-            except Exception as exc:
+            except TRANSIENT as exc:
                 log.debug("heartbeat failed (%s: %s)", type(exc).__name__, exc)  # intake logs the outage
-            await asyncio.sleep(self.cfg.heartbeat_s)
+            await anyio.sleep(self.cfg.heartbeat_s)
 
 
 def available_strategies() -> list[str]:

@@ -42,8 +42,10 @@ def _buffer(name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
     key = (name, like.dtype, like.device)
     buf = pool.get(key)
     if buf is None or buf.numel() < numel:
-        buf = torch.empty(max(numel, int(1.25 * (buf.numel() if buf is not None else 0))), dtype=like.dtype,
-                          device=like.device)
+        # a normal tensor even when made under inference_mode: it is written in both modes
+        with torch.inference_mode(False):
+            buf = torch.empty(max(numel, int(1.25 * (buf.numel() if buf is not None else 0))), dtype=like.dtype,
+                              device=like.device)
         pool[key] = buf
     return buf[:numel]
 
