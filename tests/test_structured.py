@@ -55,24 +55,26 @@ async def wait_state(store: JobStore, job_id: str, states: tuple[str, ...], time
             await anyio.sleep(0.05)
 
 
-def test_worker_run_leaves_nothing_running(redis_url: str, prefix: str, arith: Any) -> None:
-    async def main() -> tuple[int, int, str]:
-        before = len(asyncio.all_tasks())
-        store = JobStore.from_url(redis_url, prefix)
-        worker = make_worker(redis_url, prefix, arith)
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(worker.run, stop)
-            job_id, _ = await store.submit(JOB)
-            state = await wait_state(store, job_id, ("done", "failed"), 60)
-            stop.set()
-        workers = await store.r.hlen(store.k.workers)
-        await store.close()
-        return len(asyncio.all_tasks()) - before, workers, state
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # grpc.aio and redis.asyncio are asyncio libraries
 
-    extra, workers, state = anyio.run(main, backend="asyncio")
+
+@pytest.mark.anyio
+async def test_worker_run_leaves_nothing_running(redis_url: str, prefix: str, arith: Any) -> None:
+    before = len(asyncio.all_tasks())
+    store = JobStore.from_url(redis_url, prefix)
+    worker = make_worker(redis_url, prefix, arith)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run, stop)
+        job_id, _ = await store.submit(JOB)
+        state = await wait_state(store, job_id, ("done", "failed"), 60)
+        stop.set()
+    workers = await store.r.hlen(store.k.workers)
+    await store.close()
     assert state == "done"
-    assert extra == 0 and compute_threads() == 0  # no task, no thread outlives run()
+    assert len(asyncio.all_tasks()) == before and compute_threads() == 0  # nothing outlives run()
     assert workers == 0  # it said goodbye
 
 
