@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ask this question once through gRPC, print the stream, and exit")
     p.add_argument("--strategy", default="best_of_n", choices=STRATEGIES, help="strategy for --demo")
     p.add_argument("--budget", type=int, default=4, help="budget for --demo")
+    p.add_argument("--http", type=int, default=None, metavar="PORT",
+                   help="also serve the OpenAI-compatible gateway (/v1/chat/completions) on this port")
     _common_service(p)
     _worker_options(p)
     p.set_defaults(demo_question=DEFAULT_QUESTION)
@@ -179,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", type=float, default=30.0, help="seconds running jobs get to finish on SIGTERM")
     _common_service(p)
     _worker_options(p)
+
+    p = sub.add_parser("gateway", help="an OpenAI-compatible HTTP gateway (/v1/chat/completions) to a scheduler")
+    p.add_argument("--server", default="localhost:50051", help=SERVER_HELP)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 for all interfaces)")
+    p.add_argument("--port", type=int, default=8000)
+    _tls_client_options(p)
 
     p = sub.add_parser("ask", help="ask a question and watch the reasoning stream in")
     p.add_argument("question")
@@ -317,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_worker(args)
         if args.command == "ask":
             return _ask(args)
+        if args.command == "gateway":
+            from ponder.clients.gateway import main as gateway_main
+
+            return anyio.run(gateway_main, args)
         if args.command in ("info", "watch", "cancel", "result"):
             return _job_command(args)
         if args.command == "eval":

@@ -8,6 +8,7 @@ streamed reasoning, and shuts down.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -71,7 +72,7 @@ async def serve(args: Any) -> int:
     )
     code = 0
     try:
-        async with sched:
+        async with sched, contextlib.AsyncExitStack() as stack:
             _say(f"· scheduler on {args.host}:{sched.port}")
             for _ in range(args.workers):
                 procs.append(subprocess.Popen(worker_command(args), env=worker_env(url)))
@@ -81,6 +82,14 @@ async def serve(args: Any) -> int:
             except TimeoutError:
                 raise TimeoutError(f"workers not ready after {args.ready_timeout:.0f} s") from None
             _say("· ready")
+            if getattr(args, "http", None) is not None:
+                from ponder.clients.gateway import Gateway, bound_port, run_gateway
+
+                gateway = Gateway(f"127.0.0.1:{sched.port}")
+                runner = await run_gateway(gateway, args.host, args.http)
+                stack.push_async_callback(gateway.close)
+                stack.push_async_callback(runner.cleanup)
+                _say(f"· OpenAI-compatible gateway on http://{args.host}:{bound_port(runner)}/v1")
             if args.demo:
                 code = await anyio.to_thread.run_sync(_demo, f"localhost:{sched.port}", args)
             else:
