@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", default=None, help="serve TLS with this certificate (PEM)")
     p.add_argument("--tls-key", default=None, help="... and this key (PEM)")
     p.add_argument("--tls-client-ca", default=None, help="mutual TLS: require client certificates signed by this CA")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     p.add_argument("--expose-workers", action="store_true",
                    help="without tokens: show worker hosts and ids in ServerInfo (with tokens: admins only)")
     _common_service(p)
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=float, default=30.0, help="seconds before a silent worker's job is re-run")
     p.add_argument("--isolate-after", type=int, default=2,
                    help="a job lost with this many dying workers runs alone from then on")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     p.add_argument("--max-solo-losses", type=int, default=2,
                    help="a job running alone that loses this many workers fails (it is what kills them)")
     p.add_argument("--drain", type=float, default=30.0, help="seconds running jobs get to finish on SIGTERM")
@@ -314,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = SchedulerConfig(redis_url=_redis_url(args), host=args.host, port=args.port, prefix=args.prefix,
                                   limits=Limits(max_generations=args.max_generations), grace_s=args.grace,
                                   max_queued=args.max_queued, tokens=Tokens.load(args.tokens), tls=tls,
-                                  expose_workers=args.expose_workers)
+                                  expose_workers=args.expose_workers, metrics_port=args.metrics_port)
             cfg.tls.credentials() if cfg.tls else None  # unreadable files fail here, named
             anyio.run(Scheduler(cfg).serve_forever)
             return 0

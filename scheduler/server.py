@@ -23,6 +23,8 @@ from ponder.proto import pb, pb_grpc
 from ponder.proto.config import STRATEGIES, Limits, SolveConfig
 from ponder.proto.errors import InvalidArgument, PonderError
 from ponder.scheduler.auth import ANONYMOUS, Principal, TlsFiles, Tokens, Undecodable, bearer, safe_deserializer
+from ponder.scheduler import keys as K
+from ponder.scheduler import metrics
 from ponder.scheduler.hub import EventHub
 from ponder.scheduler.store import JobStore, check_job_id, parse_event_id
 
@@ -55,6 +57,7 @@ class SchedulerConfig:
     tokens: Tokens | None = None  # None: no authentication (see ponder.scheduler.auth)
     tls: TlsFiles | None = None
     expose_workers: bool = False  # ServerInfo's worker details for everyone (no tokens)
+    metrics_port: int | None = None  # Prometheus /metrics on this port (0: a free one; None: off)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -167,7 +170,10 @@ class Reasoner(pb_grpc.ReasonerServicer):
     # -- RPCs -------------------------------------------------------------------------------
 
     async def _submit(self, cfg: SolveConfig, context: grpc.aio.ServicerContext) -> tuple[str, bool]:
-        return await self._guard(context, self.store.submit(cfg, caller(context), self.cfg.max_queued))
+        job_id, created = await self._guard(context, self.store.submit(cfg, caller(context), self.cfg.max_queued))
+        if created:
+            metrics.SUBMITTED.labels(K.priority_name(cfg.priority)).inc()
+        return job_id, created
 
     async def Solve(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         cfg = await self._config(request, context)
@@ -247,17 +253,35 @@ class Reasoner(pb_grpc.ReasonerServicer):
         """The service's method handlers, each admitted first and with a deserializer that
         turns undecodable bytes into :class:`Undecodable` instead of an UNKNOWN status."""
 
+        def counted(name: str, context: grpc.aio.ServicerContext, failed: bool) -> None:
+            code = getattr(context, "code", lambda: None)() if failed else None
+            metrics.REQUESTS.labels(name, code.name if isinstance(code, grpc.StatusCode) else
+                                    ("UNKNOWN" if failed else "OK")).inc()
+
         def unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await self.admit(request, context)
-                return await method(request, context)
+                failed = True
+                try:
+                    await self.admit(request, context)
+                    result = await method(request, context)
+                    failed = False
+                    return result
+                finally:
+                    counted(method.__name__, context, failed)
             return call
 
         def stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
             async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await self.admit(request, context)
-                async for item in method(request, context):
-                    yield item
+                failed = True
+                metrics.STREAMS.inc()
+                try:
+                    await self.admit(request, context)
+                    async for item in method(request, context):
+                        yield item
+                    failed = False
+                finally:
+                    metrics.STREAMS.dec()
+                    counted(method.__name__, context, failed)
             return call
 
         methods = {
@@ -320,6 +344,7 @@ class Scheduler:
         self.server: grpc.aio.Server | None = None  # made in start(), on the running loop
         self.port = 0
         self._tg: Any = None  # the task group of the health watch and the event reader
+        self.metrics_port: int | None = None
 
     async def __aenter__(self) -> Scheduler:
         await self.start()
@@ -350,6 +375,9 @@ class Scheduler:
         await self._tg.__aenter__()
         self._tg.start_soon(self._watch_redis, name="health")
         self._tg.start_soon(self.service.hub.run, name="event-hub")
+        self.metrics_port = metrics.serve_metrics(self.cfg.metrics_port)
+        if self.metrics_port is not None:
+            log.info("metrics on http://127.0.0.1:%d/metrics", self.metrics_port)
         log.info("scheduler listening on %s:%d", self.cfg.host, self.port)
         return self.port
 
@@ -368,6 +396,7 @@ class Scheduler:
                     if down:
                         log.info("job store reachable again")
                     down = False
+                await self._sample_metrics()
             except Exception as exc:
                 if not down:  # one line per outage
                     log.warning("job store unreachable (%s: %s); health NOT_SERVING", type(exc).__name__, exc)
@@ -376,6 +405,12 @@ class Scheduler:
             for name in ("", SERVICE):
                 await self.health.set(name, status)
             await anyio.sleep(1.0)
+
+    async def _sample_metrics(self) -> None:
+        for name, depth in (await self.store.queue_depths()).items():
+            metrics.QUEUE_DEPTH.labels(name).set(depth)
+        metrics.RUNNING.set(await self.store.running())
+        metrics.WORKERS.set(len(await self.store.workers(self.cfg.worker_alive_s)))
 
     async def stop(self) -> None:
         """Graceful stop: refuse new calls, end streams with a resumable UNAVAILABLE, then

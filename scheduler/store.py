@@ -237,15 +237,21 @@ class JobStore:
 
     async def queue_depth(self) -> int:
         """Jobs waiting (not yet taken by a worker), over all priorities."""
-        total = 0
-        for q in [*self.k.queues, self.k.solo]:
+        return sum((await self.queue_depths()).values())
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Jobs waiting per queue (high, normal, low, solo)."""
+        out = {}
+        for name in [*K.PRIORITIES, K.SOLO]:
+            q = self.k.queue(name)
             try:
                 n = await self.r.xlen(q)
                 pending = (await self.r.xpending(q, K.GROUP))["pending"]
             except ResponseError:  # no group yet
+                out[name] = 0
                 continue
-            total += max(0, n - pending)
-        return total
+            out[name] = max(0, n - pending)
+        return out
 
     async def running(self) -> int:
         total = 0

@@ -17,6 +17,7 @@ from ponder.kernels import topk_prune
 from ponder.proto import pb
 from ponder.proto.config import Limits, SolveConfig
 from ponder.proto.errors import InvalidArgument, PonderError
+from ponder.scheduler import metrics
 from ponder.workers.policy import Policy
 from ponder.workers.search import base as search_base
 from ponder.workers.search.base import SearchContext, Strategy, usage_to_proto
@@ -277,6 +278,8 @@ class SearchLoop:
                 lambda i: self._owner(parents[i].root.prompt),
                 lambda pol, idx: pol.expand([parents[i] for i in idx], [params[i] for i in idx], [seeds[i] for i in idx]),
             )
+            metrics.BATCH_ROWS.observe(len(parents))
+            metrics.DECODED.inc(sum(len(o.token_ids) for o in outs))
             k = 0
             for job in jobs:
                 ctx, children = job.ctx, []

@@ -172,6 +172,7 @@ def run_worker(args: Any) -> int:
     cfg = WorkerConfig(
         redis_url=args.redis, prefix=args.prefix, capacity=args.capacity, lease_s=args.lease,
         drain_s=args.drain, isolate_after=args.isolate_after, max_solo_losses=args.max_solo_losses,
+        metrics_port=args.metrics_port,
     )
     device, dtype = resolve_placement(args.device, args.dtype)  # a bad flag fails before the model loads
     log.info("loading model %s on %s (%s)", args.model, device, dtype)

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 from ponder.proto import pb
 from ponder.proto.config import STRATEGIES, Limits, SolveConfig
 from ponder.proto.errors import InvalidArgument, PonderError, Unavailable
+from ponder.scheduler import metrics
 from ponder.scheduler.store import JobStore, QueuedJob
 from ponder.workers.loop import SearchLoop
 from ponder.workers.policy import Policy
@@ -61,6 +62,7 @@ class WorkerConfig:
     # if `max_solo_losses` workers die while running it alone it fails (see keys.CLAIM).
     isolate_after: int = 2
     max_solo_losses: int = 2
+    metrics_port: int | None = None  # Prometheus /metrics on this port (0: a free one; None: off)
     heartbeat_s: float = 2.0
     cancel_poll_s: float = 0.25
     drain_s: float = 30.0  # on SIGTERM, how long running jobs may finish before we leave
@@ -192,6 +194,9 @@ class Worker:
         self._outbox = send
         await self.store.ping()
         await self.store.ensure_groups()
+        port = metrics.serve_metrics(self.cfg.metrics_port)
+        if port is not None:
+            log.info("metrics on http://127.0.0.1:%d/metrics", port)
         compute = threading.Thread(target=self._compute_main, name="ponder-compute", daemon=True)
         compute.start()
         log.info("worker %s serving model %s", self.cfg.worker_id, self.policy.name)
@@ -339,6 +344,9 @@ class Worker:
             elif kind == "final":
                 event.final.latency_s = time.time() - act.created
                 event.final.queue_s = act.started - act.created
+                _observe_final(event.final)
+            elif kind == "decision":
+                metrics.DECISIONS.labels(event.decision.kind).inc()
             seq = await self._publish_retrying(job_id, act.attempt, event)
             if seq == -1:  # another worker re-ran this job: stop ours, write nothing more
                 log.warning("job %s attempt %d was taken over; dropping it", job_id, act.attempt)
@@ -346,6 +354,8 @@ class Worker:
                 self._finished(job_id)
                 break
             if kind in ("final", "error") and seq > 0:
+                state = "done" if kind == "final" else "cancelled" if event.error.code == "CANCELLED" else "failed"
+                metrics.FINISHED.labels(state).inc()
                 await self.store.ack(act.qjob)
                 self._finished(job_id)
                 self.jobs_done += 1
@@ -395,11 +405,32 @@ class Worker:
                 device=self.policy.device, dtype=self.policy.dtype,
                 max_token_chars=self.policy.max_token_chars,
             )
+            _sample_metrics(self)
             try:
                 await self.store.heartbeat(info)
             except TRANSIENT as exc:
                 log.debug("heartbeat failed (%s: %s)", type(exc).__name__, exc)  # intake logs the outage
             await anyio.sleep(self.cfg.heartbeat_s)
+
+
+def _observe_final(final: Any) -> None:
+    u = final.usage
+    metrics.LATENCY.observe(final.latency_s)
+    metrics.QUEUE_TIME.observe(final.queue_s)
+    metrics.ANSWER_GENERATIONS.observe(u.generations)
+    metrics.ANSWER_TOKENS.observe(u.prompt_tokens + u.decode_tokens + u.prm_tokens)
+    metrics.ANSWER_FLOPS.observe(u.flops)
+
+
+def _sample_metrics(worker: Worker) -> None:
+    metrics.ACTIVE.set(len(worker.active))
+    engine = getattr(worker.policy, "engine", None)
+    if engine is not None:
+        st = engine.stats()
+        metrics.KV_BLOCKS.labels("in_use").set(st.referenced_blocks)
+        metrics.KV_BLOCKS.labels("cached").set(st.cached_blocks)
+        metrics.KV_BLOCKS.labels("free").set(st.free_blocks)
+        metrics.KV_REUSED.set(st.reused_tokens)
 
 
 def available_strategies() -> list[str]:
