@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from ponder.clients.client import Tls, build_request, find_token
+from ponder.clients.client import Tls, build_request
 from ponder.proto import pb, pb_grpc
 from ponder.proto.config import SolveConfig
 from ponder.proto.errors import InvalidArgument
@@ -112,12 +112,11 @@ def _step_delta(step: Any) -> dict[str, Any]:
 
 
 class Gateway:
-    def __init__(self, target: str, tls: Tls | None = None, token: str | None = None) -> None:
+    def __init__(self, target: str, tls: Tls | None = None) -> None:
         self.target = target
         creds = tls.credentials() if tls is not None else None
         self.channel = grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target)
         self.stub = pb_grpc.ReasonerStub(self.channel)
-        self.default_token = find_token(token)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -127,10 +126,12 @@ class Gateway:
         return app
 
     def _metadata(self, request: web.Request) -> tuple[tuple[str, str], ...]:
+        """The caller's own bearer token, passed on; never the gateway's (a request without
+        one is anonymous, and an authenticating scheduler answers 401)."""
         header = request.headers.get("Authorization", "")
         if header.lower().startswith("bearer ") and header[7:].strip():
             return (("authorization", f"Bearer {header[7:].strip()}"),)
-        return (("authorization", f"Bearer {self.default_token}"),) if self.default_token else ()
+        return ()
 
     @staticmethod
     def _http_error(exc: grpc.RpcError, job_id: str = "") -> HttpError:
@@ -170,7 +171,11 @@ class Gateway:
             return exc.response()
         except InvalidArgument as exc:
             return HttpError(400, exc.message, exc.field).response()
-        call = self.stub.Solve(build_request(cfg), metadata=self._metadata(request))
+        try:
+            solve = build_request(cfg)
+        except (TypeError, ValueError) as exc:  # a value of the wrong type ("generations": "8")
+            return HttpError(400, f"request: a field has a value of the wrong type ({exc})").response()
+        call = self.stub.Solve(solve, metadata=self._metadata(request))
         if body.get("stream"):
             return await self._stream(request, call, body)
         return await self._complete(call, body)

@@ -62,7 +62,7 @@ async def serve(args: Any) -> int:
     redis: RedisServer | None = None
     url = args.redis
     if not url:
-        redis = RedisServer()
+        redis = RedisServer(avoid=(args.port,))
         url = redis.start()
         _say(f"· private Redis ({os.path.basename(redis.binary)}) on {url}")
     procs: list[subprocess.Popen[bytes]] = []
@@ -85,7 +85,8 @@ async def serve(args: Any) -> int:
             if getattr(args, "http", None) is not None:
                 from ponder.clients.gateway import Gateway, bound_port, run_gateway
 
-                gateway = Gateway(f"127.0.0.1:{sched.port}")
+                local = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+                gateway = Gateway(f"{local}:{sched.port}")
                 runner = await run_gateway(gateway, args.host, args.http)
                 stack.push_async_callback(gateway.close)
                 stack.push_async_callback(runner.cleanup)

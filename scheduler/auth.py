@@ -64,7 +64,7 @@ class Tokens:
             if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "admin"):
                 raise InvalidArgument(source, f"line {n}: expected 'NAME SECRET [admin]'")
             name, secret = parts[0], parts[1]
-            if not NAME.fullmatch(name):
+            if not NAME.fullmatch(name) or name == "-":  # "-" is the anonymous owner
                 raise InvalidArgument(source, f"line {n}: a name is 1-64 of A-Z a-z 0-9 _ . @ -")
             if len(secret) < MIN_SECRET:
                 raise InvalidArgument(source, f"line {n}: the secret of {name!r} is shorter than {MIN_SECRET} characters")

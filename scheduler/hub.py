@@ -225,20 +225,21 @@ class EventHub:
             pipe.hget(self.store.k.job(job_id), "state")
         states = await pipe.execute()
         for job_id, state in zip(quiet, states):
-            subs = self._subs.get(job_id)
-            if not subs:
+            live = self._subs.get(job_id)
+            if not live:
                 continue
+            subs = list(live)  # those that were here before the check (a newcomer waits for the next)
             if state is None:
                 err = NotFound(f"job {job_id} expired or was lost while being watched (Redis lost its data?)")
-                for sub in list(subs):
+                for sub in subs:
                     self._end(sub, err)
-                self._subs.pop(job_id, None)
+                    self._drop(sub)
             elif state.decode() in K.TERMINAL:
                 # its terminal event is written before its state: one more read, then the end
                 resp = await self.store.r.xread(
                     {self.store.k.events(job_id): min(subs, key=lambda s: s.pos).last}, count=self.batch
                 )
                 if not resp:
-                    for sub in list(subs):
+                    for sub in subs:
                         self._end(sub)
-                    self._subs.pop(job_id, None)
+                        self._drop(sub)

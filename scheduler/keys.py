@@ -46,6 +46,11 @@ class Keys:
     def solo(self) -> str:
         return self.queue(SOLO)
 
+    @property
+    def solo_reservation(self) -> str:
+        """The worker that drains its batch to take the next isolated job."""
+        return f"{self.prefix}:solo-reserved"
+
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
 
@@ -135,12 +140,29 @@ if ARGV[3] == '1' and state == 'running' then
     redis.call('XACK', KEYS[3], 'workers', ARGV[10])
     redis.call('XDEL', KEYS[3], ARGV[10])
     redis.call('HSET', KEYS[1], 'state', 'queued', 'queue', KEYS[4], 'entry', entry, 'solo', '1')
+    redis.call('HINCRBY', KEYS[1], 'attempt', 1)  -- fences the lost attempt's worker, if it wakes
     return {-1, 'isolated'}
   end
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started', ARGV[2], 'alone', ARGV[4])
 return {attempt, 'running'}
+"""
+
+# KEYS: job, queue   ARGV: attempt, group, consumer, entry, idle_ms
+# A draining worker hands back a job it could not finish: the attempt is bumped (fencing its
+# stale writes), the job is 'queued' again (so the next claim does not count a loss), and its
+# entry is marked idle for a whole lease, so the next reclaim by any worker takes it at once.
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
+redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'state', 'queued')
+local p = redis.call('XPENDING', KEYS[2], ARGV[2], ARGV[4], ARGV[4], 1, ARGV[3])
+if #p == 1 then
+  redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'IDLE', ARGV[5], 'JUSTID')
+end
+return 1
 """
 
 # KEYS: job, events   ARGV: attempt, data, terminal-state ('' if none), result-field, result, now, ttl

@@ -7,6 +7,8 @@ decoded tokens/s, are ``rate()`` of the counters).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 # -- scheduler -------------------------------------------------------------------------------
@@ -37,9 +39,10 @@ DECISIONS = Counter("ponder_controller_decisions", "live controller and planner 
 ACTIVE = Gauge("ponder_active_jobs", "jobs this worker is running")
 
 
-def serve_metrics(port: int | None, host: str = "127.0.0.1") -> int | None:
-    """Start the /metrics endpoint on host:port (0: a free port; None: off); returns the port."""
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> Any:
+    """Start the /metrics endpoint on host:port (0: a free port; None: off); returns its HTTP
+    server (``server_port``; ``shutdown()`` stops it), or None."""
     if port is None:
         return None
     server, _ = start_http_server(port, addr=host)
-    return int(server.server_port)
+    return server

@@ -51,9 +51,11 @@ def _ping(port: int) -> bool:
 class RedisServer:
     """``with RedisServer() as url: ...`` — a throwaway server on a free port."""
 
-    def __init__(self, port: int = 0, binary: str | None = None, persist: bool = False) -> None:
+    def __init__(self, port: int = 0, binary: str | None = None, persist: bool = False,
+                 avoid: tuple[int, ...] = ()) -> None:
         self.binary = binary or find_binary()
         self.persist = persist
+        self.avoid = set(avoid)  # ports a caller is about to bind (ponder serve's gRPC port)
         self.requested_port = port
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -68,6 +70,8 @@ class RedisServer:
             self._dir = tempfile.TemporaryDirectory(prefix="ponder-redis-")
         for _ in range(5):  # a free port can be taken between probing and binding
             self.port = self.requested_port or free_port()
+            while not self.requested_port and self.port in self.avoid:
+                self.port = free_port()
             self.proc = subprocess.Popen(
                 [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",

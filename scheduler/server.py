@@ -145,8 +145,9 @@ class Reasoner(pb_grpc.ReasonerServicer):
                 if event.WhichOneof("kind") in ("final", "error"):
                     finished = True
                     return
-        except anyio.get_cancelled_exc_class():
-            # The caller went away (cancel or deadline): its job is cancelled on the worker.
+        except (anyio.get_cancelled_exc_class(), GeneratorExit):
+            # The caller went away (cancel or deadline; also while grpc was writing to it, when
+            # the stream is closed instead): its job is cancelled on the worker.
             if cancel_on_exit and not finished:
                 with anyio.CancelScope(shield=True):  # this call's own cleanup, then the cancel goes on
                     await self._cancel_quietly(job_id, "the caller cancelled or its deadline passed")
@@ -178,7 +179,12 @@ class Reasoner(pb_grpc.ReasonerServicer):
     async def Solve(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         cfg = await self._config(request, context)
         job_id, _ = await self._submit(cfg, context)
-        await context.send_initial_metadata((("ponder-job-id", job_id),))
+        try:
+            await context.send_initial_metadata((("ponder-job-id", job_id),))
+        except anyio.get_cancelled_exc_class():  # gone before it learnt the job id: no orphan
+            with anyio.CancelScope(shield=True):
+                await self._cancel_quietly(job_id, "the caller went away before the job started")
+            raise
         async for event in self._relay(job_id, "0", context, cancel_on_exit=True):
             yield event
 
@@ -253,35 +259,42 @@ class Reasoner(pb_grpc.ReasonerServicer):
         """The service's method handlers, each admitted first and with a deserializer that
         turns undecodable bytes into :class:`Undecodable` instead of an UNKNOWN status."""
 
-        def counted(name: str, context: grpc.aio.ServicerContext, failed: bool) -> None:
+        def counted(name: str, context: grpc.aio.ServicerContext, failed: bool, cancelled: bool = False) -> None:
             code = getattr(context, "code", lambda: None)() if failed else None
-            metrics.REQUESTS.labels(name, code.name if isinstance(code, grpc.StatusCode) else
-                                    ("UNKNOWN" if failed else "OK")).inc()
+            label = (code.name if isinstance(code, grpc.StatusCode) else
+                     "CANCELLED" if cancelled else "UNKNOWN" if failed else "OK")
+            metrics.REQUESTS.labels(name, label).inc()
 
         def unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                failed = True
+                failed, cancelled = True, False
                 try:
                     await self.admit(request, context)
                     result = await method(request, context)
                     failed = False
                     return result
+                except anyio.get_cancelled_exc_class():
+                    cancelled = True
+                    raise
                 finally:
-                    counted(method.__name__, context, failed)
+                    counted(method.__name__, context, failed, cancelled)
             return call
 
         def stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
             async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                failed = True
+                failed, cancelled = True, False
                 metrics.STREAMS.inc()
                 try:
                     await self.admit(request, context)
                     async for item in method(request, context):
                         yield item
                     failed = False
+                except (anyio.get_cancelled_exc_class(), GeneratorExit):
+                    cancelled = True
+                    raise
                 finally:
                     metrics.STREAMS.dec()
-                    counted(method.__name__, context, failed)
+                    counted(method.__name__, context, failed, cancelled)
             return call
 
         methods = {
@@ -345,6 +358,7 @@ class Scheduler:
         self.port = 0
         self._tg: Any = None  # the task group of the health watch and the event reader
         self.metrics_port: int | None = None
+        self._metrics: Any = None
 
     async def __aenter__(self) -> Scheduler:
         await self.start()
@@ -355,7 +369,16 @@ class Scheduler:
 
     async def start(self) -> int:
         """Listen, and start the health watch and the event reader in a task group that
-        :meth:`stop` closes (call both from the same task, or use ``async with``)."""
+        :meth:`stop` closes (call both from the same task, or use ``async with``). A failure
+        half-way stops what was started."""
+        try:
+            return await self._start()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.stop()
+            raise
+
+    async def _start(self) -> int:
         await self.store.ping()
         await self.store.ensure_groups()
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
@@ -375,8 +398,9 @@ class Scheduler:
         await self._tg.__aenter__()
         self._tg.start_soon(self._watch_redis, name="health")
         self._tg.start_soon(self.service.hub.run, name="event-hub")
-        self.metrics_port = metrics.serve_metrics(self.cfg.metrics_port)
-        if self.metrics_port is not None:
+        self._metrics = metrics.serve_metrics(self.cfg.metrics_port)
+        if self._metrics is not None:
+            self.metrics_port = self._metrics.server_port
             log.info("metrics on http://127.0.0.1:%d/metrics", self.metrics_port)
         log.info("scheduler listening on %s:%d", self.cfg.host, self.port)
         return self.port
@@ -420,6 +444,9 @@ class Scheduler:
         await self.service.hub.close()
         if self.server is not None:
             await self.server.stop(self.cfg.grace_s)
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics = None
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)

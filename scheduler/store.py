@@ -101,6 +101,7 @@ class JobStore:
         self._publish = client.register_script(K.PUBLISH)
         self._cancel = client.register_script(K.CANCEL)
         self._renew = client.register_script(K.RENEW)
+        self._release = client.register_script(K.RELEASE)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "ponder", ttl_s: int = 86_400) -> JobStore:
@@ -402,6 +403,25 @@ class JobStore:
             args=[attempt, event.SerializeToString(), terminal, field, payload, repr(time.time()), self.ttl_s],
         )
         return int(seq)
+
+    async def release(self, job: QueuedJob, consumer: str, attempt: int, idle_ms: int) -> int:
+        """Hand a running job back without charging it a loss (see ``keys.RELEASE``)."""
+        return int(await self._release(keys=[self.k.job(job.job_id), job.queue],
+                                       args=[attempt, K.GROUP, consumer, job.entry, idle_ms]))
+
+    async def reserve_solo(self, worker: str, ttl_ms: int) -> bool:
+        """Whether ``worker`` is (or now becomes) the one that drains for the next solo job."""
+        key = self.k.solo_reservation
+        if await self.r.set(key, worker, nx=True, px=ttl_ms):
+            return True
+        if (await self.r.get(key) or b"").decode() == worker:
+            await self.r.pexpire(key, ttl_ms)
+            return True
+        return False
+
+    async def unreserve_solo(self, worker: str) -> None:
+        if (await self.r.get(self.k.solo_reservation) or b"").decode() == worker:
+            await self.r.delete(self.k.solo_reservation)
 
     async def ack(self, job: QueuedJob) -> None:
         pipe = self.r.pipeline(transaction=True)

@@ -128,10 +128,10 @@ def test_lost_jobs_run_alone_then_fail_only_when_they_kill_lone_workers(redis_ur
         # ...and runs alone on a worker that takes nothing else
         (solo,) = await store.read_jobs("w4", 1, block_ms=10, solo=True)
         assert solo.queue == store.k.solo
-        assert await store.claim(solo, "w4", alone=True) == (3, "running")
+        assert await store.claim(solo, "w4", alone=True) == (4, "running")  # isolation fenced attempt 3
         assert await store.solo_waiting(lease_ms=10_000) == 0
         # one lone worker dies with it: a coincidence is possible, it runs alone once more
-        assert await store.claim(await lose(store, "w5", solo=True), "w5", alone=True) == (4, "running")
+        assert await store.claim(await lose(store, "w5", solo=True), "w5", alone=True) == (5, "running")
         # a second lone worker dies with it: it is the job that kills them, it fails visibly
         assert await store.claim(await lose(store, "w6", solo=True), "w6", alone=True) == (0, "failed")
         res = await store.result(job_id)

@@ -193,3 +193,38 @@ def test_sigterm_drains_running_jobs_and_exits_in_time(redis_url: str, prefix: s
     assert worker.proc.returncode == 0, worker.log()
     assert state == "done" and pending == 0  # it finished during the drain; nothing left pending
     assert exited < drain + 1.0, exited
+
+
+def test_jobs_the_drain_cannot_finish_are_handed_back_at_once_and_not_charged(
+    redis_url: str, prefix: str, arith: Any
+) -> None:
+    async def main() -> tuple[str, int, str, float]:
+        store = JobStore.from_url(redis_url, prefix)
+        job_id, _ = await store.submit(JOB.replace(generations=256, max_steps=12, max_generations=None))
+        leaving = make_worker(redis_url, prefix, arith, lease_s=30.0, drain_s=0.2)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leaving.run, stop)
+            await wait_state(store, job_id, ("running",), 60)
+            stop.set()
+        after_leave = (await store.result(job_id)).state
+        lost = (await store.load(job_id)).lost
+        # another worker with the same 30 s lease takes it without waiting for the lease
+        t0 = time.monotonic()
+        taker = make_worker(redis_url, prefix, arith, lease_s=30.0)
+        stop2 = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(taker.run, stop2)
+            await wait_state(store, job_id, ("running",), 60)
+            taken_after = time.monotonic() - t0
+            await store.cancel(job_id)  # no need to finish it here
+            await wait_state(store, job_id, ("cancelled",), 30)
+            stop2.set()
+        final_state = (await store.result(job_id)).state
+        await store.close()
+        return after_leave, lost, final_state, taken_after
+
+    after_leave, lost, final_state, taken_after = anyio.run(main, backend="asyncio")
+    assert after_leave == "queued" and lost == 0  # handed back, not lost
+    assert taken_after < 25, taken_after  # not after the 30 s lease
+    assert final_state == "cancelled"

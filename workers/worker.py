@@ -121,23 +121,19 @@ class Worker:
     def _sink(self, job_id: str, events: list[pb.SolveEvent]) -> None:
         """Hand events to the publisher; blocks while its buffer is full (backpressure)."""
         assert self._outbox is not None
-        item = (job_id, events)
-        try:
-            self._outbox.send_nowait(item)
-            if self._backpressure:
-                log.info("event buffer has room again")
-                self._backpressure = False
-            return
-        except anyio.WouldBlock:
-            if not self._backpressure:
+        # (the stream is not thread-safe: every send goes through the event loop; the buffer
+        # statistics read here only decide what to log)
+        full = self._outbox.statistics().current_buffer_used >= OUTBOX
+        if full != self._backpressure:
+            self._backpressure = full
+            if full:
                 log.warning("event buffer full (%d batches): the compute thread waits for Redis", OUTBOX)
-                self._backpressure = True
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return  # shutting down: the job is reclaimed elsewhere
+            else:
+                log.info("event buffer has room again")
         try:
-            anyio.from_thread.run(self._outbox.send, item, token=self._token)
+            anyio.from_thread.run(self._outbox.send, (job_id, events), token=self._token)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, RuntimeError):
-            return
+            return  # shutting down: the job is released or reclaimed elsewhere
 
     def _compute_main(self) -> None:
         try:
@@ -194,24 +190,34 @@ class Worker:
         self._outbox = send
         await self.store.ping()
         await self.store.ensure_groups()
-        port = metrics.serve_metrics(self.cfg.metrics_port)
-        if port is not None:
-            log.info("metrics on http://127.0.0.1:%d/metrics", port)
+        metrics_server = metrics.serve_metrics(self.cfg.metrics_port)
+        if metrics_server is not None:
+            log.info("metrics on http://127.0.0.1:%d/metrics", metrics_server.server_port)
         compute = threading.Thread(target=self._compute_main, name="ponder-compute", daemon=True)
         compute.start()
         log.info("worker %s serving model %s", self.cfg.worker_id, self.policy.name)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._intake, stop, name="intake")
+                intake = anyio.CancelScope()  # stopped first: no job is taken once draining starts
+
+                async def take_jobs() -> None:
+                    with intake:
+                        await self._intake(stop)
+
+                tg.start_soon(take_jobs, name="intake")
                 tg.start_soon(self._publisher, receive, name="publisher")
                 tg.start_soon(self._leases, name="leases")
                 tg.start_soon(self._heartbeats, name="heartbeat")
                 await stop.wait()
+                intake.cancel()
                 await self._drain()
+                await self._release_unfinished()
                 tg.cancel_scope.cancel()
         finally:
             self._stop.set()
             send.close()
+            if metrics_server is not None:
+                metrics_server.shutdown()
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(compute.join, 5.0)
                 try:
@@ -234,6 +240,21 @@ class Worker:
         if self.active:
             log.warning("leaving %d unfinished jobs to be reclaimed by other workers", len(self.active))
 
+    async def _release_unfinished(self) -> None:
+        """Hand jobs the drain did not finish back at once, as never started (not lost): the
+        next worker takes them without waiting for this one's lease, and they are not charged
+        a loss (see keys.RELEASE)."""
+        if not self.active or self.failed:
+            return
+        released = 0
+        for job_id, act in list(self.active.items()):
+            try:
+                released += await self.store.release(act.qjob, self.cfg.worker_id, act.attempt,
+                                                     int(self.cfg.lease_s * 1000))
+            except TRANSIENT as exc:  # Redis is down: the lease runs out and they are reclaimed
+                log.warning("could not release job %s (%s: %s)", job_id, type(exc).__name__, exc)
+        log.info("released %d unfinished job(s) to the other workers", released)
+
     def _finished(self, job_id: str) -> None:
         self.active.pop(job_id, None)
         if self._drained is not None and not self.active:
@@ -249,14 +270,18 @@ class Worker:
                     await anyio.sleep(0.05)  # an isolated job runs alone
                     continue
                 self.solo = None
-                if await self.store.solo_waiting(lease_ms):
-                    if self.active:  # let the batch finish, then take the isolated job alone
+                if await self.store.solo_waiting(lease_ms) and await self.store.reserve_solo(self.cfg.worker_id, lease_ms):
+                    # this worker (one per waiting solo job, by reservation) lets its batch
+                    # finish, then takes the isolated job alone; the others go on as usual
+                    if self.active:
                         await anyio.sleep(0.05)
                         continue
                     jobs = await self.store.reclaim(self.cfg.worker_id, lease_ms, 1, solo=True)
                     jobs = jobs or await self.store.read_jobs(self.cfg.worker_id, 1, block_ms=0, solo=True)
                     for qjob in jobs:
                         await self._start(qjob, alone=True)
+                    if jobs:
+                        await self.store.unreserve_solo(self.cfg.worker_id)
                     continue
                 free = self.cfg.capacity - len(self.active)
                 if free <= 0:
@@ -288,6 +313,12 @@ class Worker:
                 await anyio.sleep(0.5)
 
     async def _start(self, qjob: QueuedJob, alone: bool = False) -> None:
+        # shielded: a drain that cancels intake waits for a claim to be registered as active
+        # (a claimed job nobody lists could be neither finished nor released)
+        with anyio.CancelScope(shield=True):
+            await self._start_now(qjob, alone)
+
+    async def _start_now(self, qjob: QueuedJob, alone: bool) -> None:
         attempt, state = await self.store.claim(
             qjob, self.cfg.worker_id, alone=alone,
             isolate_after=self.cfg.isolate_after, max_solo_losses=self.cfg.max_solo_losses,
@@ -356,7 +387,10 @@ class Worker:
             if kind in ("final", "error") and seq > 0:
                 state = "done" if kind == "final" else "cancelled" if event.error.code == "CANCELLED" else "failed"
                 metrics.FINISHED.labels(state).inc()
-                await self.store.ack(act.qjob)
+                try:
+                    await self.store.ack(act.qjob)
+                except TRANSIENT as exc:  # the job is over; a later reclaim sees it done and acks it
+                    log.warning("acknowledging job %s failed (%s: %s)", job_id, type(exc).__name__, exc)
                 self._finished(job_id)
                 self.jobs_done += 1
                 break
