@@ -164,9 +164,11 @@ def scenario_kills(procs: Procs, target: str, jobs: int, kills: int, seed: int) 
 
 def scenario_redis(redis: RedisServer, procs: Procs, target: str, inflight: int, down_s: float) -> dict[str, Any]:
     result: list[dict[str, Any]] = []
-    t = threading.Thread(target=lambda: result.extend(asyncio.run(run_jobs(target, inflight, LONG_JOB, 30, 120))))
+    # jobs long enough (~10 s) to be in flight when Redis goes down 1 s in
+    redis_job = dict(LONG_JOB, generations=32, max_steps=10, max_step_tokens=24)
+    t = threading.Thread(target=lambda: result.extend(asyncio.run(run_jobs(target, inflight, redis_job, 30, 180))))
     t.start()
-    time.sleep(2.0)
+    time.sleep(1.0)
     redis.crash_and_restart(down_s)
     restarted = time.monotonic()
     answered_s = None
