@@ -123,7 +123,69 @@ class Gateway:
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/healthz", self.health)
+        app.router.add_get("/view", self.view)  # the live view of a job's search (live_view.py)
+        app.router.add_post("/v1/jobs", self.submit)
+        app.router.add_get("/v1/jobs/{job_id}/events", self.events)
         return app
+
+    async def view(self, request: web.Request) -> web.Response:
+        from ponder.clients.live_view import PAGE
+
+        return web.Response(text=PAGE, content_type="text/html")
+
+    async def submit(self, request: web.Request) -> web.Response:
+        """``POST /v1/jobs`` {question, ...SolveConfig fields} → {job_id} (for the live view)."""
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise HttpError(400, "request: the body must be a JSON object")
+            unknown = sorted(set(body) - OPTION_FIELDS - {"question"})
+            if unknown:
+                raise HttpError(400, f"{unknown[0]}: unknown field", unknown[0])
+            solve = build_request(SolveConfig(**body))
+        except HttpError as exc:
+            return exc.response()
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
+            return HttpError(400, f"request: {exc}").response()
+        try:
+            resp = await self.stub.Submit(solve, metadata=self._metadata(request), timeout=30)
+        except grpc.RpcError as exc:
+            return self._http_error(exc).response()
+        return web.json_response({"job_id": resp.job_id, "created": resp.created})
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/jobs/{id}/events``: the job's ponder events as server-sent events (JSON)."""
+        from google.protobuf.json_format import MessageToDict
+
+        job_id = request.match_info["job_id"]
+        after = request.headers.get("Last-Event-ID") or request.query.get("after", "")
+        call = self.stub.Watch(pb.WatchRequest(job_id=job_id, after_event_id=after), metadata=self._metadata(request))
+        events = call.__aiter__()
+        try:
+            first = await events.__anext__()
+        except grpc.RpcError as exc:
+            return self._http_error(exc).response()
+        except StopAsyncIteration:
+            return web.json_response({"error": {"message": "no events"}}, status=404)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        event: Any = first
+        try:
+            while True:
+                data = json.dumps(MessageToDict(event, preserving_proto_field_name=True))
+                await resp.write(f"id: {event.event_id}\ndata: {data}\n\n".encode())
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    break
+        except grpc.RpcError as exc:
+            err = self._http_error(exc, job_id)
+            await resp.write(f"data: {json.dumps({'error': {'code': err.code, 'message': err.message}})}\n\n".encode())
+        finally:
+            if not call.done():
+                call.cancel()  # a watcher leaving cancels its Watch, never the job
+        await resp.write_eof()
+        return resp
 
     def _metadata(self, request: web.Request) -> tuple[tuple[str, str], ...]:
         """The caller's own bearer token, passed on; never the gateway's (a request without

@@ -8,6 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import json
+import re
+import shutil
+import subprocess
 import urllib.error
 import urllib.request
 
@@ -109,3 +112,50 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_job(gateway: tuple[str
     with Client(f"127.0.0.1:{port}") as c:
         wait_until(lambda: c.result(job_id).state in ("cancelled", "done"), 30, "the job to stop")
         assert c.result(job_id).state == "cancelled"
+
+
+# -- the live view ---------------------------------------------------------------------------
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_the_live_views_feed_is_the_jobs_events_as_sse(gateway: tuple[str, int]) -> None:
+    base, _ = gateway
+    root = base.removesuffix("/v1")
+    with urllib.request.urlopen(f"{root}/view", timeout=10) as r:
+        page = r.read().decode()
+    assert r.headers["Content-Type"].startswith("text/html") and "EventSource" in page
+    job = _post(f"{base}/jobs", {"question": "Compute 4 + 5 * 2.", "strategy": "beam", "generations": 4,
+                                 "max_steps": 4, "seed": 3})["job_id"]
+    events = []
+    with urllib.request.urlopen(f"{base}/jobs/{job}/events", timeout=60) as r:
+        for line in r:
+            if line.startswith(b"data: "):
+                events.append(json.loads(line[6:]))
+    kinds = [next(k for k in ("queued", "started", "step", "candidate", "progress", "decision", "final", "error")
+                  if k in e) for e in events]
+    assert kinds[0] == "queued" and kinds[-1] == "final" and "step" in kinds
+    steps = [e["step"] for e in events if "step" in e]
+    ids = {s["node_id"] for s in steps}
+    assert all(str(s.get("parent_id", "-1")) == "-1" or s["parent_id"] in ids for s in steps)  # a tree
+    with pytest.raises(urllib.error.HTTPError) as err:
+        _post(f"{base}/jobs", {"question": "1+1", "budget": 3})
+    assert err.value.code == 400 and "budget" in json.loads(err.value.read())["error"]["message"]
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_live_view_in_a_real_headless_browser(gateway: tuple[str, int]) -> None:
+    base, _ = gateway
+    url = base.removesuffix("/v1") + "/view?q=Compute%207%20-%202%20%2B%205.&strategy=beam&generations=4"
+    out = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=30000",
+                          "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    dom = out.stdout
+    assert 'data-state="done"' in dom, out.stderr[-2000:]  # the page asked, watched, and saw the final
+    assert re.search(r'class="answer">Answer: \d+', dom)
+    assert dom.count('class="node') >= 4 and 'node candidate' in dom  # the tree, candidates marked
+    assert "generations" in dom  # the usage line
