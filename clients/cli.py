@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import runpy
 import sys
@@ -134,6 +133,8 @@ def config_from_args(question: str, a: argparse.Namespace) -> SolveConfig:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ponder", description="Test-time compute reasoning service.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("PONDER_LOG_FORMAT", "text"),
+                        help="json: one JSON object per log line, with job_id, attempt and worker on job lines")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run Redis (private unless --redis), a scheduler and workers")
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="best_of_n", choices=STRATEGIES, help="strategy for --demo")
     p.add_argument("--budget", type=int, default=4, help="budget for --demo")
     p.add_argument("--http", type=int, default=None, metavar="PORT",
-                   help="also serve the OpenAI-compatible gateway (/v1/chat/completions) on this port")
+                   help="also serve the OpenAI-compatible gateway (/v1/chat/completions, /view) on this port")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve the scheduler's Prometheus /metrics here")
     _common_service(p)
     _worker_options(p)
     p.set_defaults(demo_question=DEFAULT_QUESTION)
@@ -279,7 +281,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     i = next((k for k, a in enumerate(argv) if not a.startswith("-")), None)
     if i is not None and argv[i] in DELEGATED and all(a in ("-v", "--verbose") for a in argv[:i]):
         cmd, rest = argv[i], argv[i + 1 :]
-        ns = argparse.Namespace(command=cmd, verbose=bool(argv[:i]), rest=rest)
+        ns = argparse.Namespace(command=cmd, verbose=bool(argv[:i]), rest=rest,
+                                log_format=os.environ.get("PONDER_LOG_FORMAT", "text"))
         if cmd not in ("eval", "flops"):
             choices = BENCHMARKS if cmd == "bench" else TRAIN_JOBS
             if not rest or rest[0] not in choices:
@@ -291,10 +294,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from ponder.clients.logs import setup_logging
+
+    setup_logging(args.verbose, args.log_format)
+    os.environ["PONDER_LOG_FORMAT"] = args.log_format  # processes this one starts log the same way
     try:
         if args.command == "serve":
             from ponder.clients.serve import serve

@@ -68,7 +68,8 @@ async def serve(args: Any) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     sched = Scheduler(
         SchedulerConfig(redis_url=url, host=args.host, port=args.port, prefix=args.prefix,
-                        limits=Limits(max_generations=args.max_generations))
+                        limits=Limits(max_generations=args.max_generations),
+                        metrics_port=getattr(args, "metrics_port", None))
     )
     code = 0
     try:

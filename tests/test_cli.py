@@ -23,10 +23,26 @@ def ponder(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
 
 
 def test_serve_then_ask(tiny_llama_dir: Path) -> None:
-    port = free_port()
-    serve = Proc("serve", ["serve", "--port", str(port), "--model", str(tiny_llama_dir)])
+    port, http, prom = free_port(), free_port(), free_port()
+    serve = Proc("serve", ["serve", "--port", str(port), "--model", str(tiny_llama_dir), "--http", str(http),
+                           "--metrics-port", str(prom)])
     try:
         wait_until(lambda: workers_alive(port) >= 1, 180, "ponder serve", [serve])
+        # the OpenAI SDK against `ponder serve --http`: reasoning deltas, then the final chunk
+        import openai
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{http}/v1", api_key="-", max_retries=0)
+        wait_until(lambda: bool(client.models.list().data), 30, "the gateway", [serve])
+        chunks = list(client.chat.completions.create(
+            model="ponder", stream=True, messages=[{"role": "user", "content": "What is 12 + 30?"}],
+            extra_body={"generations": 2, "max_steps": 2, "max_step_tokens": 8, "seed": 1}))
+        assert any((c.choices[0].delta.model_extra or {}).get("reasoning_content") for c in chunks if c.choices)
+        assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens > 0
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{prom}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert 'ponder_requests_total{code="OK",method="Solve"} 1.0' in text
         out = ponder("ask", "What is 12 + 30?", "--server", f"localhost:{port}", *ASK_OPTS)
         assert out.returncode == 0, out.stderr
         assert "queued as job" in out.stdout and "step #" in out.stdout

@@ -1,7 +1,9 @@
-"""Prometheus metrics of a real scheduler and worker after real jobs (scraped over HTTP)."""
+"""Prometheus metrics of a real scheduler and worker after real jobs (scraped over HTTP), and
+the worker's structured (JSON) logs."""
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
 import uuid
@@ -27,8 +29,8 @@ def test_scheduler_and_worker_metrics_count_real_work(redis_url: str) -> None:
     prefix = f"m{uuid.uuid4().hex[:8]}"
     sm, wm = free_port(), free_port()
     sched, port = start_scheduler(redis_url, prefix, extra=["--metrics-port", str(sm)])
-    worker = Proc("worker", ["worker", "--redis", redis_url, "--prefix", prefix, "--model", "arith", "--threads", "1",
-                             "--metrics-port", str(wm)])
+    worker = Proc("worker", ["--log-format", "json", "worker", "--redis", redis_url, "--prefix", prefix, "--model",
+                             "arith", "--threads", "1", "--metrics-port", str(wm)])
     try:
         wait_until(lambda: workers_alive(port) >= 1, 120, "the worker", [sched, worker])
         with Client(f"127.0.0.1:{port}") as c:
@@ -43,6 +45,12 @@ def test_scheduler_and_worker_metrics_count_real_work(redis_url: str) -> None:
     finally:
         worker.stop()
         sched.stop()
+    # structured logs: every line is one JSON object; job lines carry the job, attempt and worker
+    lines = [json.loads(line) for line in worker.log_path.read_text().splitlines() if line.startswith("{")]
+    assert lines and all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
+    jobs = [x for x in lines if "job_id" in x]
+    assert {x.get("state") for x in jobs} >= {None, "done"} and len({x["job_id"] for x in jobs}) == 2
+    assert all(x["attempt"] == 1 and x["worker"] for x in jobs)
     assert s['ponder_requests_total{code="OK",method="Solve"}'] == 2
     assert s['ponder_requests_total{code="INVALID_ARGUMENT",method="GetResult"}'] == 1
     assert s['ponder_jobs_submitted_total{priority="normal"}'] == 2

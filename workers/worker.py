@@ -344,6 +344,9 @@ class Worker:
             return
         now = time.time()
         self.active[qjob.job_id] = Active(qjob, attempt, rec.created, now, rec.lost)
+        log.info("job %s started (attempt %d, %s)", qjob.job_id, attempt, config.strategy,
+                 extra={"job_id": qjob.job_id, "attempt": attempt, "worker": self.cfg.worker_id,
+                        "strategy": config.strategy})
         deadline = rec.created + config.timeout_s if config.timeout_s else None
         self._inbox.put(("start", (qjob.job_id, config, deadline)))
         if rec.cancel:
@@ -380,13 +383,18 @@ class Worker:
                 metrics.DECISIONS.labels(event.decision.kind).inc()
             seq = await self._publish_retrying(job_id, act.attempt, event)
             if seq == -1:  # another worker re-ran this job: stop ours, write nothing more
-                log.warning("job %s attempt %d was taken over; dropping it", job_id, act.attempt)
+                log.warning("job %s attempt %d was taken over; dropping it", job_id, act.attempt,
+                            extra={"job_id": job_id, "attempt": act.attempt, "worker": self.cfg.worker_id})
                 self._inbox.put(("drop", job_id))
                 self._finished(job_id)
                 break
             if kind in ("final", "error") and seq > 0:
                 state = "done" if kind == "final" else "cancelled" if event.error.code == "CANCELLED" else "failed"
                 metrics.FINISHED.labels(state).inc()
+                latency = round(time.time() - act.created, 3)
+                log.info("job %s %s after %.2f s", job_id, state, latency,
+                         extra={"job_id": job_id, "attempt": act.attempt, "worker": self.cfg.worker_id,
+                                "state": state, "latency_s": latency})
                 try:
                     await self.store.ack(act.qjob)
                 except TRANSIENT as exc:  # the job is over; a later reclaim sees it done and acks it
