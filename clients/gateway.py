@@ -333,7 +333,9 @@ class Gateway:
 async def run_gateway(gateway: Gateway, host: str, port: int) -> web.AppRunner:
     """Start serving ``gateway`` on host:port (0: a free port); returns the runner (stop it
     with ``await runner.cleanup()``). Handlers are cancelled when their client disconnects."""
-    runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None)
+    # shutdown_timeout: how long a stop waits for open connections (an SDK's idle keep-alive
+    # connection would otherwise hold it for aiohttp's default 60 s)
+    runner = web.AppRunner(gateway.app(), handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

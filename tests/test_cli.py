@@ -38,6 +38,7 @@ def test_serve_then_ask(tiny_llama_dir: Path) -> None:
             extra_body={"generations": 2, "max_steps": 2, "max_step_tokens": 8, "seed": 1}))
         assert any((c.choices[0].delta.model_extra or {}).get("reasoning_content") for c in chunks if c.choices)
         assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens > 0
+        # the SDK keeps its connection open (keep-alive): stopping serve must not wait for it
         import urllib.request
 
         with urllib.request.urlopen(f"http://127.0.0.1:{prom}/metrics", timeout=5) as r:
