@@ -32,7 +32,13 @@ def test_serve_then_ask(tiny_llama_dir: Path) -> None:
         import openai
 
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{http}/v1", api_key="-", max_retries=0)
-        wait_until(lambda: bool(client.models.list().data), 30, "the gateway", [serve])
+        def gateway_up() -> bool:  # the gateway starts once serve has seen its workers
+            try:
+                return bool(client.models.list().data)
+            except openai.APIConnectionError:
+                return False
+
+        wait_until(gateway_up, 30, "the gateway", [serve])
         chunks = list(client.chat.completions.create(
             model="ponder", stream=True, messages=[{"role": "user", "content": "What is 12 + 30?"}],
             extra_body={"generations": 2, "max_steps": 2, "max_step_tokens": 8, "seed": 1}))
