@@ -160,16 +160,10 @@ class Gateway:
         job_id = request.match_info["job_id"]
         after = request.headers.get("Last-Event-ID") or request.query.get("after", "")
         call = self.stub.Watch(pb.WatchRequest(job_id=job_id, after_event_id=after), metadata=self._metadata(request))
-        events = call.__aiter__()
-        try:
-            first = await events.__anext__()
-        except grpc.RpcError as exc:
-            return self._http_error(exc).response()
-        except StopAsyncIteration:
-            return web.json_response({"error": {"message": "no events"}}, status=404)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        event: Any = first
+        opened = await self._open_sse(request, call)
+        if isinstance(opened, web.Response):
+            return opened
+        events, event, resp = opened
         try:
             while True:
                 data = json.dumps(MessageToDict(event, preserving_proto_field_name=True))
@@ -268,18 +262,27 @@ class Gateway:
                        "votes": [{"answer": v.answer, "count": v.count, "score": v.score} for v in final.votes]},
         })
 
-    async def _stream(self, request: web.Request, call: Any, body: dict[str, Any]) -> web.StreamResponse:
-        # the first event (or an immediate error) decides the HTTP status before headers go out
+    async def _open_sse(self, request: web.Request, call: Any) -> Any:
+        """Wait for the call's first event (or its immediate error, which decides the HTTP status
+        before any header goes out), then start the event stream: (events, first, response),
+        or an error response."""
         events = call.__aiter__()
         try:
             first = await events.__anext__()
         except grpc.RpcError as exc:
             return self._http_error(exc).response()
         except StopAsyncIteration:
-            return HttpError(500, "the stream ended at once").response()
-        job_id = first.job_id
+            return HttpError(500, "the stream ended before its first event").response()
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        return events, first, resp
+
+    async def _stream(self, request: web.Request, call: Any, body: dict[str, Any]) -> web.StreamResponse:
+        opened = await self._open_sse(request, call)
+        if isinstance(opened, web.Response):
+            return opened
+        events, first, resp = opened
+        job_id = first.job_id
         created, model = int(time.time()), body.get("model") or "ponder"
 
         async def send(delta: dict[str, Any], finish: str | None = None, usage: dict[str, Any] | None = None) -> None:
