@@ -64,7 +64,7 @@ def find_token(token: str | None = None) -> str | None:
     return Path(path).read_text().strip() if path else None
 
 
-def _channel_args(target: str, tls: Tls | None, token: str | None) -> tuple[Any, tuple[tuple[str, str], ...]]:
+def _channel_args(tls: Tls | None, token: str | None) -> tuple[Any, tuple[tuple[str, str], ...]]:
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     return (tls.credentials() if tls is not None else None), metadata
 
@@ -162,7 +162,7 @@ class Client:
         resume_timeout: float = RESUME_TIMEOUT_S,
     ) -> None:
         self.target = target
-        creds, self.metadata = _channel_args(target, tls, find_token(token))
+        creds, self.metadata = _channel_args(tls, find_token(token))
         self.channel = grpc.secure_channel(target, creds) if creds is not None else grpc.insecure_channel(target)
         self.stub = pb_grpc.ReasonerStub(self.channel)
         self.resume_timeout = resume_timeout
@@ -243,7 +243,7 @@ class AsyncClient:
         resume_timeout: float = RESUME_TIMEOUT_S,
     ) -> None:
         self.target = target
-        creds, self.metadata = _channel_args(target, tls, find_token(token))
+        creds, self.metadata = _channel_args(tls, find_token(token))
         self.channel = (
             grpc.aio.secure_channel(target, creds) if creds is not None else grpc.aio.insecure_channel(target)
         )

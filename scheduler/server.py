@@ -36,7 +36,7 @@ RETRY_AFTER_S = 5  # the hint sent with RESOURCE_EXHAUSTED (trailing metadata re
 _PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("ponder_principal", default=ANONYMOUS)
 
 
-def caller(context: Any = None) -> str:
+def caller() -> str:
     """The name of the token that made the current call ("" without authentication)."""
     return _PRINCIPAL.get().name
 
@@ -94,7 +94,7 @@ class Reasoner(pb_grpc.ReasonerServicer):
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
         owner = await self._guard(context, self.store.owner(job_id))
-        if owner is None or owner != caller(context):
+        if owner is None or owner != caller():
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r} (unknown, or expired)")
         return job_id
 
@@ -171,7 +171,7 @@ class Reasoner(pb_grpc.ReasonerServicer):
     # -- RPCs -------------------------------------------------------------------------------
 
     async def _submit(self, cfg: SolveConfig, context: grpc.aio.ServicerContext) -> tuple[str, bool]:
-        job_id, created = await self._guard(context, self.store.submit(cfg, caller(context), self.cfg.max_queued))
+        job_id, created = await self._guard(context, self.store.submit(cfg, caller(), self.cfg.max_queued))
         if created:
             metrics.SUBMITTED.labels(K.priority_name(cfg.priority)).inc()
         return job_id, created

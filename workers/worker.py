@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 # What a worker rides out with retries (Redis down, restarting, slow); anything else is a bug.
 TRANSIENT: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError, Unavailable)
 OUTBOX = 1024  # event batches buffered between the compute thread and the publisher
+SOLO_CHECK_S = 0.25  # how often intake looks for an isolated job waiting (and refreshes its reservation)
 
 
 @dataclass(frozen=True)
@@ -261,16 +262,20 @@ class Worker:
             self._drained.set()
 
     async def _intake(self, stop: Any) -> None:
-        last_reclaim = last_forget = 0.0
+        last_reclaim = last_forget = last_solo = 0.0
         lease_ms = int(self.cfg.lease_s * 1000)
-        failing = False
+        failing = reserved = False
         while not stop.is_set():
             try:
                 if self.solo is not None and self.solo in self.active:
                     await anyio.sleep(0.05)  # an isolated job runs alone
                     continue
                 self.solo = None
-                if await self.store.solo_waiting(lease_ms) and await self.store.reserve_solo(self.cfg.worker_id, lease_ms):
+                if time.monotonic() - last_solo >= SOLO_CHECK_S:  # not on every pass: the loop spins when full
+                    last_solo = time.monotonic()
+                    reserved = bool(await self.store.solo_waiting(lease_ms)) and await self.store.reserve_solo(
+                        self.cfg.worker_id, lease_ms)
+                if reserved:
                     # this worker (one per waiting solo job, by reservation) lets its batch
                     # finish, then takes the isolated job alone; the others go on as usual
                     if self.active:
@@ -282,6 +287,7 @@ class Worker:
                         await self._start(qjob, alone=True)
                     if jobs:
                         await self.store.unreserve_solo(self.cfg.worker_id)
+                    reserved = False
                     continue
                 free = self.cfg.capacity - len(self.active)
                 if free <= 0:
