@@ -149,10 +149,11 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started', AR
 return {attempt, 'running'}
 """
 
-# KEYS: job, queue   ARGV: attempt, group, consumer, entry, idle_ms
+# KEYS: job, queue   ARGV: attempt, group, consumer, entry, idle_ms, new owner
 # A draining worker hands back a job it could not finish: the attempt is bumped (fencing its
 # stale writes), the job is 'queued' again (so the next claim does not count a loss), and its
-# entry is marked idle for a whole lease, so the next reclaim by any worker takes it at once.
+# entry moves to a placeholder consumer, idle for a whole lease: the next reclaim by any worker
+# takes it at once, and the leaving worker's own lease renewals no longer touch it.
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
 if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
@@ -160,7 +161,7 @@ redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'state', 'queued')
 local p = redis.call('XPENDING', KEYS[2], ARGV[2], ARGV[4], ARGV[4], 1, ARGV[3])
 if #p == 1 then
-  redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'IDLE', ARGV[5], 'JUSTID')
+  redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[6], 0, ARGV[4], 'IDLE', ARGV[5], 'JUSTID')
 end
 return 1
 """

@@ -30,6 +30,7 @@ EVENT_ID = re.compile(r"(0|[0-9]{1,20}(-[0-9]{1,20})?)")
 # Connections a process may open to Redis. Calls wait for a free one (up to POOL_TIMEOUT_S)
 # instead of failing; the scheduler's streams share one reader (:mod:`ponder.scheduler.hub`),
 # so this bounds unary calls and worker traffic only.
+RELEASED = "~released"  # the consumer that holds entries handed back by draining workers
 POOL_SIZE = 64
 POOL_TIMEOUT_S = 10.0
 
@@ -407,7 +408,7 @@ class JobStore:
     async def release(self, job: QueuedJob, consumer: str, attempt: int, idle_ms: int) -> int:
         """Hand a running job back without charging it a loss (see ``keys.RELEASE``)."""
         return int(await self._release(keys=[self.k.job(job.job_id), job.queue],
-                                       args=[attempt, K.GROUP, consumer, job.entry, idle_ms]))
+                                       args=[attempt, K.GROUP, consumer, job.entry, idle_ms, RELEASED]))
 
     async def reserve_solo(self, worker: str, ttl_ms: int) -> bool:
         """Whether ``worker`` is (or now becomes) the one that drains for the next solo job."""

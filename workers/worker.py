@@ -249,6 +249,7 @@ class Worker:
             return
         released = 0
         for job_id, act in list(self.active.items()):
+            self.active.pop(job_id, None)  # nothing of ours is left to finish or renew
             try:
                 released += await self.store.release(act.qjob, self.cfg.worker_id, act.attempt,
                                                      int(self.cfg.lease_s * 1000))
