@@ -1,7 +1,7 @@
 """Adaptive budgets benchmark: ``auto`` and the live controller against verifier-weighted
 best-of-N, on the same questions, in one run.
 
-Runs through the real search loop (``ponder.workers.evaluate``; every question of a group in one
+Runs through the real search loop (``ponder.evaluation.evaluate``; every question of a group in one
 batch of ``--concurrency``, so the budget bank is shared the way a worker shares it):
 
 - best-of-N, fixed budget, at the largest budget (64): its candidates are also the *pool* from
@@ -18,7 +18,7 @@ generations and in FLOPs) that matches a run's accuracy, divided by what the run
 interval (bootstrap over questions). Best-of-m's FLOPs are priced as m times the fixed run's FLOPs
 per generation, which spreads the prompt's prefill over all of its samples: a slight underprice
 at small m, so the FLOPs ratio is conservative. The controller's false-stop rate is also simulated on the
-pool itself (random sample orders; see workers/train/plan.py), where the full-budget answer is
+pool itself (random sample orders; see training/plan.py), where the full-budget answer is
 known exactly. Difficulty is reported both ways: the predicted bins auto chose, and oracle bins
 (quintiles of pass@1 over the pool).
 
@@ -74,10 +74,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse(argv)
-    from ponder.workers.curves import bootstrap_indices, interval, matched_budget, norm, pass_at_1, pool_curve, quintile_bins
-    from ponder.workers.evaluate import evaluate, load_dataset
+    from ponder.evaluation.curves import bootstrap_indices, interval, matched_budget, norm, pass_at_1, pool_curve, quintile_bins
+    from ponder.evaluation.evaluate import evaluate, load_dataset
     from ponder.workers.runtime import build_plan, build_policy, build_reviser, build_verifier, set_threads
-    from ponder.workers.train.plan import Question, Trajectories
+    from ponder.training.plan import Question, Trajectories
 
     started = time.time()
     items = load_dataset(a.dataset)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.clients.client import AsyncClient, Client
-from ponder.scheduler.redis_server import RedisServer, free_port
+from ponder.service.redis_server import RedisServer, free_port
 
 LONG_JOB = dict(generations=4, max_steps=8, max_step_tokens=16, temperature=0.8)  # several seconds in a batch
 TINY_JOB = dict(generations=1, max_steps=1, max_step_tokens=4)
@@ -63,7 +63,7 @@ class Procs:
         env = {"PONDER_REDIS_URL": self.url, "PYTHONUNBUFFERED": "1"}
         import os
 
-        return subprocess.Popen([sys.executable, "-m", "ponder.clients.cli", *args], stdout=log,
+        return subprocess.Popen([sys.executable, "-m", "ponder.cli.main", *args], stdout=log,
                                 stderr=subprocess.STDOUT, env={**os.environ, **env})
 
     def _start_scheduler(self) -> subprocess.Popen[bytes]:

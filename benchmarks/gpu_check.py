@@ -161,7 +161,7 @@ def section_engine(a: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def section_service(a: argparse.Namespace) -> dict[str, Any]:
     model = "arith" if a.device.startswith("cpu") and a.quick else a.service_model
-    cmd = [sys.executable, "-m", "ponder.clients.cli", "serve", "--port", "0", "--model", model,
+    cmd = [sys.executable, "-m", "ponder.cli.main", "serve", "--port", "0", "--model", model,
            "--device", a.device, "--dtype", a.dtype if not a.device.startswith("cpu") else "float32",
            "--budget", "2", "--demo", "What is 12 + 30?"]
     r = run(cmd, BUDGET_S["service"] * a.budget_scale)

@@ -5,10 +5,10 @@ compute for every search method, overall and by difficulty, and a verdict on eac
     python benchmarks/scaling.py --quick               # a few minutes: the smoke test
     python benchmarks/scaling.py --from docs/scaling.json   # re-render figures and docs only
 
-What runs (through the real search loop, ``ponder.workers.evaluate``):
+What runs (through the real search loop, ``ponder.evaluation.evaluate``):
 
 - a **pool**: best-of-N at the largest budget (``--pool``, default 256) per question. Best-of-N
-  majority and verifier-weighted at every N ≤ pool are resampled from it (``workers/curves.py``),
+  majority and verifier-weighted at every N ≤ pool are resampled from it (``evaluation/curves.py``),
   as the paper draws its best-of-N curves (not a new run per N).
 - **tree searches and revisions**, one real run per method and budget (``--budgets``): beam
   search with M = 4 and M = √N, lookahead k = 1 and k = 3 (M = 4), DVTS (M = 4), sequential
@@ -90,7 +90,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_all(a: argparse.Namespace) -> dict[str, Any]:
-    from ponder.workers.evaluate import evaluate, load_dataset
+    from ponder.evaluation.evaluate import evaluate, load_dataset
     from ponder.workers.runtime import build_plan, build_policy, build_reviser, build_verifier, set_threads
 
     started = time.time()
@@ -145,7 +145,7 @@ def run_all(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
-    from ponder.workers.curves import (
+    from ponder.evaluation.curves import (
         bootstrap_indices, interval, matched_budget, paired_delta, pass_at_1, pool_curve, quintile_bins, verdict,
     )
 
@@ -266,7 +266,7 @@ def ratio_finding(col: Any, budget: int, oracle: np.ndarray, boot: int, rng: ran
         return float(ratios[np.isclose(acc, acc.max())].mean())
 
     e, h = best(easy), best(hard)
-    from ponder.workers.curves import bootstrap_indices
+    from ponder.evaluation.curves import bootstrap_indices
 
     wins = [best(easy, ix) > best(hard, ix) for ix in bootstrap_indices(len(oracle), boot, rng)]
     share = float(np.mean(wins))

@@ -27,11 +27,11 @@ import time
 from typing import Any
 
 from ponder.clients.client import Client
-from ponder.scheduler.redis_server import free_port
+from ponder.service.redis_server import free_port
 
 
 def _serve(model: str, backend: str, port: int, device: str = "cpu", dtype: str = "auto") -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "ponder.clients.cli", "serve", "--port", str(port), "--model", model,
+    cmd = [sys.executable, "-m", "ponder.cli.main", "serve", "--port", str(port), "--model", model,
            "--backend", backend, "--capacity", "64", "--device", device, "--dtype", dtype]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

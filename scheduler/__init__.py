@@ -1,6 +1,8 @@
-"""The gRPC scheduler and the Redis job store."""
+"""The gRPC scheduler: validates requests, writes jobs to the store and relays their events.
+
+The job store it shares with the workers lives in :mod:`ponder.store`.
+"""
 
 from ponder.scheduler.server import Scheduler, SchedulerConfig
-from ponder.scheduler.store import JobStore
 
-__all__ = ["JobStore", "Scheduler", "SchedulerConfig"]
+__all__ = ["Scheduler", "SchedulerConfig"]

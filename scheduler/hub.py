@@ -24,8 +24,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from redis.exceptions import RedisError
 
 from ponder.proto.errors import InvalidArgument, NotFound, PonderError, Unavailable
-from ponder.scheduler import keys as K
-from ponder.scheduler.store import TERMINAL_KINDS, JobStore, decode_event, parse_event_id
+from ponder.store import keys as K
+from ponder.store.jobs import TERMINAL_KINDS, JobStore, decode_event, parse_event_id
 
 log = logging.getLogger(__name__)
 

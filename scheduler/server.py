@@ -23,10 +23,10 @@ from ponder.proto import pb, pb_grpc
 from ponder.proto.config import STRATEGIES, Limits, SolveConfig
 from ponder.proto.errors import InvalidArgument, PonderError
 from ponder.scheduler.auth import ANONYMOUS, Principal, TlsFiles, Tokens, Undecodable, bearer, safe_deserializer
-from ponder.scheduler import keys as K
-from ponder.scheduler import metrics
+from ponder.store import keys as K
+from ponder.service import metrics
 from ponder.scheduler.hub import EventHub
-from ponder.scheduler.store import JobStore, check_job_id, parse_event_id
+from ponder.store.jobs import JobStore, check_job_id, parse_event_id
 
 log = logging.getLogger(__name__)
 SERVICE = "ponder.v1.Reasoner"

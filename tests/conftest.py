@@ -38,7 +38,7 @@ def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A private Redis server on a free port for the whole session (tests use their own prefix)."""
-    from ponder.scheduler.redis_server import RedisServer
+    from ponder.service.redis_server import RedisServer
 
     server = RedisServer()
     url = server.start()

@@ -1,5 +1,5 @@
 """Starting real service processes for integration tests: schedulers and workers as
-subprocesses (`python -m ponder.clients.cli …`) against a real Redis on a free port."""
+subprocesses (`python -m ponder.cli.main …`) against a real Redis on a free port."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from ponder.proto import pb, pb_grpc
-from ponder.scheduler.redis_server import free_port
+from ponder.service.redis_server import free_port
 
 LOG_DIR = Path(os.environ.get("PONDER_TEST_LOGS", "/tmp/ponder-test-logs"))
 
@@ -36,7 +36,7 @@ class Proc:
 
     @staticmethod
     def command() -> list[str]:
-        return [sys.executable, "-m", "ponder.clients.cli"]
+        return [sys.executable, "-m", "ponder.cli.main"]
 
     def alive(self) -> bool:
         return self.proc.poll() is None

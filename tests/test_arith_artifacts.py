@@ -13,8 +13,8 @@ from ponder.proto.config import SolveConfig
 from ponder.workers.loop import SearchLoop
 from ponder.workers.models import format_prompt, resolve
 from ponder.workers.prm.value_head import ValueHeadVerifier
-from ponder.workers.tasks import arith
-from ponder.workers.train import manifest
+from ponder.tasks import arith
+from ponder.training import manifest
 
 ART = Path(__file__).resolve().parents[1] / "artifacts" / "arith"
 POLICY, HEAD, REVISER = ART / "policy", ART / "value_head.safetensors", ART / "reviser"
@@ -66,7 +66,7 @@ def test_policy_and_value_head_answer_an_arith_question(backend: str) -> None:
 
         policy = HFPolicy(files)
     else:
-        from ponder.workers.engine.policy import EnginePolicy
+        from ponder.workers.engine.engine_policy import EnginePolicy
 
         policy = EnginePolicy.load(str(POLICY))
     verifier = ValueHeadVerifier(HEAD)

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from ponder.workers.tasks import arith
+from ponder.tasks import arith
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import re
 import pytest
 
 from ponder.workers.answers import extract_answer
-from ponder.workers.tasks import arith
-from ponder.workers.tasks.arith import Knobs, Mix, make_question, questions, solve, split_of
+from ponder.tasks import arith
+from ponder.tasks.arith import Knobs, Mix, make_question, questions, solve, split_of
 
 
 def test_seeded_and_distinct() -> None:

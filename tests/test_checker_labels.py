@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ponder.workers.tasks import arith
-from ponder.workers.train import checker_labels as cl
+from ponder.tasks import arith
+from ponder.training import checker_labels as cl
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_groups_come_from_the_training_split_only(train_questions: list[arith.Qu
 def test_prm_model_trains_on_synthetic_groups(tiny_llama_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ponder.workers.train.prm_model import PrmModelRecipe, train_prm_model
+    from ponder.training.prm_model import PrmModelRecipe, train_prm_model
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)).eval()
     tok = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
@@ -106,7 +106,7 @@ def test_prm_model_trains_on_synthetic_groups(tiny_llama_dir: Path, tmp_path: Pa
 
 def test_checker_labels_need_a_model_out() -> None:
     from ponder.proto.errors import InvalidArgument
-    from ponder.workers.train.prm import main
+    from ponder.training.prm import main
 
     with pytest.raises(InvalidArgument):
         main(["--label-kind", "checker"])

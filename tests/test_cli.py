@@ -13,13 +13,13 @@ import pytest
 from service_utils import Proc, wait_until, workers_alive
 
 from ponder.proto.errors import InvalidArgument
-from ponder.scheduler.redis_server import free_port
+from ponder.service.redis_server import free_port
 
 ASK_OPTS = ["--budget", "2", "--max-steps", "2", "--max-step-tokens", "8", "--seed", "1"]
 
 
 def ponder(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ponder.clients.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "ponder.cli.main", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_serve_then_ask(tiny_llama_dir: Path) -> None:
@@ -85,7 +85,7 @@ def test_serve_demo_answers_one_question(tiny_llama_dir: Path) -> None:
 
 def test_delegated_commands_keep_their_options() -> None:
     """``eval --dataset X`` starts with an option, which argparse's REMAINDER would refuse."""
-    from ponder.clients.cli import _parse
+    from ponder.cli.main import _parse
 
     ns = _parse(["eval", "--dataset", "d.jsonl", "--budgets", "4"])
     assert (ns.command, ns.rest, ns.verbose) == ("eval", ["--dataset", "d.jsonl", "--budgets", "4"], False)
@@ -101,8 +101,8 @@ def test_delegated_commands_keep_their_options() -> None:
 
 
 def test_serve_passes_the_plan_to_its_workers() -> None:
-    from ponder.clients.cli import build_parser
-    from ponder.clients.serve import worker_command
+    from ponder.cli.main import build_parser
+    from ponder.service.supervisor import worker_command
 
     args = build_parser().parse_args(["serve", "--plan", "/tmp/my-plan.json", "--verifier", "none"])
     cmd = worker_command(args)
@@ -122,7 +122,7 @@ def test_render_marks_a_restarted_attempt() -> None:
 
 
 def test_redis_url_with_a_password_is_refused_on_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ponder.clients.cli import _redis_url, build_parser
+    from ponder.cli.main import _redis_url, build_parser
 
     args = build_parser().parse_args(["worker", "--redis", "redis://:pw@127.0.0.1:1/0"])
     with pytest.raises(InvalidArgument) as info:

@@ -15,10 +15,10 @@ import pytest
 from fakes import ScriptedPolicy, ScriptedVerifier, StepScript
 from ponder.proto.config import SolveConfig
 from ponder.proto.errors import InvalidArgument
-from ponder.workers import evaluate as ev
+from ponder.evaluation import evaluate as ev
 from ponder.workers.answers import Candidate, is_correct, select
 from ponder.workers.loop import SearchLoop
-from ponder.workers.tasks import arith
+from ponder.tasks import arith
 
 # A valid value, other than the default, for every search option (with --strategies best_of_n
 # --budgets 4), small enough that the arith run stays short.
@@ -83,7 +83,7 @@ def test_every_search_option_is_a_flag() -> None:
     args = ev._parser().parse_args(["--dataset", "x"])
     assert {k: getattr(args, k) for k in ev.SEARCH_OPTIONS} == {k: defaults[k] for k in ev.SEARCH_OPTIONS}
     # spelled as `ponder ask` spells them
-    from ponder.clients.cli import build_parser
+    from ponder.cli.main import build_parser
 
     ask = build_parser()._subparsers._group_actions[0].choices["ask"]  # type: ignore[union-attr]
     ask_flags = {a.dest: set(a.option_strings) for a in ask._actions if a.dest in ev.SEARCH_OPTIONS}
@@ -146,7 +146,7 @@ def test_bad_choice_and_cli_delegation(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit) as exc:
         ev.main(["--dataset", "arith:test", "--aggregation", "bogus"])
     assert exc.value.code == 2 and "--aggregation" in capsys.readouterr().err
-    from ponder.clients.cli import main as cli_main
+    from ponder.cli.main import main as cli_main
 
     assert cli_main(["eval", "--dataset", "arith:test", "--top-k", "-3"]) == 2
     assert "options.top_k" in capsys.readouterr().err

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from ponder.clients.cli import main as cli
+from ponder.cli.main import main as cli
 from ponder.proto.errors import InvalidArgument
-from ponder.workers.flops import matched_generations
+from ponder.evaluation.flops import matched_generations
 
 
 @pytest.mark.parametrize("m,r", [(2.0, 1.0), (14.0, 0.16), (7.9, 22.0), (1.0, 0.5)])

@@ -19,7 +19,7 @@ import pytest
 from service_utils import Proc, start_scheduler, wait_until, workers_alive
 
 from ponder.clients.client import Client
-from ponder.scheduler.redis_server import free_port
+from ponder.service.redis_server import free_port
 
 QUICK = {"strategy": "best_of_n", "generations": 2, "max_steps": 3, "seed": 1}
 

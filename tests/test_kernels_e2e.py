@@ -13,7 +13,7 @@ import pytest
 
 from ponder.kernels import ops
 from ponder.proto.config import SolveConfig
-from ponder.workers.engine.policy import EnginePolicy
+from ponder.workers.engine.engine_policy import EnginePolicy
 from ponder.workers.loop import SearchLoop
 from ponder.workers.prm.value_head import ValueHead, ValueHeadVerifier
 

@@ -11,7 +11,7 @@ import uuid
 from service_utils import Proc, start_scheduler, wait_until, workers_alive
 
 from ponder.clients.client import Client
-from ponder.scheduler.redis_server import free_port
+from ponder.service.redis_server import free_port
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -46,7 +46,7 @@ def test_placement_resolves_auto_and_refuses_what_the_machine_lacks() -> None:
     ["eval", "--dataset", "arith:test:2", "--dtype", "float16"],
 ])
 def test_bad_placement_flags_exit_2_before_anything_starts(argv: list[str]) -> None:
-    out = subprocess.run([sys.executable, "-m", "ponder.clients.cli", *argv], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "ponder.cli.main", *argv], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     field = "dtype" if "--dtype" in argv else "device"
     assert f"INVALID_ARGUMENT: {field}:" in out.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from fakes import ScriptedPolicy, ScriptedVerifier, StepScript
 from ponder.proto.errors import InvalidArgument
-from ponder.workers.evaluate import evaluate, format_markdown, format_table, load_dataset, main
+from ponder.evaluation.evaluate import evaluate, format_markdown, format_table, load_dataset, main
 
 
 def write_jsonl(path: Path, records: list[dict[str, str]]) -> Path:
@@ -77,7 +77,7 @@ def test_main_end_to_end(tmp_path: Path, tiny_llama_dir: Path, capsys: pytest.Ca
 
 
 def test_rows_per_question_sizes_the_groups() -> None:
-    from ponder.workers.evaluate import rows_per_question
+    from ponder.evaluation.evaluate import rows_per_question
 
     assert rows_per_question("best_of_n", 16, {}) == 16 and rows_per_question("beam", 4, {}) == 4
     assert rows_per_question("revision", 16, {}) == 1  # one chain, one sequence at a time

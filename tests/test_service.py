@@ -288,7 +288,7 @@ def test_auto_streams_its_decisions_and_reports_the_spend(svc: Service) -> None:
     # run with other limits than the scheduler that accepted it
     import asyncio
 
-    from ponder.scheduler.store import JobStore
+    from ponder.store.jobs import JobStore
 
     async def stored_max() -> int | None:
         store = JobStore.from_url(svc.redis_url, svc.prefix)

@@ -10,7 +10,7 @@ from typing import Any
 from ponder.proto import pb
 from ponder.proto.config import SolveConfig
 from ponder.proto.errors import InvalidArgument
-from ponder.scheduler.store import JobStore, QueuedJob
+from ponder.store.jobs import JobStore, QueuedJob
 
 Q = SolveConfig("What is 1 + 1?", generations=2)
 

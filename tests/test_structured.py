@@ -16,10 +16,10 @@ from service_utils import Proc, wait_until
 
 from ponder.clients.client import AsyncClient
 from ponder.proto.config import SolveConfig
-from ponder.scheduler import keys as K
-from ponder.scheduler.redis_server import free_port
+from ponder.store import keys as K
+from ponder.service.redis_server import free_port
 from ponder.scheduler.server import Scheduler, SchedulerConfig
-from ponder.scheduler.store import JobStore
+from ponder.store.jobs import JobStore
 
 JOB = SolveConfig("Compute 5 + 8 + 3 + 7 * 7.", generations=16, max_steps=6, seed=1)
 

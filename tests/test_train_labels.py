@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ponder.workers.tasks.arith import Knobs, Question
-from ponder.workers.train.mc_labels import cut_steps, grade_text, mc_label, step_features
-from ponder.workers.train.revise import build_trajectories, edit_distance
+from ponder.tasks.arith import Knobs, Question
+from ponder.training.mc_labels import cut_steps, grade_text, mc_label, step_features
+from ponder.training.revise import build_trajectories, edit_distance
 
 Q = Question("Compute 2 + 3 * 4.", "2 + 3 * 4", ("3 * 4 = 12\n2 + 12", "2 + 12 = 14", "The answer is \\boxed{14}."), "14", Knobs(2, 1))
 RIGHT = "3 * 4 = 12\n2 + 12\n\n2 + 12 = 14\n\nThe answer is \\boxed{14}."
@@ -74,8 +74,8 @@ def test_step_features_are_the_policy_hidden_states(tiny_llama_dir: Path) -> Non
     produces the same steps (hidden state at the step's last token, after the final norm)."""
     from ponder.workers.hf_policy import HFPolicy
     from ponder.workers.models import resolve
-    from ponder.workers.train.checkpoint import EOS_ID
-    from ponder.workers.train.mc_labels import LabeledSolution
+    from ponder.training.checkpoint import EOS_ID
+    from ponder.training.mc_labels import LabeledSolution
     from ponder.workers.types import Node, Prompt, SamplingParams
 
     policy = HFPolicy(resolve(str(tiny_llama_dir)))
@@ -133,7 +133,7 @@ def test_bulk_sampler_matches_transformers(tiny_llama_dir: Path) -> None:
     decoding, with prompts of different lengths in one batch (left padding) and GQA."""
     from transformers import AutoModelForCausalLM
 
-    from ponder.workers.train.sample import generate
+    from ponder.training.sample import generate
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir)).eval()
     prompts = [[5, 9, 40, 41], [7], [3, 3, 3, 3, 3, 3, 3, 11], [100, 101]]

@@ -13,7 +13,7 @@ import pytest
 
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.search.plan import PlanTable
-from ponder.workers.train import plan as fitplan
+from ponder.training import plan as fitplan
 
 
 def _pool(path: Path, n_questions: int = 30, samples: int = 32, seed: int = 0) -> Path:

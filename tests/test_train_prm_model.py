@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ponder.workers.train.mc_labels import LabeledSolution
-from ponder.workers.train.prm_model import PrmModelRecipe, prm_model_scores, train_prm_model
+from ponder.training.mc_labels import LabeledSolution
+from ponder.training.prm_model import PrmModelRecipe, prm_model_scores, train_prm_model
 from ponder.workers.types import Node, Prompt
 
 SOLS = [
@@ -47,7 +47,7 @@ def test_prm_model_round_trip(tiny_llama_dir: Path, tmp_path: Path) -> None:
 def test_grouped_batches_hold_every_sample_of_their_questions() -> None:
     import random
 
-    from ponder.workers.train.prm_model import _batches
+    from ponder.training.prm_model import _batches
 
     sols = [LabeledSolution(f"Q{q}", "1", ["x"], [1.0], bool(k % 2)) for q in range(10) for k in range(4)]
     batches = _batches(sols, PrmModelRecipe(questions_per_batch=3), random.Random(0))
@@ -64,7 +64,7 @@ def test_grouped_batches_hold_every_sample_of_their_questions() -> None:
 def test_grouped_auc_compares_samples_of_the_same_question_only() -> None:
     import math
 
-    from ponder.workers.train.prm import grouped_auc
+    from ponder.training.prm import grouped_auc
 
     # question A: right samples score above wrong ones; question B: below. Across questions the
     # scores would separate perfectly (A's are all higher), within them it is one win, one loss.

@@ -15,14 +15,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def test_recipe_reduced(tmp_path: Path) -> None:
-    from ponder.workers.tasks import arith
-    from ponder.workers.train import manifest, policy, prm, revise
-    from ponder.workers.train.checkpoint import load_checkpoint
-    from ponder.workers.train.evaluate import sample_solutions
-    from ponder.workers.train.mc_labels import cut_steps
+    from ponder.tasks import arith
+    from ponder.training import manifest, prm, revise, train_policy
+    from ponder.training.checkpoint import load_checkpoint
+    from ponder.training.grading import sample_solutions
+    from ponder.training.mc_labels import cut_steps
 
     art = tmp_path / "arith"
-    assert policy.main(["--steps", "800", "--batch", "32", "--out", str(art / "policy"), "--val-questions", "0"]) == 0
+    assert train_policy.main(["--steps", "800", "--batch", "32", "--out", str(art / "policy"), "--val-questions", "0"]) == 0
     model, tok, fmt = load_checkpoint(art / "policy")
     easy = arith.Mix(((1.0, arith.Knobs(1, 1)), (1.0, arith.Knobs(2, 1))))
     qs = arith.questions("validation", 48, seed=5, mix=easy)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ponder.workers.train import report
+from ponder.training import report
 
 
 def test_fold_matches_the_search_loops_aggregation() -> None:

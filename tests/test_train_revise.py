@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import torch
 
-from ponder.workers.tasks import arith
-from ponder.workers.train import revise
-from ponder.workers.train.checkpoint import EOS_ID, byte_tokenizer
-from ponder.workers.train.evaluate import Samples
-from ponder.workers.train.policy import prompt_format
-from ponder.workers.train.revise_eval import ChainResult, EarlyStopping, held_out_score
-from ponder.workers.train.sft import Example
+from ponder.tasks import arith
+from ponder.training import revise
+from ponder.training.checkpoint import EOS_ID, byte_tokenizer
+from ponder.training.grading import Samples
+from ponder.training.train_policy import prompt_format
+from ponder.training.revise_eval import ChainResult, EarlyStopping, held_out_score
+from ponder.training.sft import Example
 
 
 def test_balanced_ks_spread_every_count_equally() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ponder.clients import cli
+from ponder.cli import main as cli
 from ponder.workers.prm.confidence import FEATURES, Calibration
 from ponder.workers.prm.value_head import ValueHead
 

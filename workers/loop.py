@@ -17,7 +17,7 @@ from ponder.kernels import topk_prune
 from ponder.proto import pb
 from ponder.proto.config import Limits, SolveConfig
 from ponder.proto.errors import InvalidArgument, PonderError
-from ponder.scheduler import metrics
+from ponder.service import metrics
 from ponder.workers.policy import Policy
 from ponder.workers.search import base as search_base
 from ponder.workers.search.base import SearchContext, Strategy, usage_to_proto

@@ -72,7 +72,7 @@ def build_policy(model: str = DEFAULT_MODEL, backend: str = "auto", device: str 
     files = resolve(model)
     if backend in ("auto", "engine"):
         try:
-            from ponder.workers.engine.policy import EnginePolicy
+            from ponder.workers.engine.engine_policy import EnginePolicy
         except ImportError:
             if backend == "engine":
                 raise InvalidArgument("backend", "the engine is not available in this build") from None

@@ -39,8 +39,8 @@ from redis.exceptions import RedisError
 from ponder.proto import pb
 from ponder.proto.config import STRATEGIES, Limits, SolveConfig
 from ponder.proto.errors import InvalidArgument, PonderError, Unavailable
-from ponder.scheduler import metrics
-from ponder.scheduler.store import JobStore, QueuedJob
+from ponder.service import metrics
+from ponder.store.jobs import JobStore, QueuedJob
 from ponder.workers.loop import SearchLoop
 from ponder.workers.policy import Policy
 from ponder.workers.search.plan import PlanTable

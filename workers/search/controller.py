@@ -19,7 +19,7 @@ the best and mean final scores), and :func:`decide` says what to do with the que
 
 The rules are those of Adaptive-Consistency / ESC / DeepConf-online (stop on agreement, with a
 minimum and a stability window) applied to verifier-weighted votes; the thresholds are fitted on a
-sample pool by ``ponder train plan`` (workers/train/plan.py) and shipped in the model's plan table.
+sample pool by ``ponder train plan`` (training/plan.py) and shipped in the model's plan table.
 
 The bank: a question that ends below its nominal budget deposits what it did not spend; a
 question that wants more than its nominal budget withdraws, never more than what it may draw.

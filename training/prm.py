@@ -23,10 +23,10 @@ import torch
 
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.prm.value_head import ValueHead
-from ponder.workers.tasks import arith
-from ponder.workers.train import manifest
-from ponder.workers.train.checkpoint import load_checkpoint
-from ponder.workers.train.mc_labels import (
+from ponder.tasks import arith
+from ponder.training import manifest
+from ponder.training.checkpoint import load_checkpoint
+from ponder.training.mc_labels import (
     LabeledSolution,
     ModelRollouts,
     load_labels,
@@ -69,7 +69,7 @@ class PrmRecipe:
     # checker's process labels (every step from the first wrong one on is bad), no rollouts.
     labels: str = "mc"
     model_steps: int = 3000  # optimizer steps of the separate PRM model with exact labels (early-stopped)
-    # "checker" labels only: slipped copies per worked solution (workers/train/checker_labels.py),
+    # "checker" labels only: slipped copies per worked solution (training/checker_labels.py),
     # samples per validation question for early stopping on within-question AUC, and a time cap.
     synthetic_negatives: int = 3
     val_samples: int = 16
@@ -94,13 +94,13 @@ def exact_label_split(
     model: Any, tokenizer: Any, fmt: Any, split: str, n: int, recipe: PrmRecipe, seed: int
 ) -> tuple[list[LabeledSolution], dict[str, int]]:
     """``recipe.samples`` sampled solutions per question, each step labelled exactly by the arith
-    checker (:func:`ponder.workers.tasks.arith.step_labels`); samples without a parsable answer
+    checker (:func:`ponder.tasks.arith.step_labels`); samples without a parsable answer
     are dropped, as for the Monte Carlo labels."""
     from tqdm import tqdm
 
     from ponder.workers.answers import extract_answer, is_correct
-    from ponder.workers.train.evaluate import sample_solutions
-    from ponder.workers.train.mc_labels import cut_steps
+    from ponder.training.grading import sample_solutions
+    from ponder.training.mc_labels import cut_steps
 
     qs = arith.questions(split, n, seed=seed, mix=arith.EVAL_MIX)
     with tqdm(total=n * recipe.samples, desc=f"samples ({split})", unit="seq", dynamic_ncols=True, mininterval=2.0) as bar:
@@ -249,7 +249,7 @@ def train_prm(
         "label_seconds": label_seconds,
     }
     if model_out is not None:
-        from ponder.workers.train.prm_model import PrmModelRecipe, train_prm_model
+        from ponder.training.prm_model import PrmModelRecipe, train_prm_model
 
         pm_recipe = PrmModelRecipe(seed=recipe.seed)
         if recipe.labels == "exact":
@@ -279,11 +279,11 @@ def train_checker_prm(
     hold (a) the policy's own samples of a few training questions with the checker's exact labels
     (``labels``' training split, or freshly sampled) and (b) synthetic groups — a fresh training
     question's worked solution and ``synthetic_negatives`` copies with one step slipped the way
-    the policy slips (:mod:`ponder.workers.train.checker_labels`). The checkpoint is picked by
+    the policy slips (:mod:`ponder.training.checker_labels`). The checkpoint is picked by
     within-question AUC on ``val_samples`` policy samples of each of ``val_questions`` validation
     questions; training stops after ``model_minutes``."""
-    from ponder.workers.train import checker_labels
-    from ponder.workers.train.prm_model import PrmModelRecipe, train_prm_model
+    from ponder.training import checker_labels
+    from ponder.training.prm_model import PrmModelRecipe, train_prm_model
 
     torch.set_num_threads(recipe.threads)
     model, tokenizer, fmt = load_checkpoint(policy)

@@ -23,10 +23,10 @@ import torch
 
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.models import PromptFormat, format_prompt
-from ponder.workers.tasks import arith
-from ponder.workers.train import manifest
-from ponder.workers.train.checkpoint import ModelShape, byte_tokenizer, new_model, save_checkpoint
-from ponder.workers.train.sft import Example, LoopConfig, bucketed, encode_example, train_loop
+from ponder.tasks import arith
+from ponder.training import manifest
+from ponder.training.checkpoint import ModelShape, byte_tokenizer, new_model, save_checkpoint
+from ponder.training.sft import Example, LoopConfig, bucketed, encode_example, train_loop
 
 log = logging.getLogger(__name__)
 DEFAULT_OUT = Path("artifacts/arith/policy")
@@ -93,7 +93,7 @@ def validate(model: Any, tokenizer: Any, fmt: PromptFormat, n: int, seed: int) -
     """Greedy accuracy on ``n`` validation questions (0 questions: skipped, returns -1)."""
     if n <= 0:
         return -1.0
-    from ponder.workers.train.evaluate import sample_solutions
+    from ponder.training.grading import sample_solutions
 
     qs = arith.questions("validation", n, seed=seed)
     samples = sample_solutions(model, tokenizer, fmt, qs, 1, temperature=0.0, seed=seed)

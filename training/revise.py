@@ -32,14 +32,14 @@ import torch
 
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.models import PromptFormat, format_prompt
-from ponder.workers.tasks import arith
-from ponder.workers.train import manifest
-from ponder.workers.train.checkpoint import load_checkpoint, save_checkpoint
-from ponder.workers.train.evaluate import sample_solutions
-from ponder.workers.train.mc_labels import cut_steps
-from ponder.workers.train.policy import prompt_format
-from ponder.workers.train.revise_eval import EarlyStopping, held_out_score, revision_chains
-from ponder.workers.train.sft import Example, LoopConfig, bucketed, encode_example, train_loop
+from ponder.tasks import arith
+from ponder.training import manifest
+from ponder.training.checkpoint import load_checkpoint, save_checkpoint
+from ponder.training.grading import sample_solutions
+from ponder.training.mc_labels import cut_steps
+from ponder.training.train_policy import prompt_format
+from ponder.training.revise_eval import EarlyStopping, held_out_score, revision_chains
+from ponder.training.sft import Example, LoopConfig, bucketed, encode_example, train_loop
 
 log = logging.getLogger(__name__)
 DEFAULT_POLICY = Path("artifacts/arith/policy")

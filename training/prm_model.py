@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from ponder.workers.train.checkpoint import PAD_ID
-from ponder.workers.train.mc_labels import LabeledSolution
+from ponder.training.checkpoint import PAD_ID
+from ponder.training.mc_labels import LabeledSolution
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class PrmModelRecipe:
     # (held-out within-question AUC of the last step's score against the answer's correctness).
     select: str = "bce"
     # Checker labels (``--label-kind checker``): each batch also holds this many synthetic groups
-    # (a training question's worked solution and its slipped copies, workers/train/checker_labels.py).
+    # (a training question's worked solution and its slipped copies, training/checker_labels.py).
     synthetic_groups: int = 0
     max_seconds: float = 0.0  # stop after this much training wall time (0: no limit)
 
@@ -135,8 +135,8 @@ def train_prm_model(
     ``recipe.synthetic_groups`` of its groups per batch); the checkpoint is picked on ``val``."""
     from tqdm import tqdm
 
-    from ponder.workers.train.checkpoint import save_checkpoint
-    from ponder.workers.train.prm import grouped_auc
+    from ponder.training.checkpoint import save_checkpoint
+    from ponder.training.prm import grouped_auc
 
     if recipe.select not in ("bce", "within_auc"):
         raise ValueError(f"select must be 'bce' or 'within_auc', got {recipe.select!r}")

@@ -38,7 +38,7 @@ from ponder.workers.prm.confidence import (
     features,
     model_fingerprint,
 )
-from ponder.workers.train.prm import auc, grouped_auc
+from ponder.training.prm import auc, grouped_auc
 from ponder.workers.types import Node, Prompt, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
-    from ponder.workers.evaluate import load_dataset
+    from ponder.evaluation.evaluate import load_dataset
     from ponder.workers.models import resolve
     from ponder.workers.runtime import build_policy, set_threads
 
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     })
     cal.save(out)
     if a.model in ("arith", "arith-reviser"):
-        from ponder.workers.train import manifest
+        from ponder.training import manifest
 
         root = out.resolve().parents[1]
         if (root / manifest.MANIFEST).exists() and out.resolve().is_relative_to(root):

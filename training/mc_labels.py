@@ -21,9 +21,9 @@ import torch
 
 from ponder.workers.answers import extract_answer, is_correct
 from ponder.workers.models import PromptFormat, format_prompt
-from ponder.workers.tasks.arith import STEP_DELIMITER, Question
-from ponder.workers.train.checkpoint import EOS_ID
-from ponder.workers.train.sample import generate, step_end_hidden
+from ponder.tasks.arith import STEP_DELIMITER, Question
+from ponder.training.checkpoint import EOS_ID
+from ponder.training.sample import generate, step_end_hidden
 
 
 class Rollouts(Protocol):

@@ -136,7 +136,7 @@ def load_dataset(spec: str | Path, limit: int | None = None) -> list[Item]:
 
 
 def _arith_items(spec: str, limit: int | None) -> list[Item]:
-    from ponder.workers.tasks import arith
+    from ponder.tasks import arith
 
     parts = spec.split(":")[1:]
     split = parts[0] if parts else ""

@@ -1,11 +1,11 @@
 """Verifiers side by side on one pool of policy samples, with the quality report's own measures
-(:mod:`ponder.workers.train.report`): within-question AUC of the last and the min step score,
+(:mod:`ponder.training.report`): within-question AUC of the last and the min step score,
 and weighted / best-scored selection against majority voting at N samples per question.
 
 A smaller, faster cousin of ``ponder train report``'s verifier table, for comparing a new PRM
 against the committed ones without regenerating the whole report::
 
-    python -m ponder.workers.train.compare_verifiers --questions 160 --samples 16 \\
+    python -m ponder.training.compare_verifiers --questions 160 --samples 16 \\
         --verifier checker=artifacts/arith/prm_checker --combine checker --out /tmp/cmp.json
 
 ``--combine NAME`` also fits a logistic regression of sample correctness on the confidence
@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from ponder.workers.tasks import arith
-from ponder.workers.train.checkpoint import load_checkpoint
-from ponder.workers.train.evaluate import Samples, sample_solutions
-from ponder.workers.train.report import (
+from ponder.tasks import arith
+from ponder.training.checkpoint import load_checkpoint
+from ponder.training.grading import Samples, sample_solutions
+from ponder.training.report import (
     ART,
     _answer,
     _fold,

@@ -104,7 +104,7 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
     L: list[str] = []
     L += ["# Quality of the built-in arith models", ""]
     L += [
-        "Produced by `ponder train report` (workers/train/report.py) from the committed artifacts under",
+        "Produced by `ponder train report` (training/report.py) from the committed artifacts under",
         f"`{art}/`; seed {cfg['seed']}, sampling temperature {cfg['temperature']}. Regenerate with that one command;",
         "figures below are measured, not typed in (all of them, as data: `quality.json` beside this page).", "",
         "## Training commands and their timings on this machine", "",

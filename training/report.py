@@ -33,14 +33,14 @@ import torch
 
 from ponder.workers.answers import Candidate, extract_answer, is_correct, select
 from ponder.workers.prm.value_head import ValueHead
-from ponder.workers.tasks import arith
+from ponder.tasks import arith
 from ponder.workers.models import format_prompt
-from ponder.workers.train.checkpoint import EOS_ID, PAD_ID, load_checkpoint
-from ponder.workers.train.evaluate import Samples, decode, prompt_ids, sample_solutions
-from ponder.workers.train.mc_labels import LabeledSolution, ModelRollouts, cut_steps, mc_label, step_features
-from ponder.workers.train.prm import auc
-from ponder.workers.train.quality_doc import _read, write_doc
-from ponder.workers.train.sample import generate
+from ponder.training.checkpoint import EOS_ID, PAD_ID, load_checkpoint
+from ponder.training.grading import Samples, decode, prompt_ids, sample_solutions
+from ponder.training.mc_labels import LabeledSolution, ModelRollouts, cut_steps, mc_label, step_features
+from ponder.training.prm import auc
+from ponder.training.quality_doc import _read, write_doc
+from ponder.training.sample import generate
 from ponder.workers.verifier import aggregate
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def label_noise(mc: list[LabeledSolution]) -> dict[str, float]:
 
 
 def prm_model_scorer(path: Path) -> StepScorer:
-    from ponder.workers.train.prm_model import prm_model_scores
+    from ponder.training.prm_model import prm_model_scores
 
     model, tokenizer, _ = load_checkpoint(path)
     return lambda sols: prm_model_scores(model, tokenizer, sols)
@@ -282,7 +282,7 @@ def prm_section(
     noise = {f"held-out ({cfg.prm_rollouts} rollouts per step)": label_noise(sols)}
     train_labels = cfg.policy.parent / "prm_labels.jsonl"
     if train_labels.exists():  # the paper's recipe's training labels
-        from ponder.workers.train.mc_labels import load_labels
+        from ponder.training.mc_labels import load_labels
 
         rollouts = _read(cfg.value_head.with_suffix(".json")).get("recipe", {}).get("rollouts", "?")
         noise[f"training ({rollouts} rollouts per step)"] = label_noise(load_labels(train_labels)["train"])
@@ -296,7 +296,7 @@ def search_section(samples: Samples, rates: list[float], cfg: ReportConfig) -> d
     """Beam search (M = 4) against weighted best-of-N (the default verifier of the built-in
     model, through the engine and the real search loop) on the pool's first questions, overall,
     by number of operations and by thirds of the questions' pass rate (from the pool)."""
-    from ponder.workers.evaluate import Item, evaluate
+    from ponder.evaluation.evaluate import Item, evaluate
     from ponder.workers.runtime import build_policy, build_verifier
 
     policy = build_policy(str(cfg.policy), "engine")

@@ -270,7 +270,10 @@ def _bench(what: str, argv: list[str]) -> int:
     return 0
 
 
-TRAIN_JOBS = ("policy", "prm", "confidence", "revise", "plan", "report")  # modules of ponder.workers.train
+# ``ponder train JOB`` → its module in ponder.training
+TRAIN_MODULES = {"policy": "train_policy", "prm": "prm", "confidence": "confidence", "revise": "revise",
+                 "plan": "plan", "report": "report"}
+TRAIN_JOBS = tuple(TRAIN_MODULES)
 BENCHMARKS = ("engine", "kernels", "service", "adaptive", "scaling", "chaos", "gpu_check")  # scripts in benchmarks/
 DELEGATED = ("eval", "train", "bench", "flops")  # commands whose options belong to another module's parser
 
@@ -294,13 +297,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(list(sys.argv[1:] if argv is None else argv))
-    from ponder.clients.logs import setup_logging
+    from ponder.service.logs import setup_logging
 
     setup_logging(args.verbose, args.log_format)
     os.environ["PONDER_LOG_FORMAT"] = args.log_format  # processes this one starts log the same way
     try:
         if args.command == "serve":
-            from ponder.clients.serve import serve
+            from ponder.service.supervisor import serve
             from ponder.workers.runtime import resolve_placement
 
             args.redis = _redis_url(args)
@@ -337,11 +340,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("info", "watch", "cancel", "result"):
             return _job_command(args)
         if args.command == "eval":
-            return _delegate("ponder.workers.evaluate", args.rest)
+            return _delegate("ponder.evaluation.evaluate", args.rest)
         if args.command == "flops":
-            return _delegate("ponder.workers.flops", args.rest)
+            return _delegate("ponder.evaluation.flops", args.rest)
         if args.command == "train":
-            return _delegate(f"ponder.workers.train.{args.what}", args.rest)
+            return _delegate(f"ponder.training.{TRAIN_MODULES[args.what]}", args.rest)
         if args.command == "bench":
             return _bench(args.what, args.rest)
     except PonderError as exc:

@@ -411,7 +411,7 @@ def reproduce_command(a: argparse.Namespace) -> str:
 
 
 def _draw(a: argparse.Namespace, budgets: list[int], work: Path) -> tuple[Path, list[Path]]:
-    from ponder.workers import evaluate
+    from ponder.evaluation import evaluate
 
     cmds = draw_commands(a, budgets, work)
     for cmd in cmds:
@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out) if a.out else Path(files.path) / PLAN_FILE
     table.save(out)
     if a.model == "arith":
-        from ponder.workers.train import manifest
+        from ponder.training import manifest
 
         root = out.resolve().parents[1]
         if (root / manifest.MANIFEST).exists() and out.resolve().is_relative_to(root):

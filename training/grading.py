@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from ponder.workers.models import PromptFormat, format_prompt
-from ponder.workers.tasks.arith import Question, grade
-from ponder.workers.train.checkpoint import EOS_ID
-from ponder.workers.train.sample import generate
+from ponder.tasks.arith import Question, grade
+from ponder.training.checkpoint import EOS_ID
+from ponder.training.sample import generate
 
 MAX_NEW = 320  # the longest arith solution in the eval mix is ~230 characters
 

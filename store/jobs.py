@@ -1,6 +1,6 @@
 """The job store: every read and write of job state in Redis, for schedulers and workers alike.
 
-Payloads are protobuf bytes (never pickle). See :mod:`ponder.scheduler.keys` for the layout.
+Payloads are protobuf bytes (never pickle). See :mod:`ponder.store.keys` for the layout.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ponder.proto import pb
 from ponder.proto.config import SolveConfig
 from ponder.proto.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from ponder.scheduler import keys as K
+from ponder.store import keys as K
 
 log = logging.getLogger(__name__)
 TERMINAL_KINDS = ("final", "error")

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from ponder.proto.config import Limits
-from ponder.scheduler.redis_server import RedisServer
+from ponder.service.redis_server import RedisServer
 from ponder.scheduler.server import Scheduler, SchedulerConfig
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def worker_command(args: Any) -> list[str]:
     """The worker's command line; its Redis URL travels in $PONDER_REDIS_URL (see worker_env),
     so a password in it never shows in ps."""
     cmd = [
-        sys.executable, "-m", "ponder.clients.cli", "worker", "--model", args.model,
+        sys.executable, "-m", "ponder.cli.main", "worker", "--model", args.model,
         "--backend", args.backend, "--prefix", args.prefix, "--capacity", str(args.capacity),
         "--drain", "2", "--verifier", args.verifier, "--reviser", args.reviser, "--threads", str(args.threads),
         "--plan", args.plan, "--device", args.device, "--dtype", args.dtype,

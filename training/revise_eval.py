@@ -13,10 +13,10 @@ from typing import Any
 import torch
 
 from ponder.workers.models import PromptFormat
-from ponder.workers.tasks import arith
-from ponder.workers.train.evaluate import MAX_NEW, decode, prompt_ids
-from ponder.workers.train.mc_labels import cut_steps
-from ponder.workers.train.sample import generate
+from ponder.tasks import arith
+from ponder.training.grading import MAX_NEW, decode, prompt_ids
+from ponder.training.mc_labels import cut_steps
+from ponder.training.sample import generate
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ponder.workers.train.checkpoint import EOS_ID, PAD_ID
+from ponder.training.checkpoint import EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
 IGNORE = -100

@@ -9,7 +9,7 @@ front (12%), two digits wrong (9%), ±1 or ±100 (2%) — and 18% a true equatio
 remainder copies an operand wrong (``83 - 49 + 69`` for ``83 - 49 + 6``). Later steps carry the
 wrong value on consistently. :func:`corrupt` makes the same slips on training-split questions,
 carries the wrong value on (or, sometimes, restates the right one), and labels the result with
-:func:`ponder.workers.tasks.arith.step_labels`: the slipped step and every later one are bad.
+:func:`ponder.tasks.arith.step_labels`: the slipped step and every later one are bad.
 A slip that does not change what the step says (``0 * 7`` with the 7 miscopied) is rejected,
 so every corruption really is wrong at its step.
 
@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ponder.workers.answers import extract_answer, is_correct
-from ponder.workers.tasks import arith
-from ponder.workers.train.mc_labels import LabeledSolution
+from ponder.tasks import arith
+from ponder.training.mc_labels import LabeledSolution
 
 # How a result is slipped, weighted as the policy's first false equations are (see above).
 RESULT_SLIPS: tuple[tuple[str, float], ...] = (

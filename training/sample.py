@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from ponder.workers.train.checkpoint import EOS_ID, PAD_ID
-from ponder.workers.train.fastlm import FastLlama
+from ponder.training.checkpoint import EOS_ID, PAD_ID
+from ponder.training.fastlm import FastLlama
 
 
 @torch.inference_mode()

@@ -1,0 +1,2 @@
+"""Built-in tasks with exact answers: the arithmetic task (:mod:`.arith`) that the default
+``arith`` models are trained and evaluated on."""
