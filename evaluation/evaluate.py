@@ -35,6 +35,7 @@ from ponder.workers.answers import extract_answer, is_correct
 from ponder.workers.loop import SearchLoop
 from ponder.workers.policy import Policy
 from ponder.workers.search.plan import PlanTable
+from ponder.workers.search.registry import STRATEGY_CLASSES
 from ponder.workers.verifier import Verifier
 
 # SolveConfig fields that are not search options here: the question comes from the dataset, the
@@ -157,9 +158,6 @@ def _arith_items(spec: str, limit: int | None) -> list[Item]:
 def check_options(strategies: Sequence[str], budgets: Sequence[int], options: dict[str, Any]) -> None:
     """Raise :class:`InvalidArgument` naming the first bad field before anything runs: every
     (strategy, budget) must make a valid SolveConfig with these options."""
-    from ponder.workers import search  # noqa: F401  (registers the strategies)
-    from ponder.workers.search.base import STRATEGY_CLASSES
-
     if not strategies:
         raise InvalidArgument("strategies", "name at least one strategy")
     if not budgets:
@@ -332,7 +330,7 @@ def _run_group(
             elif kind in ("final", "error"):
                 ends[job_id] = e
 
-    loop.sink = sink
+    loop.set_sink(sink)
     records: dict[int, dict[str, Any]] = {}
     done = correct = failed = 0
 

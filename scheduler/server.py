@@ -25,6 +25,7 @@ from ponder.proto.errors import InvalidArgument, PonderError
 from ponder.scheduler.auth import ANONYMOUS, Principal, TlsFiles, Tokens, Undecodable, bearer, safe_deserializer
 from ponder.store import keys as K
 from ponder.service import metrics
+from ponder.service.signals import serve_until_signalled
 from ponder.scheduler.hub import EventHub
 from ponder.store.jobs import JobStore, check_job_id, parse_event_id
 
@@ -456,8 +457,6 @@ class Scheduler:
     async def serve_forever(self, stop: Any = None) -> None:
         """Start, then run until ``stop`` is set (default: until SIGTERM or SIGINT)."""
         if stop is None:
-            from ponder.workers.runtime import serve_until_signalled
-
             await serve_until_signalled(self.serve_forever)
             return
         async with self:

@@ -39,7 +39,7 @@ def run_batch(
 ) -> dict[str, list[pb.SolveEvent]]:
     """Submit every job before the first tick (one batch), run to idle, return events per job."""
     events: dict[str, list[pb.SolveEvent]] = defaultdict(list)
-    loop.sink = lambda job, evs: events[job].extend(evs)
+    loop.set_sink(lambda job, evs: events[job].extend(evs))
     for job_id, cfg in jobs.items():
         loop.submit(job_id, cfg)
     loop.run_until_idle()
@@ -818,7 +818,7 @@ def test_savings_do_not_fund_later_traffic_on_a_busy_loop() -> None:
 
     loop = SearchLoop(ScriptedPolicy(step_fn=step), ScriptedVerifier(score_fn=lambda n: b.scores.get(question(n), 0.5)))
     events: dict[str, list[pb.SolveEvent]] = defaultdict(list)
-    loop.sink = lambda job, evs: events[job].extend(evs)
+    loop.set_sink(lambda job, evs: events[job].extend(evs))
     loop.submit("long", SolveConfig("long", strategy="best_of_n", generations=1, max_steps=64, seed=1))
     loop.submit("easy", SolveConfig("easy", strategy="auto", generations=16, seed=1))
     for _ in range(12):

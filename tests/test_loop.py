@@ -14,7 +14,7 @@ from ponder.workers.types import Node, SamplingParams, StepOutput
 
 def _run(loop: SearchLoop, jobs: dict[str, SolveConfig]) -> dict[str, list[Any]]:
     events: dict[str, list[Any]] = {j: [] for j in jobs}
-    loop.sink = lambda job, evs: events[job].extend(evs)
+    loop.set_sink(lambda job, evs: events[job].extend(evs))
     for job_id, cfg in jobs.items():
         loop.submit(job_id, cfg)
     loop.run_until_idle()
@@ -86,3 +86,20 @@ def test_usage_counts_prompt_decode_and_sharing() -> None:
     assert u.tokens_saved == 3 * prompt
     assert u.flops == 2 * policy.n_params * (prompt + 40)
     assert u.flops_unshared == 2 * policy.n_params * (4 * prompt + 40)
+
+
+def test_drop_forgets_a_job_frees_its_nodes_and_publishes_nothing_more() -> None:
+    policy = ScriptedPolicy(StepScript(steps=4))
+    loop = SearchLoop(policy)
+    events: dict[str, list[Any]] = {"a": [], "b": []}
+    loop.set_sink(lambda job, evs: events[job].extend(evs))
+    loop.submit("a", SolveConfig("question a", generations=2, seed=1))
+    loop.submit("b", SolveConfig("question b", generations=2, seed=2))
+    loop.tick()
+    loop.tick()
+    seen = len(events["a"])
+    assert loop.drop("a") and not loop.drop("a") and not loop.drop("nope")
+    assert policy.released  # a's nodes went back to the policy
+    loop.run_until_idle()
+    assert len(events["a"]) == seen  # nothing after the drop, not even an error
+    assert events["b"][-1].WhichOneof("kind") == "final" and loop.idle

@@ -8,7 +8,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -19,10 +19,10 @@ from ponder.proto.config import Limits, SolveConfig
 from ponder.proto.errors import InvalidArgument, PonderError
 from ponder.service import metrics
 from ponder.workers.policy import Policy
-from ponder.workers.search import base as search_base
 from ponder.workers.search.base import SearchContext, Strategy, usage_to_proto
 from ponder.workers.search.controller import BudgetBank
 from ponder.workers.search.plan import DEFAULT_PLAN, PlanTable
+from ponder.workers.search.registry import make_strategy
 from ponder.workers.types import Expand, Node, Outcome, Prefill, Prompt, Prune, Score
 from ponder.workers.verifier import NullVerifier, Verifier
 
@@ -43,7 +43,6 @@ class Job:
     reply: Any = None  # the reply to send on the next advance
     done: bool = False
     outcome: Outcome | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class SearchLoop:
@@ -67,7 +66,7 @@ class SearchLoop:
         self.reviser = reviser
         self.verifier = verifier or NullVerifier()
         self.has_verifier = not isinstance(self.verifier, NullVerifier)
-        self.sink = sink or (lambda job_id, events: None)
+        self._sink: EventSink = sink or (lambda job_id, events: None)
         self.jobs: dict[str, Job] = {}
         # auto's plan table and the live controller's thresholds (search/plan.py)
         self.plan = plan or DEFAULT_PLAN
@@ -91,8 +90,6 @@ class SearchLoop:
 
     def submit(self, job_id: str, config: SolveConfig, *, deadline: float | None = None) -> SearchContext:
         """Start a job; its strategy runs from the next tick. Raises PonderError on bad config."""
-        from ponder.workers import search  # noqa: F401  (registers the strategies)
-
         self._check_context(config.question)
         ctx = SearchContext(
             job_id,
@@ -104,7 +101,7 @@ class SearchLoop:
             bank=self.bank,
             bounds=config.budget_bounds(self.limits, min_default=self.plan.controller.min_candidates),
         )
-        strategy = search_base.make_strategy(ctx)
+        strategy = make_strategy(ctx)
         ctx.emit(
             started=pb.Started(
                 strategy=strategy.name,
@@ -136,6 +133,20 @@ class SearchLoop:
             return False
         job.ctx.cancelled = True
         return True
+
+    def drop(self, job_id: str) -> bool:
+        """Forget a job at once and free its nodes, publishing nothing more (a worker that was
+        fenced out: another worker owns the job now). Returns whether the job was here."""
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return False
+        job.done = True
+        self._release(job)
+        return True
+
+    def set_sink(self, sink: EventSink) -> None:
+        """Where the events of every job go from now on (``sink(job_id, events)``)."""
+        self._sink = sink
 
     @property
     def idle(self) -> bool:
@@ -207,7 +218,7 @@ class SearchLoop:
         """Serve the jobs' requests in one call. If the batched call fails, each job is retried
         on its own, so one bad request (or a batch too big for the KV cache) fails only the
         jobs that fail alone."""
-        ids = {id(j): j.ctx._next_id for j in jobs}
+        marks = {id(j): j.ctx.id_mark() for j in jobs}
         try:
             fn(jobs)
             return
@@ -217,7 +228,7 @@ class SearchLoop:
                 return
             log.warning("batched call for %d jobs failed (%s); retrying them one by one", len(jobs), exc)
         for job in jobs:
-            job.ctx._next_id = ids[id(job)]  # the retry draws the same node ids, hence seeds
+            job.ctx.rewind_ids(marks[id(job)])  # the retry draws the same node ids, hence seeds
             try:
                 fn([job])
             except Exception as exc:
@@ -403,7 +414,7 @@ class SearchLoop:
     def _flush(self, job: Job) -> None:
         if job.ctx.events:
             events, job.ctx.events = job.ctx.events, []
-            self.sink(job.ctx.job_id, events)
+            self._sink(job.ctx.job_id, events)
 
     def _finish(self, job: Job) -> None:
         job.ctx.give_back()  # a failed or cancelled question's unspent allowance, too

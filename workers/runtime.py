@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import signal
 from pathlib import Path
 from typing import Any
 
 import anyio
 from ponder.proto.errors import InvalidArgument
+from ponder.service.signals import serve_until_signalled
 from ponder.workers.models import resolve
 from ponder.workers.policy import Policy
 from ponder.workers.search.plan import PlanTable
@@ -188,19 +188,3 @@ def run_worker(args: Any) -> int:
         log.exception("the worker failed")
         return 1
     return 1 if worker.failed else 0
-
-
-async def serve_until_signalled(run: Any) -> None:
-    """``await run(stop)`` with ``stop`` set on SIGTERM or SIGINT, in one task group: when
-    ``run`` returns or raises, the signal watcher goes with it."""
-    stop = anyio.Event()
-
-    async def watch_signals() -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                stop.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch_signals)
-        await run(stop)
-        tg.cancel_scope.cancel()

@@ -44,6 +44,7 @@ from ponder.store.jobs import JobStore, QueuedJob
 from ponder.workers.loop import SearchLoop
 from ponder.workers.policy import Policy
 from ponder.workers.search.plan import PlanTable
+from ponder.workers.search.registry import STRATEGY_CLASSES
 from ponder.workers.verifier import Verifier
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,35 @@ log = logging.getLogger(__name__)
 TRANSIENT: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError, Unavailable)
 OUTBOX = 1024  # event batches buffered between the compute thread and the publisher
 SOLO_CHECK_S = 0.25  # how often intake looks for an isolated job waiting (and refreshes its reservation)
+
+
+# -- the compute thread's inbox: what the async side asks of the search loop -------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    """Start searching a claimed job."""
+
+    job_id: str
+    config: SolveConfig
+    deadline: float | None
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop a job before its next model call (it ends with ``error{CANCELLED}``)."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Forget a job and publish nothing more: another worker owns it now (fenced out)."""
+
+    job_id: str
+
+
+Message = Start | Cancel | Drop
 
 
 @dataclass(frozen=True)
@@ -104,7 +134,7 @@ class Worker:
         self.verifier = verifier
         self.store = JobStore.from_url(config.redis_url, config.prefix)
         self.active: dict[str, Active] = {}
-        self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._inbox: queue.Queue[Message] = queue.Queue()
         self._outbox: ObjectSendStream[tuple[str, list[pb.SolveEvent]]] | None = None
         self._token: Any = None  # the event loop's, for calls from the compute thread
         self._stop = threading.Event()
@@ -153,31 +183,28 @@ class Worker:
     def _compute_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                timeout = 0.0 if self.loop.jobs else 0.2
+                timeout = 0.2 if self.loop.idle else 0.0
                 while True:
-                    kind, arg = self._inbox.get(timeout=timeout) if timeout else self._inbox.get_nowait()
+                    message = self._inbox.get(timeout=timeout) if timeout else self._inbox.get_nowait()
                     timeout = 0.0
-                    self._handle(kind, arg)
+                    self._handle(message)
             except queue.Empty:
                 pass
-            if self.loop.jobs:
+            if not self.loop.idle:
                 self.loop.tick()
 
-    def _handle(self, kind: str, arg: Any) -> None:
-        if kind == "start":
-            job_id, config, deadline = arg
-            try:
-                self.loop.submit(job_id, config, deadline=deadline)
-            except PonderError as exc:
-                self._sink(job_id, [pb.SolveEvent(job_id=job_id, time=time.time(),
-                                                  error=pb.Error(code=exc.code, message=exc.message))])
-        elif kind == "cancel":
-            self.loop.cancel(arg)
-        elif kind == "drop":  # fenced out: another worker owns the job now
-            job = self.loop.jobs.pop(arg, None)
-            if job is not None:
-                job.done = True
-                self.loop._release(job)
+    def _handle(self, message: Message) -> None:
+        match message:
+            case Start(job_id, config, deadline):
+                try:
+                    self.loop.submit(job_id, config, deadline=deadline)
+                except PonderError as exc:
+                    self._sink(job_id, [pb.SolveEvent(job_id=job_id, time=time.time(),
+                                                      error=pb.Error(code=exc.code, message=exc.message))])
+            case Cancel(job_id):
+                self.loop.cancel(job_id)
+            case Drop(job_id):
+                self.loop.drop(job_id)
 
     # -- async side (anyio) -------------------------------------------------------------------
 
@@ -355,9 +382,9 @@ class Worker:
                  extra={"job_id": qjob.job_id, "attempt": attempt, "worker": self.cfg.worker_id,
                         "strategy": config.strategy})
         deadline = rec.created + config.timeout_s if config.timeout_s else None
-        self._inbox.put(("start", (qjob.job_id, config, deadline)))
+        self._inbox.put(Start(qjob.job_id, config, deadline))
         if rec.cancel:
-            self._inbox.put(("cancel", qjob.job_id))
+            self._inbox.put(Cancel(qjob.job_id))
 
     def _check_model(self, config: SolveConfig) -> None:
         if config.model and config.model not in (self.policy.name, getattr(self.policy, "source", "")):
@@ -392,7 +419,7 @@ class Worker:
             if seq == -1:  # another worker re-ran this job: stop ours, write nothing more
                 log.warning("job %s attempt %d was taken over; dropping it", job_id, act.attempt,
                             extra={"job_id": job_id, "attempt": act.attempt, "worker": self.cfg.worker_id})
-                self._inbox.put(("drop", job_id))
+                self._inbox.put(Drop(job_id))
                 self._finished(job_id)
                 break
             if kind in ("final", "error") and seq > 0:
@@ -431,7 +458,7 @@ class Worker:
             try:
                 ids = list(self.active)
                 for job_id in await self.store.cancel_flags(ids):
-                    self._inbox.put(("cancel", job_id))
+                    self._inbox.put(Cancel(job_id))
                 if time.monotonic() - last_renew >= self.cfg.lease_s / 3:
                     last_renew = time.monotonic()
                     await self.store.renew(self.cfg.worker_id, [a.qjob for a in list(self.active.values())])
@@ -483,6 +510,4 @@ def _sample_metrics(worker: Worker) -> None:
 
 
 def available_strategies() -> list[str]:
-    from ponder.workers.search import STRATEGY_CLASSES
-
     return [s for s in STRATEGIES if s in STRATEGY_CLASSES]

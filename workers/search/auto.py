@@ -21,16 +21,21 @@ Without a verifier there is no difficulty estimate (bin 0) and the plan is major
 from __future__ import annotations
 
 from ponder.workers.answers import Candidate
-from ponder.workers.search.base import STRATEGY_CLASSES, SearchContext, Strategy, StrategyRun, conclude, default_selection, register
+from ponder.workers.search.base import SearchContext, Strategy, StrategyRun, conclude, default_selection
+from ponder.workers.search.beam import BeamSearch, Lookahead
+from ponder.workers.search.best_of_n import BestOfN
 from ponder.workers.search.controller import Tally, decide
+from ponder.workers.search.dvts import DVTS
 from ponder.workers.search.plan import StrategyPlan
+from ponder.workers.search.revision import Hybrid, Revision
 from ponder.workers.search.waves import grow, sample_waves
 from ponder.workers.types import Prefill, Prompt
 
 NEEDS_VERIFIER = ("beam", "lookahead", "dvts")
+# The strategies a plan cell may name: auto runs one of them with the rest of the allowance.
+DELEGATES: dict[str, type[Strategy]] = {cls.name: cls for cls in (BestOfN, BeamSearch, Lookahead, DVTS, Revision, Hybrid)}
 
 
-@register
 class Auto(Strategy):
     name = "auto"
 
@@ -101,7 +106,7 @@ class Auto(Strategy):
                                      max_generations=None, **overrides)
         ctx.budget = ctx.allowance - ctx.usage.generations
         try:
-            sub = STRATEGY_CLASSES[plan.strategy](ctx)
+            sub = DELEGATES[plan.strategy](ctx)
             outcome = yield from sub.run()
         finally:
             ctx.config, ctx.budget = request, budget

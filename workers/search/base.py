@@ -73,6 +73,14 @@ class SearchContext:
         self._next_id += 1
         return self._next_id
 
+    def id_mark(self) -> int:
+        """The id counter now; :meth:`rewind_ids` returns to it, so a request served again (a
+        batched call retried job by job) draws the same node ids, hence the same seeds."""
+        return self._next_id
+
+    def rewind_ids(self, mark: int) -> None:
+        self._next_id = mark
+
     def row_seed(self, node_id: int) -> int:
         """Seed of the sampling that creates ``node_id``: same job seed, same text."""
         return (self.seed * 1_000_003 + node_id * 7919) % (2**63 - 1)
@@ -191,27 +199,6 @@ class Strategy(ABC):
     @abstractmethod
     def run(self) -> StrategyRun:
         """Yield requests, receive replies, return the :class:`Outcome`."""
-
-
-STRATEGY_CLASSES: dict[str, type[Strategy]] = {}
-
-
-def register(cls: type[Strategy]) -> type[Strategy]:
-    STRATEGY_CLASSES[cls.name] = cls
-    return cls
-
-
-def make_strategy(ctx: SearchContext) -> Strategy:
-    try:
-        cls = STRATEGY_CLASSES[ctx.config.strategy]
-    except KeyError:
-        from ponder.proto.errors import InvalidArgument
-
-        known = ", ".join(sorted(STRATEGY_CLASSES))
-        raise InvalidArgument(
-            "strategy", f"{ctx.config.strategy!r} is not available on this worker ({known})"
-        ) from None
-    return cls(ctx)
 
 
 # -- helpers shared by the strategies --------------------------------------------------------

@@ -40,7 +40,6 @@ from ponder.workers.search.base import (
     conclude,
     default_selection,
     is_complete,
-    register,
 )
 from ponder.workers.types import Expand, Node, Prefill, Prompt, Prune, Request, Score
 
@@ -79,7 +78,6 @@ def score_with_lookahead(
     ctx.release(rollout)
 
 
-@register
 class BeamSearch(Strategy):
     name = "beam"
     needs_verifier = True
@@ -144,7 +142,6 @@ class BeamSearch(Strategy):
         self.ctx.release([node])
 
 
-@register
 class Lookahead(BeamSearch):
     name = "lookahead"
     # k=2: at a budget of 4 generations that still leaves one beam (4 // 3), and at 16 five.

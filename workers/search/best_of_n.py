@@ -8,13 +8,12 @@ hopeless, or widen it with generations other questions of the batch did not spen
 from __future__ import annotations
 
 from ponder.workers.answers import Candidate
-from ponder.workers.search.base import SearchContext, Strategy, StrategyRun, conclude, default_selection, register
+from ponder.workers.search.base import SearchContext, Strategy, StrategyRun, conclude, default_selection
 from ponder.workers.search.controller import Tally
 from ponder.workers.search.waves import grow, sample_waves
 from ponder.workers.types import Node, Prefill, Prompt
 
 
-@register
 class BestOfN(Strategy):
     name = "best_of_n"
 

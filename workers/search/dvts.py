@@ -25,12 +25,10 @@ from ponder.workers.search.base import (
     conclude,
     default_selection,
     is_complete,
-    register,
 )
 from ponder.workers.types import Expand, Node, Prefill, Prompt, Prune, Score
 
 
-@register
 class DVTS(Strategy):
     name = "dvts"
     needs_verifier = True

@@ -31,7 +31,6 @@ from ponder.workers.search.base import (
     conclude,
     default_selection,
     is_complete,
-    register,
 )
 from ponder.workers.types import Expand, Node, Prefill, Prompt, Score
 
@@ -126,7 +125,6 @@ class ChainsStrategy(Strategy):
         self.ctx.release([node])
 
 
-@register
 class Revision(ChainsStrategy):
     name = "revision"
 
@@ -134,7 +132,6 @@ class Revision(ChainsStrategy):
         return split_budget(max(1, self.ctx.budget), 1.0)
 
 
-@register
 class Hybrid(ChainsStrategy):
     name = "hybrid"
 
