@@ -25,7 +25,9 @@ import anyio
 # 2.0 s), because spinning threads steal the cores the other busy processes need.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from ponder.proto.config import AGGREGATIONS, BUDGET_MODES, SELECTIONS, STRATEGIES, Limits, SolveConfig
+from ponder.proto.config import (
+    DEFAULT_GENERATIONS, DEFAULT_STRATEGY, STRATEGIES, Limits, SolveConfig, add_option_flags, options_from_args,
+)
 from ponder.proto.errors import InvalidArgument, PonderError
 
 DEFAULT_QUESTION = "Compute 5 + 8 + 3 + 7 * 7."  # a test-split question of the built-in arith task
@@ -95,39 +97,12 @@ def _placement_options(p: argparse.ArgumentParser) -> None:
 
 
 def _solve_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strategy", default="best_of_n", choices=STRATEGIES)
-    p.add_argument("--budget", type=int, default=4, help="N, the budget in generations (adaptive: the average)")
-    p.add_argument("--budget-mode", default=None, choices=BUDGET_MODES,
-                   help="adaptive: a live controller stops, abandons or widens the question (default for auto); fixed: exactly N")
-    p.add_argument("--min-generations", type=int, default=None, help="adaptive: spend at least this many")
-    p.add_argument("--max-generations", type=int, default=None, help="adaptive: spend at most this many (default 4 x N)")
-    p.add_argument("--max-tokens", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--beam-width", type=int, default=None, help="M, children per kept parent")
-    p.add_argument("--lookahead", type=int, default=None, help="k rollout steps")
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--max-step-tokens", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--aggregation", default="last", choices=AGGREGATIONS)
-    p.add_argument("--selection", default=None, choices=SELECTIONS)
-    p.add_argument("--sequential-ratio", type=float, default=None)
-    p.add_argument("--priority", type=int, default=0)
-    p.add_argument("--request-id", default="")
-    p.add_argument("--model", default="", help="ask for a specific model (default: the worker's)")
+    add_option_flags(p.add_argument_group("search options (SolveConfig's fields)"))
     p.add_argument("--timeout", type=float, default=None, help="gRPC deadline in seconds; cancels the job")
 
 
 def config_from_args(question: str, a: argparse.Namespace) -> SolveConfig:
-    return SolveConfig(
-        question=question, strategy=a.strategy, generations=a.budget, max_tokens=a.max_tokens,
-        budget_mode=a.budget_mode, min_generations=a.min_generations, max_generations=a.max_generations,
-        temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, beam_width=a.beam_width,
-        lookahead=a.lookahead, max_steps=a.max_steps, max_step_tokens=a.max_step_tokens, seed=a.seed,
-        aggregation=a.aggregation, selection=a.selection, sequential_ratio=a.sequential_ratio,
-        request_id=a.request_id, priority=a.priority, model=a.model,
-    )
+    return SolveConfig(question=question, **options_from_args(a))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--demo", nargs="?", const=DEFAULT_QUESTION, default=None,
                    help="ask this question once through gRPC, print the stream, and exit")
-    p.add_argument("--strategy", default="best_of_n", choices=STRATEGIES, help="strategy for --demo")
-    p.add_argument("--budget", type=int, default=4, help="budget for --demo")
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES, help="strategy for --demo")
+    p.add_argument("--budget", type=int, default=DEFAULT_GENERATIONS, help="budget for --demo")
     p.add_argument("--http", type=int, default=None, metavar="PORT",
                    help="also serve the OpenAI-compatible gateway (/v1/chat/completions, /view) on this port")
     p.add_argument("--metrics-port", type=int, default=None, help="serve the scheduler's Prometheus /metrics here")

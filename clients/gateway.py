@@ -18,7 +18,6 @@ and ``/v1/models``, as a client of the scheduler's gRPC API.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -29,13 +28,13 @@ from aiohttp import web
 
 from ponder.clients.client import Tls, build_request
 from ponder.proto import pb, pb_grpc
-from ponder.proto.config import SolveConfig
+from ponder.proto.config import SolveConfig, option_fields
 from ponder.proto.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
 # SolveConfig fields a request may set (the service fills in the rest)
-OPTION_FIELDS = {f.name for f in dataclasses.fields(SolveConfig)} - {"question", "extras"}
+OPTION_FIELDS = {f.name for f in option_fields()}
 OPENAI_FIELDS = {"model", "messages", "stream", "stream_options", "temperature", "top_p", "seed", "max_tokens",
                  "max_completion_tokens", "n", "user", "metadata"}
 HTTP_STATUS = {

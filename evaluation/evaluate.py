@@ -18,18 +18,16 @@ Every search option of :class:`SolveConfig` is a flag, named as for ``ponder ask
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ponder.proto import pb
-from ponder.proto.config import AGGREGATIONS, BUDGET_MODES, SELECTIONS, STRATEGIES, SolveConfig
+from ponder.proto.config import STRATEGIES, SolveConfig, add_option_flags, option_fields
 from ponder.proto.errors import InvalidArgument, PonderError
 from ponder.workers.answers import extract_answer, is_correct
 from ponder.workers.loop import SearchLoop
@@ -41,26 +39,8 @@ from ponder.workers.verifier import Verifier
 # SolveConfig fields that are not search options here: the question comes from the dataset, the
 # strategy and budget from --strategies/--budgets, the seed from --seed (plus the question's
 # index), and the rest is request bookkeeping. Every other field is a flag (SEARCH_OPTIONS).
-NOT_SEARCH_OPTIONS = frozenset({"question", "strategy", "generations", "seed", "request_id", "priority", "model", "extras"})
-SEARCH_OPTIONS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(SolveConfig) if f.name not in NOT_SEARCH_OPTIONS
-)
-OPTION_HELP = {
-    "max_tokens": "token cap per question (0: none)",
-    "max_flops": "FLOP cap per question (0: none)",
-    "beam_width": "M, children per kept parent",
-    "lookahead": "k rollout steps",
-    "max_steps": "steps per solution (default 40)",
-    "max_step_tokens": "tokens per step (default 256)",
-    "aggregation": "how step scores fold into a path score",
-    "selection": "how the answer is picked across candidates (default: weighted with scores, else majority)",
-    "sequential_ratio": "hybrid: share of the budget spent on revisions",
-    "timeout_s": "wall-clock limit per question in seconds (0: none); a question past it fails",
-    "budget_mode": "adaptive: the live controller stops, abandons or widens each question (default for auto); fixed: exactly N",
-    "min_generations": "adaptive: spend at least this many per question",
-    "max_generations": "adaptive: spend at most this many per question (default 4 x N)",
-}
-CHOICES = {"aggregation": AGGREGATIONS, "selection": SELECTIONS, "budget_mode": BUDGET_MODES}
+NOT_SEARCH_OPTIONS = frozenset({"question", "strategy", "generations", "seed", "request_id", "priority", "model"})
+SEARCH_OPTIONS: tuple[str, ...] = tuple(f.name for f in option_fields(NOT_SEARCH_OPTIONS))
 ARITH_DEFAULT_N = 200
 
 
@@ -429,26 +409,6 @@ def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _option_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per SolveConfig search option, its type and default taken from the field."""
-    hints = typing.get_type_hints(SolveConfig)
-    g = p.add_argument_group("search options (SolveConfig fields, as for ponder ask)")
-    for f in dataclasses.fields(SolveConfig):
-        if f.name not in SEARCH_OPTIONS:
-            continue
-        kind = hints[f.name]
-        args = typing.get_args(kind)
-        if args:  # X | None
-            kind = next(a for a in args if a is not type(None))
-        if kind not in (int, float, str):
-            raise TypeError(f"SolveConfig.{f.name}: no flag for type {hints[f.name]}")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_ = OPTION_HELP.get(f.name, "")
-        help_ = f"{help_} (default: {default})" if help_ else f"default: {default}"
-        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
-                       choices=CHOICES.get(f.name), help=help_)
-
-
 def _parser() -> argparse.ArgumentParser:
     from ponder.workers.runtime import BACKENDS, DEFAULT_MODEL
 
@@ -479,7 +439,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="write the results as JSON here after every group, with every question's candidates")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    _option_flags(p)
+    add_option_flags(p.add_argument_group("search options (SolveConfig fields, as for ponder ask)"), NOT_SEARCH_OPTIONS)
     return p
 
 

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +20,12 @@ ADAPTIVE_STRATEGIES = ("auto", "best_of_n")
 BUDGET_MODES = ("fixed", "adaptive")
 DEFAULT_STRATEGY = "best_of_n"
 DEFAULT_GENERATIONS = 4
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_AGGREGATION = "last"
+DEFAULT_MAX_STEPS = 40  # steps of a solution, rounds of beam search
+DEFAULT_MAX_STEP_TOKENS = 256  # tokens of one step
+# Where a step ends, unless the model's ponder.json says otherwise: a blank line.
+DEFAULT_STEP_DELIMITER = "\n\n"
 # An adaptive budget may grow to this multiple of its nominal generations (drawn from what
 # settled questions of the same batch did not spend) unless the request sets max_generations.
 DEFAULT_MAX_BUDGET_FACTOR = 4
@@ -36,36 +44,47 @@ class Limits:
     max_timeout_s: float = 3600.0
 
 
+def _option(default: Any, help: str, choices: tuple[str, ...] | None = None, flag: str | None = None) -> Any:
+    """A request option: its default, its help, its choices and (where it differs from the
+    field's name) its command-line flag; the CLI, ``ponder eval`` and the docs read them."""
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+
+
 @dataclass(frozen=True)
 class SolveConfig:
-    """A question and how to search it. ``None`` means "the strategy's default"."""
+    """A question and how to search it: the one source of every request default. ``None``
+    means "the strategy's own choice" (e.g. the beam width), said in the field's help."""
 
     question: str
-    strategy: str = DEFAULT_STRATEGY
-    generations: int = DEFAULT_GENERATIONS
-    max_tokens: int = 0  # 0: no cap
-    max_flops: float = 0.0  # 0: no cap
-    # fixed | adaptive; None: adaptive for auto, fixed otherwise (see budget_mode_for)
-    budget_mode: str | None = None
-    min_generations: int | None = None  # adaptive: lower bound on the spend
-    max_generations: int | None = None  # adaptive: upper bound (default 4 x generations)
-    temperature: float = 0.8
-    top_p: float = 1.0
-    top_k: int = 0
-    beam_width: int | None = None
-    lookahead: int | None = None
-    max_steps: int | None = None
-    max_step_tokens: int | None = None
-    seed: int | None = None
-    aggregation: str = "last"
-    selection: str | None = None
-    sequential_ratio: float | None = None
-    request_id: str = ""
-    priority: int = 0
-    model: str = ""
-    timeout_s: float = 0.0
-    # Filled in by the service, never by callers.
-    extras: dict[str, Any] = field(default_factory=dict, compare=False)
+    strategy: str = _option(DEFAULT_STRATEGY, "the search strategy", STRATEGIES)
+    generations: int = _option(DEFAULT_GENERATIONS, "N, the budget in generations (adaptive: the average)",
+                               flag="budget")
+    max_tokens: int = _option(0, "token cap per question (0: none)")
+    max_flops: float = _option(0.0, "FLOP cap per question (0: none)")
+    budget_mode: str | None = _option(
+        None, "adaptive: a live controller stops, abandons or widens the question; fixed: exactly N "
+        "(default: adaptive for auto, fixed otherwise)", BUDGET_MODES)
+    min_generations: int | None = _option(None, "adaptive: spend at least this many")
+    max_generations: int | None = _option(
+        None, f"adaptive: spend at most this many (default {DEFAULT_MAX_BUDGET_FACTOR} x N)")
+    temperature: float = _option(DEFAULT_TEMPERATURE, "sampling temperature (0: greedy)")
+    top_p: float = _option(1.0, "nucleus sampling: keep the top tokens holding this much probability")
+    top_k: int = _option(0, "sample from the k likeliest tokens (0: all)")
+    beam_width: int | None = _option(None, "M, children per kept parent (default 4)")
+    lookahead: int | None = _option(None, "k, greedy rollout steps of lookahead (default 2)")
+    max_steps: int = _option(DEFAULT_MAX_STEPS, "steps per solution, rounds of beam search")
+    max_step_tokens: int = _option(DEFAULT_MAX_STEP_TOKENS, "tokens per step")
+    seed: int | None = _option(None, "sampling seed: same seed, same answer (default: random)")
+    aggregation: str = _option(DEFAULT_AGGREGATION, "how step scores fold into a path score", AGGREGATIONS)
+    selection: str | None = _option(
+        None, "how the answer is picked across candidates (default: weighted with a verifier, else majority)",
+        SELECTIONS)
+    sequential_ratio: float | None = _option(None, "hybrid: share of the budget spent on revisions (default 0.5)")
+    request_id: str = _option("", "idempotency key: the same key returns the same job for a day")
+    priority: int = _option(0, "queue priority: > 0 high, < 0 low, 0 normal")
+    model: str = _option("", "ask for a specific model (default: the worker's)")
+    timeout_s: float = _option(0.0, "wall-clock limit in seconds from submission (0: none); a job past it "
+                                    "fails with DEADLINE_EXCEEDED")
 
     def validate(self, limits: Limits = Limits()) -> SolveConfig:
         """Raise :class:`InvalidArgument` naming the first bad field; return self."""
@@ -99,10 +118,8 @@ class SolveConfig:
                 )
         if self.lookahead is not None:
             _int_range("options.lookahead", self.lookahead, 0, limits.max_lookahead)
-        if self.max_steps is not None:
-            _int_range("options.max_steps", self.max_steps, 1, limits.max_steps)
-        if self.max_step_tokens is not None:
-            _int_range("options.max_step_tokens", self.max_step_tokens, 1, limits.max_step_tokens)
+        _int_range("options.max_steps", self.max_steps, 1, limits.max_steps)
+        _int_range("options.max_step_tokens", self.max_step_tokens, 1, limits.max_step_tokens)
         if self.seed is not None:
             _int_range("options.seed", self.seed, 0, 2**63 - 1)
         if self.aggregation not in AGGREGATIONS:
@@ -191,15 +208,15 @@ class SolveConfig:
             budget_mode=b.mode or None,
             min_generations=b.min_generations if b.HasField("min_generations") else None,
             max_generations=b.max_generations if b.HasField("max_generations") else None,
-            temperature=_f32(o.temperature) if o.HasField("temperature") else 0.8,
+            temperature=_f32(o.temperature) if o.HasField("temperature") else DEFAULT_TEMPERATURE,
             top_p=_f32(o.top_p) if o.HasField("top_p") else 1.0,
             top_k=o.top_k if o.HasField("top_k") else 0,
             beam_width=o.beam_width if o.HasField("beam_width") else None,
             lookahead=o.lookahead if o.HasField("lookahead") else None,
-            max_steps=o.max_steps if o.HasField("max_steps") else None,
-            max_step_tokens=o.max_step_tokens if o.HasField("max_step_tokens") else None,
+            max_steps=o.max_steps if o.HasField("max_steps") else DEFAULT_MAX_STEPS,
+            max_step_tokens=o.max_step_tokens if o.HasField("max_step_tokens") else DEFAULT_MAX_STEP_TOKENS,
             seed=o.seed if o.HasField("seed") else None,
-            aggregation=o.aggregation or "last",
+            aggregation=o.aggregation or DEFAULT_AGGREGATION,
             selection=o.selection or None,
             sequential_ratio=_f32(o.sequential_ratio) if o.HasField("sequential_ratio") else None,
             request_id=req.request_id,
@@ -242,6 +259,58 @@ class SolveConfig:
         if self.selection:
             o.selection = self.selection
         return req
+
+
+# -- the command line and the docs, from the fields ------------------------------------------
+
+# Fields that are not options of a request (the question is the positional argument).
+NOT_OPTIONS = frozenset({"question"})
+
+
+def option_fields(exclude: frozenset[str] | set[str] = frozenset()) -> list[dataclasses.Field[Any]]:
+    """SolveConfig's option fields in declaration order, less ``exclude``."""
+    return [f for f in dataclasses.fields(SolveConfig) if f.name not in NOT_OPTIONS | set(exclude)]
+
+
+def option_flag(f: dataclasses.Field[Any]) -> str:
+    return "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+
+
+def _option_type(f: dataclasses.Field[Any]) -> type:
+    kind = typing.get_type_hints(SolveConfig)[f.name]
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    kind = args[0] if args else kind
+    if kind not in (int, float, str):
+        raise TypeError(f"SolveConfig.{f.name}: no flag for type {kind}")
+    return kind
+
+
+def add_option_flags(parser: Any, exclude: frozenset[str] | set[str] = frozenset()) -> None:
+    """One flag per option of a request (``parser``: an argparse parser or argument group), its
+    type, default, choices and help taken from the field; ``dest`` is the field's name."""
+    for f in option_fields(exclude):
+        help_ = f.metadata.get("help", "")
+        if f.default not in (None, ""):
+            help_ = f"{help_} (default: {f.default})"
+        metavar = f.metadata["flag"].upper() if f.metadata.get("flag") else None
+        parser.add_argument(option_flag(f), dest=f.name, type=_option_type(f), default=f.default,
+                            choices=f.metadata.get("choices"), help=help_, metavar=metavar)
+
+
+def options_from_args(args: argparse.Namespace, exclude: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """The options :func:`add_option_flags` added, read back by field name."""
+    return {f.name: getattr(args, f.name) for f in option_fields(exclude)}
+
+
+def option_table() -> str:
+    """The docs' table of request options (README.md "Options"), one row per field."""
+    rows = ["| option | flag | default | what |", "|---|---|---|---|"]
+    for f in option_fields():
+        choices = f.metadata.get("choices")
+        what = f.metadata.get("help", "") + (" (" + " \\| ".join(choices) + ")" if choices else "")
+        default = "—" if f.default is None else f"`{f.default!r}`"
+        rows.append(f"| `{f.name}` | `{option_flag(f)}` | {default} | {what} |")
+    return "\n".join(rows)
 
 
 def _f32(x: float) -> float:

@@ -36,12 +36,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
+from ponder.proto.config import DEFAULT_STEP_DELIMITER
 from ponder.workers.answers import extract_answer, is_correct
 
 SPLITS = ("train", "validation", "test")
 # Per-mille shares of the question space: train 80%, validation 10%, test 10%.
 _SPLIT_EDGES = (800, 900, 1000)
-STEP_DELIMITER = "\n\n"
+STEP_DELIMITER = DEFAULT_STEP_DELIMITER
 OPS = ("+", "-", "*")
 
 

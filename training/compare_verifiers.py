@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ponder.proto.config import DEFAULT_TEMPERATURE
 from ponder.tasks import arith
 from ponder.training.checkpoint import load_checkpoint
 from ponder.training.grading import Samples, sample_solutions
@@ -51,7 +52,7 @@ def _logit(p: float) -> float:
 
 def pool(model: Any, tokenizer: Any, fmt: Any, split: str, questions: int, samples: int, seed: int) -> Samples:
     qs = arith.questions(split, questions, seed=seed)
-    return sample_solutions(model, tokenizer, fmt, qs, samples, temperature=0.8, seed=seed)
+    return sample_solutions(model, tokenizer, fmt, qs, samples, temperature=DEFAULT_TEMPERATURE, seed=seed)
 
 
 def folded(per_sample: list[list[list[float] | None]], agg: str) -> list[list[float]]:

@@ -28,9 +28,11 @@ from typing import Any
 
 import torch
 
+from ponder.proto.config import DEFAULT_MAX_STEP_TOKENS, DEFAULT_MAX_STEPS, DEFAULT_TEMPERATURE
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.answers import extract_answer, is_correct
 from ponder.workers.policy import Policy
+from ponder.workers.runtime import BACKENDS, DEFAULT_MODEL
 from ponder.workers.prm.confidence import (
     Calibration,
     ConfidenceVerifier,
@@ -198,15 +200,15 @@ def fit_calibration(samples: Sequence[Sample], model: str, fingerprint: str, hel
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ponder train confidence", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="arith", help="arith, smollm2, a .gguf file or an HF model directory")
-    p.add_argument("--backend", default="auto", choices=("auto", "engine", "hf"))
+    p.add_argument("--model", default=DEFAULT_MODEL, help="arith, smollm2, a .gguf file or an HF model directory")
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--dataset", default="arith:validation:256",
                    help="questions with answers: a JSONL file (GSM8K/MATH style) or arith:SPLIT[:N[:SEED]]")
     p.add_argument("--limit", type=int, default=None, help="at most this many questions")
     p.add_argument("--samples", type=int, default=8, help="solutions per question")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--max-steps", type=int, default=40)
-    p.add_argument("--max-step-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
+    p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS)
+    p.add_argument("--max-step-tokens", type=int, default=DEFAULT_MAX_STEP_TOKENS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: auto, as for a worker)")
     p.add_argument("--out", type=Path, default=None, help="where to save (default: beside the model)")

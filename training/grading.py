@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ponder.proto.config import DEFAULT_TEMPERATURE
 from ponder.workers.models import PromptFormat, format_prompt
 from ponder.tasks.arith import Question, grade
 from ponder.training.checkpoint import EOS_ID
@@ -53,7 +54,7 @@ def sample_solutions(
     qs: Sequence[Question],
     n: int,
     *,
-    temperature: float = 0.8,
+    temperature: float = DEFAULT_TEMPERATURE,
     seed: int = 0,
     dtype: Any = None,
     batch_size: int = 256,

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ponder.proto.config import DEFAULT_TEMPERATURE
 from ponder.workers.answers import extract_answer, is_correct
 from ponder.workers.models import PromptFormat, format_prompt
 from ponder.tasks.arith import STEP_DELIMITER, Question
@@ -115,7 +116,7 @@ class ModelRollouts:
     """:class:`Rollouts` backed by an HF causal LM sampled with :func:`generate`."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, fmt: PromptFormat, *, temperature: float = 0.8,
+        self, model: Any, tokenizer: Any, fmt: PromptFormat, *, temperature: float = DEFAULT_TEMPERATURE,
         max_new: int = 320, dtype: torch.dtype = torch.float32, batch_size: int = 256, progress: Any = None,
     ) -> None:
         self.model, self.tokenizer, self.fmt = model, tokenizer, fmt

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ponder.proto.config import DEFAULT_TEMPERATURE
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.prm.value_head import ValueHead
 from ponder.tasks import arith
@@ -52,7 +53,7 @@ class PrmRecipe:
     val_questions: int = 128  # validation-split questions (early stopping)
     samples: int = 4  # solutions per question (paper: 16)
     rollouts: int = 2  # rollouts per step prefix (paper: 16)
-    temperature: float = 0.8
+    temperature: float = DEFAULT_TEMPERATURE
     kind: str = "mlp"
     mlp_hidden: int = 0
     lr: float = 3e-3

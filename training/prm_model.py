@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ponder.proto.config import DEFAULT_STEP_DELIMITER
 from ponder.training.checkpoint import PAD_ID
 from ponder.training.mc_labels import LabeledSolution
 
@@ -43,7 +44,7 @@ class PrmModelFormat:
     tag: str = "@"
     good: str = "+"
     bad: str = "-"
-    outcome_join: str = "\n\n"
+    outcome_join: str = DEFAULT_STEP_DELIMITER
 
 
 @dataclass(frozen=True)

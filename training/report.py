@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ponder.proto.config import DEFAULT_TEMPERATURE
 from ponder.workers.answers import Candidate, extract_answer, is_correct, select
 from ponder.workers.prm.value_head import ValueHead
 from ponder.tasks import arith
@@ -60,7 +61,7 @@ class ReportConfig:
     samples: int = 64
     search_questions: int = 64  # the first questions of the pool, run through the search loop
     search_budgets: tuple[int, ...] = (4, 16, 64)
-    temperature: float = 0.8
+    temperature: float = DEFAULT_TEMPERATURE
     prm_questions: int = 64  # test questions MC-labelled for the AUC
     prm_samples: int = 4
     prm_rollouts: int = 4

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ponder.proto.config import DEFAULT_TEMPERATURE
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.models import PromptFormat, format_prompt
 from ponder.tasks import arith
@@ -96,7 +97,7 @@ class ReviseRecipe:
     # held-out revision chains.
     questions: int = 1024  # training-split questions (EVAL_MIX) whose samples become attempts
     samples: int = 4  # solutions sampled per question (paper: 64)
-    temperature: float = 0.8  # the temperature the revision chains run at
+    temperature: float = DEFAULT_TEMPERATURE  # the temperature the revision chains run at
     # "mixed": attempts are any of the question's samples, right or wrong, as the reviser's own
     # chain holds them at test time; "wrong": wrong samples only (the paper's trajectories).
     context: str = "mixed"

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ponder.proto.config import DEFAULT_TEMPERATURE
 from ponder.workers.models import PromptFormat
 from ponder.tasks import arith
 from ponder.training.grading import MAX_NEW, decode, prompt_ids
@@ -39,7 +40,7 @@ def revision_chains(
     chains: int,
     steps: int,
     *,
-    temperature: float = 0.8,
+    temperature: float = DEFAULT_TEMPERATURE,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,  # bf16 is emulated (slow) on CPUs without avx512_bf16
     batch_size: int = 128,

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ponder.proto.config import DEFAULT_STEP_DELIMITER
 from ponder.proto.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class PromptFormat:
     prompt_template: str = "{question}\n\n"
     attempt_template: str = "Attempt {index}:\n{attempt}\n\n"
     revision_template: str = "{attempts}Revise the attempts above and solve again.\n{question}\n\n"
-    step_delimiter: str = "\n\n"
+    step_delimiter: str = DEFAULT_STEP_DELIMITER
     use_chat_template: bool = False
     system_prompt: str = DEFAULT_SYSTEM
     max_attempts_in_context: int = 4

@@ -13,17 +13,17 @@ from typing import Any
 
 import torch
 
-DEFAULT_STEP_DELIMITER = "\n\n"
+from ponder.proto.config import DEFAULT_MAX_STEP_TOKENS, DEFAULT_STEP_DELIMITER, DEFAULT_TEMPERATURE
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How one step is sampled. ``temperature == 0`` means greedy."""
 
-    temperature: float = 0.8
+    temperature: float = DEFAULT_TEMPERATURE
     top_p: float = 1.0
     top_k: int = 0
-    max_step_tokens: int = 256
+    max_step_tokens: int = DEFAULT_MAX_STEP_TOKENS
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature <= 2.0:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from ponder.proto.config import AGGREGATIONS
 from ponder.workers.types import Node, ScoreOutput
 
-AGGREGATIONS = ("last", "min", "prod", "mean")
+__all__ = ["AGGREGATIONS", "NullVerifier", "Verifier", "aggregate"]
 
 
 def aggregate(previous: float | None, n_previous: int, score: float, mode: str) -> float:

@@ -37,11 +37,12 @@ from typing import Any
 import torch
 
 from ponder.kernels import prm_score
+from ponder.proto.config import AGGREGATIONS, DEFAULT_STEP_DELIMITER
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.models import non_embedding_params
 from ponder.workers.prm.prefix_cache import IncrementalDecoder, PrefixState, Row
 from ponder.workers.types import Node, ScoreOutput
-from ponder.workers.verifier import AGGREGATIONS, Verifier
+from ponder.workers.verifier import Verifier
 
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 QWEN_PROMPT = (
@@ -61,7 +62,7 @@ class PRMFormat:
     tag: str
     good: str = "+"
     bad: str = "-"
-    outcome_join: str = "\n\n"
+    outcome_join: str = DEFAULT_STEP_DELIMITER
 
     @classmethod
     def default(cls, layout: str) -> PRMFormat:

@@ -16,7 +16,7 @@ from collections.abc import Generator
 from typing import Any, ClassVar
 
 from ponder.proto import pb
-from ponder.proto.config import SolveConfig
+from ponder.proto.config import DEFAULT_STEP_DELIMITER, SolveConfig
 from ponder.workers.answers import Candidate, extract_answer, select
 from ponder.workers.search.controller import BudgetBank, ControllerConfig, Tally
 from ponder.workers.search.plan import DEFAULT_PLAN, PlanTable
@@ -33,7 +33,7 @@ class SearchContext:
         job_id: str,
         config: SolveConfig,
         *,
-        step_delimiter: str = "\n\n",
+        step_delimiter: str = DEFAULT_STEP_DELIMITER,
         deadline: float | None = None,
         has_verifier: bool = False,
         plan: PlanTable = DEFAULT_PLAN,
@@ -91,12 +91,12 @@ class SearchContext:
             temperature=0.0 if greedy else c.temperature,
             top_p=c.top_p,
             top_k=c.top_k,
-            max_step_tokens=c.max_step_tokens or 256,
+            max_step_tokens=c.max_step_tokens,
         )
 
     @property
     def max_steps(self) -> int:
-        return self.config.max_steps or 40
+        return self.config.max_steps
 
     # -- budget -----------------------------------------------------------------------------
 
