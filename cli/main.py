@@ -236,9 +236,12 @@ def _delegate(module: str, argv: list[str]) -> int:
 
 
 def _bench(what: str, argv: list[str]) -> int:
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{what}.py"
+    """Run ``benchmarks/<what>.py`` (package data of ``ponder.benchmarks``) as a script."""
+    from ponder import benchmarks
+
+    script = Path(benchmarks.__file__).resolve().parent / f"{what}.py"
     if not script.exists():
-        print(f"ponder bench: {script} not found (benchmarks run from a source checkout)", file=sys.stderr)
+        print(f"ponder bench: {script} not found", file=sys.stderr)
         return 2
     sys.argv = [str(script), *argv]
     runpy.run_path(str(script), run_name="__main__")

@@ -11,7 +11,7 @@ questions of a group run concurrently (``concurrency`` at a time) and share ever
 Every search option of :class:`SolveConfig` is a flag, named as for ``ponder ask``.
 
     ponder eval --model arith --dataset arith:test --strategies best_of_n,beam --budgets 4,16
-    ponder eval --model smollm2 --dataset ../shared/datasets/gsm8k_test.jsonl --verifier random \\
+    ponder eval --model smollm2 --dataset GSM8K/gsm8k_test.jsonl --verifier random \\
         --strategies best_of_n,beam --budgets 4,16 --limit 20 --out eval.json
 """
 

@@ -11,7 +11,7 @@ held-out figures (within-question AUC, AUC, Brier score, calibration error) are 
 file with the fit.
 
     ponder train confidence --model arith --dataset arith:validation:256
-    ponder train confidence --model smollm2 --dataset ../shared/datasets/gsm8k_train.jsonl --limit 64
+    ponder train confidence --model smollm2 --dataset GSM8K/gsm8k_train.jsonl --limit 64
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ponder import artifacts
 from ponder.proto.config import DEFAULT_STEP_DELIMITER
 from ponder.proto.errors import InvalidArgument
 
@@ -61,8 +62,8 @@ class ModelFiles:
     default_reviser: str | None = None
 
 
-# Built-in models shipped in the repository (artifacts/, see docs/quality.md).
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+# Built-in models, shipped as package data (artifacts/ in a checkout; see docs/quality.md).
+ARTIFACTS = artifacts.ROOT
 BUILTIN = {
     "arith": ARTIFACTS / "arith" / "policy",
     "arith-reviser": ARTIFACTS / "arith" / "reviser",
