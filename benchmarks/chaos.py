@@ -280,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     out["wall_s"] = round(time.monotonic() - t_all, 1)
     out["command"] = "python benchmarks/chaos.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if a.doc:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from adaptive import write_doc  # the same results-block convention as docs/adaptive.md
+        from ponder.benchmarks.adaptive import write_doc  # the same results-block convention as docs/adaptive.md
 
         a.doc.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
         write_doc(a.doc, results_block(out))

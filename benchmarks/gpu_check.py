@@ -80,7 +80,8 @@ def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> di
     t0 = time.monotonic()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-        rc, out, err = p.returncode, p.stdout, p.stderr
+        rc: int | str = p.returncode
+        out, err = p.stdout, p.stderr
     except subprocess.TimeoutExpired as exc:
         rc = "timeout"
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
@@ -127,7 +128,7 @@ def make_random_llama(root: Path, tokenizer_model: str, quick: bool) -> Path:
                       tie_word_embeddings=True, **shape)
     torch.manual_seed(0)
     with torch.device("cpu"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)  # type: ignore[arg-type]  # (transformers' annotation)
     out = root / ("llama-toy" if quick else "llama-1b")
     model.save_pretrained(out)
     tok.save_pretrained(out)

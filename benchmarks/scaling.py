@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not a.json:
         for f in res["findings"]:
             print(f"{f['verdict']:>15}  {f['finding']}: {f['measured']}")
-    auto = next((f for f in res["findings"] if f["finding"].startswith("Compute-optimal")), {})
+    auto: dict[str, Any] = next((f for f in res["findings"] if f["finding"].startswith("Compute-optimal")), {})
     summary = {"benchmark": "scaling", "questions": res["questions"], "pool": data["pool_size"], "budgets": data["budgets"],
                "verdicts": {f["finding"]: f["verdict"] for f in res["findings"]},
                "auto_budget_ratio": auto.get("delta"), "auto_budget_ratio_ci": auto.get("ci"),

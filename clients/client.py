@@ -113,14 +113,14 @@ def _final_of(events: list[Any]) -> Any:
 def _job_id_of(call: Any) -> str:
     """The job id a Solve call announced in its initial metadata ("" if none arrived)."""
     try:
-        return dict(call.initial_metadata() or ()).get("ponder-job-id", "")
+        return str(dict(call.initial_metadata() or ()).get("ponder-job-id", ""))
     except Exception:
         return ""
 
 
 async def _job_id_of_async(call: Any) -> str:
     try:
-        return dict(await call.initial_metadata() or ()).get("ponder-job-id", "")
+        return str(dict(await call.initial_metadata() or ()).get("ponder-job-id", ""))
     except Exception:
         return ""
 
@@ -148,7 +148,7 @@ class _Resume:
             left = min(left, self.deadline - now)
         if left <= 0.01:
             return None
-        return min(2.0, 0.1 * 2**self.tries, left)
+        return min(2.0, 0.1 * 2.0**self.tries, left)
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
@@ -214,11 +214,11 @@ class Client:
 
     def submit(self, question: str | SolveConfig, **options: Any) -> str:
         with _typed_errors():
-            return self.stub.Submit(build_request(question, **options), metadata=self.metadata).job_id
+            return str(self.stub.Submit(build_request(question, **options), metadata=self.metadata).job_id)
 
     def cancel(self, job_id: str) -> str:
         with _typed_errors():
-            return self.stub.Cancel(pb.JobRef(job_id=job_id), metadata=self.metadata).state
+            return str(self.stub.Cancel(pb.JobRef(job_id=job_id), metadata=self.metadata).state)
 
     def result(self, job_id: str) -> Any:
         with _typed_errors():
@@ -296,11 +296,11 @@ class AsyncClient:
 
     async def submit(self, question: str | SolveConfig, **options: Any) -> str:
         with _typed_errors():
-            return (await self.stub.Submit(build_request(question, **options), metadata=self.metadata)).job_id
+            return str((await self.stub.Submit(build_request(question, **options), metadata=self.metadata)).job_id)
 
     async def cancel(self, job_id: str) -> str:
         with _typed_errors():
-            return (await self.stub.Cancel(pb.JobRef(job_id=job_id), metadata=self.metadata)).state
+            return str((await self.stub.Cancel(pb.JobRef(job_id=job_id), metadata=self.metadata)).state)
 
     async def result(self, job_id: str) -> Any:
         with _typed_errors():

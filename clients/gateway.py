@@ -261,7 +261,7 @@ class Gateway:
                        "votes": [{"answer": v.answer, "count": v.count, "score": v.score} for v in final.votes]},
         })
 
-    async def _open_sse(self, request: web.Request, call: Any) -> Any:
+    async def _open_sse(self, request: web.Request, call: Any) -> tuple[Any, Any, web.StreamResponse] | web.Response:
         """Wait for the call's first event (or its immediate error, which decides the HTTP status
         before any header goes out), then start the event stream: (events, first, response),
         or an error response."""
@@ -305,9 +305,9 @@ class Gateway:
                     await send({}, "stop", _usage(event.final))
                     break
                 elif kind == "error":
-                    err = {"message": f"{event.error.message} [job {job_id}]", "type": event.error.code.lower(),
-                           "code": event.error.code.lower()}
-                    await resp.write(f"data: {json.dumps({'error': err})}\n\n".encode())
+                    failure = {"message": f"{event.error.message} [job {job_id}]", "type": event.error.code.lower(),
+                               "code": event.error.code.lower()}
+                    await resp.write(f"data: {json.dumps({'error': failure})}\n\n".encode())
                     break
                 try:
                     event = await events.__anext__()

@@ -166,7 +166,7 @@ def evaluate(
     concurrency: int = 8,
     max_rows: int = 64,
     progress: bool = True,
-    on_result: Callable[[list[Result]], None] | None = None,
+    on_result: Callable[[list[Result]], object] | None = None,
     reviser: Policy | None = None,
     plan: PlanTable | None = None,
     **options: Any,
@@ -251,7 +251,7 @@ class _Grader:
 
 
 def _record(
-    index: int, item: Item, end: pb.SolveEvent, candidates: list[pb.Candidate], decisions: list[pb.Decision] = ()
+    index: int, item: Item, end: pb.SolveEvent, candidates: list[pb.Candidate], decisions: Sequence[pb.Decision] = ()
 ) -> dict[str, Any]:
     """What the ``--out`` file keeps of one question: enough to recompute selections offline."""
     rec: dict[str, Any] = {"index": index, "question": item.question, "gold": item.gold}

@@ -277,9 +277,9 @@ def option_flag(f: dataclasses.Field[Any]) -> str:
 
 
 def _option_type(f: dataclasses.Field[Any]) -> type:
-    kind = typing.get_type_hints(SolveConfig)[f.name]
-    args = [a for a in typing.get_args(kind) if a is not type(None)]
-    kind = args[0] if args else kind
+    hint = typing.get_type_hints(SolveConfig)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    kind: type = args[0] if args else hint
     if kind not in (int, float, str):
         raise TypeError(f"SolveConfig.{f.name}: no flag for type {kind}")
     return kind

@@ -249,6 +249,7 @@ class Reasoner(pb_grpc.ReasonerServicer):
             if principal is None:
                 what = "no bearer token" if secret is None else "an unknown bearer token"
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"authorization: {what}")
+            assert principal is not None  # abort() raises
             _PRINCIPAL.set(principal)
         if isinstance(request, Undecodable):
             await context.abort(
@@ -298,7 +299,7 @@ class Reasoner(pb_grpc.ReasonerServicer):
                     counted(method.__name__, context, failed, cancelled)
             return call
 
-        methods = {
+        methods: dict[str, tuple[Callable[..., Any], Any, Any]] = {
             "Solve": (stream, pb.SolveRequest, pb.SolveEvent),
             "Submit": (unary, pb.SolveRequest, pb.SubmitResponse),
             "Watch": (stream, pb.WatchRequest, pb.SolveEvent),

@@ -94,7 +94,9 @@ class JobStore:
     """Async access to jobs in Redis. One instance per process; safe for concurrent tasks."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = "ponder", ttl_s: int = 86_400) -> None:
-        self.r = client
+        # Any: redis-py types every reply as bytes | str (either decode_responses); this client
+        # never decodes, so every reply is bytes, which its annotations cannot say
+        self.r: Any = client
         self.k = K.Keys(prefix)
         self.ttl_s = ttl_s
         self._submit = client.register_script(K.SUBMIT)
@@ -321,7 +323,7 @@ class JobStore:
             stale = await self.r.xpending_range(self.k.solo, K.GROUP, "-", "+", 8, idle=lease_ms)
         except ResponseError:
             return 0
-        return max(0, n - pending) + len(stale)
+        return max(0, int(n) - int(pending)) + len(stale)
 
     @staticmethod
     def _jobs(resp: Any) -> list[QueuedJob]:

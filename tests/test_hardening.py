@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ponder.clients.client import AsyncClient, Client, Tls
-from ponder.proto import pb, pb_grpc
+from ponder.proto import pb
 from ponder.proto.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ponder.service.redis_server import RedisServer, free_port
 from service_utils import Proc, start_scheduler, wait_until

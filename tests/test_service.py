@@ -17,7 +17,7 @@ from service_utils import Proc, kinds, start_scheduler, start_worker, wait_until
 
 from ponder.clients.client import Client
 from ponder.proto import pb, pb_grpc
-from ponder.proto.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound
+from ponder.proto.errors import DeadlineExceeded, InvalidArgument, NotFound
 
 QUICK = dict(generations=2, max_steps=2, max_step_tokens=8, seed=7)
 # The service model's final norm is zeroed, so every logit is 0: sampling is uniform over the

@@ -113,7 +113,7 @@ def _norm(answer: str | None) -> str | None:
     return None if answer is None else answer.strip().rstrip(".").replace(" ", "")
 
 
-def weighted_pick(answers: Sequence[str | None], scores: Sequence[float], weighted: bool = True) -> str | None:
+def weighted_pick(answers: Sequence[str | None], scores: Sequence[float] | np.ndarray, weighted: bool = True) -> str | None:
     """The winner of a (weighted) vote; ties to the larger score sum, then to the earlier."""
     tot: dict[str, list[float]] = {}
     for a, s in zip(answers, scores):
@@ -222,7 +222,8 @@ def fit_controller(traj: Trajectories, budget: int, idx: np.ndarray, wave: int) 
     tried = 0
     names = list(GRID)
     for values in itertools.product(*(GRID[n] for n in names)):
-        cfg = ControllerConfig(wave=wave, widen_min_score=0.0, **dict(zip(names, values)))
+        params: dict[str, Any] = dict(zip(names, values))
+        cfg = ControllerConfig(wave=wave, widen_min_score=0.0, **params)
         tried += 1
         r = traj.run(cfg, budget, idx)
         if not r["stop_agreement"] >= TARGET_AGREEMENT + FIT_MARGIN or r["accuracy"] < r["full_accuracy"] - MAX_ACCURACY_LOSS:

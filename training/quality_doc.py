@@ -137,7 +137,7 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
               f"Brier {h.get('brier', float('nan')):.3f}, calibration error {h.get('calibration_error', float('nan')):.3f}."]
     if rtrain:
         L += ["", f"Reviser data: {json.dumps(rtrain.get('data', {}))}; sampling took {_fmt_time(rtrain.get('sample_seconds'))}."]
-    L += ["", f"Report run time: " + ", ".join(f"{k} {_fmt_time(v)}" for k, v in result["timings"].items()) + ".", ""]
+    L += ["", "Report run time: " + ", ".join(f"{k} {_fmt_time(v)}" for k, v in result["timings"].items()) + ".", ""]
 
     L += ["## Policy: pass@1 on the test split", ""]
     L += [

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -131,10 +131,10 @@ def token_logprobs(model: Any, tokenizer: Any, fmt: Any, sols: list[LabeledSolut
     for b in range(0, len(order), batch):
         rows = order[b : b + batch]
         T = max(len(seqs[i]) for i in rows)
-        ids = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
+        padded = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
         for j, i in enumerate(rows):  # right padding: causal attention never sees it
-            ids[j, : len(seqs[i])] = torch.tensor(seqs[i])
-        lp = torch.log_softmax(model(input_ids=ids).logits.float(), -1)  # (B, T, V)
+            padded[j, : len(seqs[i])] = torch.tensor(seqs[i])
+        lp = torch.log_softmax(model(input_ids=padded).logits.float(), -1)  # (B, T, V)
         for j, i in enumerate(rows):
             tok = torch.tensor(seqs[i][1:])
             got = lp[j, : len(seqs[i]) - 1].gather(1, tok.unsqueeze(1)).squeeze(1)  # log p(token t | < t)
@@ -293,6 +293,15 @@ def prm_section(
     }
 
 
+
+def _has_ops(qs: Sequence[Any], ops: int) -> Callable[[int], bool]:
+    return lambda i: bool(qs[i].knobs.n_ops == ops)
+
+
+def _in_third(third: dict[int, str], name: str) -> Callable[[int], bool]:
+    return lambda i: third[i] == name
+
+
 def search_section(samples: Samples, rates: list[float], cfg: ReportConfig) -> dict[str, Any]:
     """Beam search (M = 4) against weighted best-of-N (the default verifier of the built-in
     model, through the engine and the real search loop) on the pool's first questions, overall,
@@ -310,11 +319,11 @@ def search_section(samples: Samples, rates: list[float], cfg: ReportConfig) -> d
     )
     order = sorted(range(len(qs)), key=lambda i: rates[i])
     third = {i: ("hard", "middle", "easy")[min(2, 3 * k // len(qs))] for k, i in enumerate(order)}
-    groups = {"all": lambda i: True}
+    groups: dict[str, Callable[[int], bool]] = {"all": lambda i: True}
     for ops in sorted({q.knobs.n_ops for q in qs}):
-        groups[f"{ops} ops"] = lambda i, ops=ops: qs[i].knobs.n_ops == ops
+        groups[f"{ops} ops"] = _has_ops(qs, ops)
     for name in ("easy", "middle", "hard"):
-        groups[f"{name} third"] = lambda i, name=name: third[i] == name
+        groups[f"{name} third"] = _in_third(third, name)
     table: dict[str, dict[str, dict[str, float]]] = {}
     for r in results:
         key = f"{r.strategy} N={r.budget}"

@@ -179,7 +179,8 @@ def sample_trajectories(model: Any, tokenizer: Any, fmt: PromptFormat, recipe: R
     n_wrong = n_right = n_unparsable = always_right = 0
     right_in_context = 0
     for q, texts, grades, mine in zip(qs, samples.texts, samples.correct, ks):
-        right, wrong = [], []
+        right: list[str] = []
+        wrong: list[str] = []
         for text, ok in zip(texts, grades):
             steps = cut_steps(text)
             if steps is None:

@@ -46,7 +46,7 @@ class PolicyRecipe:
 
 
 def prompt_format() -> PromptFormat:
-    spec = arith.PromptSpec().ponder_json()
+    spec: dict[str, Any] = arith.PromptSpec().ponder_json()
     return PromptFormat(**{k: v for k, v in spec.items() if k in PromptFormat.__dataclass_fields__})
 
 

@@ -129,18 +129,18 @@ class HFPolicy(Policy):
                     step_hidden[i] = hidden[i].clone()
         results = []
         for i in range(B):
-            toks = steps[i]
-            text_toks = [t for t in toks if t not in self.eos]
+            step = steps[i]
+            text_toks = [t for t in step if t not in self.eos]
             results.append(
                 StepOutput(
                     text=self.tokenizer.decode(text_toks),
-                    token_ids=toks,
+                    token_ids=step,
                     finished=reason[i] == "eos",
                     stop_reason=reason[i],
-                    handle=prefixes[i] + toks,
+                    handle=prefixes[i] + step,
                     hidden=step_hidden[i],
                     logprobs=logprobs[i],
-                    computed_tokens=len(prefixes[i]) + len(toks),
+                    computed_tokens=len(prefixes[i]) + len(step),
                 )
             )
         return results

@@ -405,7 +405,7 @@ class SearchLoop:
         nodes = ctx.nodes if job.done else ctx.released
         todo = [n for n in nodes if not n.released]
         if todo:
-            _per_owner(todo, lambda n: self._owner(n.root.prompt), lambda pol, ns: pol.release(ns) or [])
+            _per_owner(todo, lambda n: self._owner(n.root.prompt), _release_nodes)
             self.verifier.release(todo)
             for n in todo:
                 n.released = True
@@ -420,6 +420,11 @@ class SearchLoop:
         job.ctx.give_back()  # a failed or cancelled question's unspent allowance, too
         self.jobs.pop(job.ctx.job_id, None)
         job.ctx.nodes = []
+
+
+def _release_nodes(policy: Policy, nodes: list[Node]) -> list[Any]:
+    policy.release(nodes)
+    return []
 
 
 def _per_owner(items: list[T], owner: Callable[[T], Policy], call: Callable[[Policy, list[T]], list[Any]]) -> list[Any]:

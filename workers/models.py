@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ponder import artifacts
+from ponder.artifacts import ROOT as ARTIFACTS_ROOT
 from ponder.proto.config import DEFAULT_STEP_DELIMITER
 from ponder.proto.errors import InvalidArgument
 
@@ -63,7 +63,7 @@ class ModelFiles:
 
 
 # Built-in models, shipped as package data (artifacts/ in a checkout; see docs/quality.md).
-ARTIFACTS = artifacts.ROOT
+ARTIFACTS = ARTIFACTS_ROOT
 BUILTIN = {
     "arith": ARTIFACTS / "arith" / "policy",
     "arith-reviser": ARTIFACTS / "arith" / "reviser",

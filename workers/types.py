@@ -197,7 +197,7 @@ class Usage:
     def tokens(self) -> int:
         return self.prompt_tokens + self.decode_tokens + self.prm_tokens
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "generations": self.generations,
             "prompt_tokens": self.prompt_tokens,

@@ -33,7 +33,8 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
 from redis.exceptions import RedisError
 
 from ponder.proto import pb
@@ -135,7 +136,7 @@ class Worker:
         self.store = JobStore.from_url(config.redis_url, config.prefix)
         self.active: dict[str, Active] = {}
         self._inbox: queue.Queue[Message] = queue.Queue()
-        self._outbox: ObjectSendStream[tuple[str, list[pb.SolveEvent]]] | None = None
+        self._outbox: MemoryObjectSendStream[tuple[str, list[pb.SolveEvent]]] | None = None
         self._token: Any = None  # the event loop's, for calls from the compute thread
         self._stop = threading.Event()
         self._drained: anyio.Event | None = None  # set when the last running job ends while draining

@@ -90,7 +90,9 @@ class Engine:
         assert 1 <= split <= len(tokens)
         seq = Sequence()
         try:
-            rows = [self._extend(seq, tokens[:split])]
+            first = self._extend(seq, tokens[:split])
+            assert first is not None  # split >= 1 tokens
+            rows = [first]
             for t in tokens[split:]:
                 rows.append(self.decode_step([seq], torch.tensor([t], device=self.device)))
             return self.model.logits(torch.cat(rows))

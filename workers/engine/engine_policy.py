@@ -57,7 +57,7 @@ class EnginePolicy(Policy):
         **config: Any,
     ) -> EnginePolicy:
         """Resolve ``model_name`` (see :func:`ponder.workers.models.resolve`) and load it."""
-        cfg = EngineConfig(block_size=block_size, max_kv_bytes=max_kv_bytes, dtype=dtype, **config)
+        cfg = EngineConfig(block_size=block_size, max_kv_bytes=max_kv_bytes, dtype=dtype, **config)  # type: ignore[arg-type]  # a name is parsed in __post_init__
         files = resolve(model_name)
         return cls(files, model=None, config=cfg)
 

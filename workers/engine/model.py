@@ -97,8 +97,11 @@ class EngineModel:
         self.sliding_window = sliding_window_of(cfg)
         self.scale = self.head_dim**-0.5
 
-        def t(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.detach().to(device=self.device, dtype=dtype).contiguous()
+        def t(x: torch.Tensor) -> torch.Tensor:
+            return x.detach().to(device=self.device, dtype=dtype).contiguous()
+
+        def t_opt(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else t(x)
 
         base = hf_model.get_decoder()
         self.embed = t(base.embed_tokens.weight)  # (V, D)
@@ -111,14 +114,14 @@ class EngineModel:
                 LayerWeights(
                     ln1=t(layer.input_layernorm.weight),
                     wqkv=t(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
-                    bqkv=t(_cat_bias(a.q_proj, a.k_proj, a.v_proj)),
+                    bqkv=t_opt(_cat_bias(a.q_proj, a.k_proj, a.v_proj)),
                     wo=t(a.o_proj.weight),
-                    bo=t(_bias(a.o_proj)),
+                    bo=t_opt(_bias(a.o_proj)),
                     ln2=t(layer.post_attention_layernorm.weight),
                     wgu=t(torch.cat([m.gate_proj.weight, m.up_proj.weight])),
-                    bgu=t(_cat_bias(m.gate_proj, m.up_proj)),
+                    bgu=t_opt(_cat_bias(m.gate_proj, m.up_proj)),
                     wdown=t(m.down_proj.weight),
-                    bdown=t(_bias(m.down_proj)),
+                    bdown=t_opt(_bias(m.down_proj)),
                 )
             )
         self._rotary = base.rotary_emb

@@ -250,9 +250,11 @@ def load_prm(path: str | Path, *, mode: str = "step", layout: str | None = None)
         w = _read_tensors(p, "score.")
         if not {"0.weight", "2.weight"} <= set(w):
             raise InvalidArgument("prm", f"{p} has no score.0/score.2 head (found {sorted(w)})")
-        body = torch.nn.Sequential(torch.nn.Linear(*reversed(w["0.weight"].shape)), torch.nn.ReLU())
-        body[0].weight.data.copy_(w["0.weight"])
-        body[0].bias.data.copy_(w.get("0.bias", torch.zeros(body[0].out_features)))
+        d_out, d_in = w["0.weight"].shape
+        first = torch.nn.Linear(d_in, d_out)
+        body = torch.nn.Sequential(first, torch.nn.ReLU())
+        first.weight.data.copy_(w["0.weight"])
+        first.bias.data.copy_(w.get("0.bias", torch.zeros(first.out_features)))
         w2, b2 = w["2.weight"], w.get("2.bias", torch.zeros(2))  # (2, D), (2,)
         if w2.shape[0] != 2:
             raise InvalidArgument("prm", f"score head has {w2.shape[0]} classes, expected 2")

@@ -145,7 +145,7 @@ class ValueHeadVerifier(Verifier):
         missing = [n.id for n in nodes if n.hidden is None]
         if missing:
             raise PonderError(f"value head: nodes {missing[:5]} carry no hidden state (policy returned none)")
-        hidden = torch.stack([n.hidden.reshape(-1) for n in nodes]).float()  # (B, D)
+        hidden = torch.stack([n.hidden.reshape(-1) for n in nodes if n.hidden is not None]).float()  # (B, D)
         if hidden.shape[1] != self.head.hidden_size:
             self.check_policy(int(hidden.shape[1]))
         dev = hidden.device  # the policy's device (the engine may run on a GPU): move the head once

@@ -20,6 +20,9 @@ Without a verifier there is no difficulty estimate (bin 0) and the plan is major
 
 from __future__ import annotations
 
+from collections.abc import Generator
+from typing import Any
+
 from ponder.workers.answers import Candidate
 from ponder.workers.search.base import SearchContext, Strategy, StrategyRun, conclude, default_selection
 from ponder.workers.search.beam import BeamSearch, Lookahead
@@ -29,7 +32,7 @@ from ponder.workers.search.dvts import DVTS
 from ponder.workers.search.plan import StrategyPlan
 from ponder.workers.search.revision import Hybrid, Revision
 from ponder.workers.search.waves import grow, sample_waves
-from ponder.workers.types import Prefill, Prompt
+from ponder.workers.types import Prefill, Prompt, Request
 
 NEEDS_VERIFIER = ("beam", "lookahead", "dvts")
 # The strategies a plan cell may name: auto runs one of them with the rest of the allowance.
@@ -95,7 +98,7 @@ class Auto(Strategy):
         stop = yield from sample_waves(ctx, root, tally, candidates, self.scored, selection)
         return conclude(ctx, candidates, selection, stop)
 
-    def _run_plan(self, plan: StrategyPlan, pilot: list[Candidate]) -> StrategyRun:
+    def _run_plan(self, plan: StrategyPlan, pilot: list[Candidate]) -> Generator[Request, Any, str]:
         """Run the planned strategy with the rest of the allowance; the pilot's candidates are
         carried into its selection. Returns its stop reason."""
         ctx = self.ctx

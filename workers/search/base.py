@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
 from ponder.proto import pb
@@ -180,7 +180,7 @@ class SearchContext:
         )
 
 
-def usage_to_proto(u: Usage) -> Any:
+def usage_to_proto(u: Usage) -> pb.Usage:
     return pb.Usage(**u.as_dict())
 
 
@@ -228,7 +228,7 @@ def conclude(ctx: SearchContext, candidates: list[Candidate], mode: str, stop_re
     sel = select(candidates, mode)
     # the winner's share of the vote it was selected by: scores unless by majority (the same
     # share the live controller reports)
-    weight = (lambda v: v.count) if mode == "majority" or not any(v.score for v in sel.votes) else (lambda v: v.score)
+    weight: Callable[[Any], float] = (lambda v: v.count) if mode == "majority" or not any(v.score for v in sel.votes) else (lambda v: v.score)
     total = sum(weight(v) for v in sel.votes)
     share = next((weight(v) for v in sel.votes if v.answer == sel.answer), 0) / total if total else 0.0
     ctx.emit_progress(sel.answer, share)
