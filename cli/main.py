@@ -38,7 +38,9 @@ REDIS_ENV = "PONDER_REDIS_URL"
 
 
 def _common_service(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prefix", default="ponder", help="Redis key prefix (one per deployment)")
+    from ponder.store.keys import DEFAULT_PREFIX
+
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="Redis key prefix (one per deployment)")
 
 
 def _redis_option(p: argparse.ArgumentParser, required: bool) -> None:
@@ -74,6 +76,7 @@ def _client(a: argparse.Namespace) -> Any:
 
 def _worker_options(p: argparse.ArgumentParser) -> None:
     from ponder.workers.runtime import BACKENDS, DEFAULT_MODEL
+    from ponder.workers.worker import WorkerConfig
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="'arith' (built in), 'smollm2', a .gguf file or an HF model directory")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="engine (paged KV) or plain transformers")
@@ -83,7 +86,7 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
                    help="model for revision prompts: 'auto' (the model's own, e.g. arith-reviser), 'none', or a model")
     p.add_argument("--plan", default="auto",
                    help="auto's plan table: 'auto' (the model's plan.json, else the default plan), 'default', or a path")
-    p.add_argument("--capacity", type=int, default=16, help="questions one worker searches at once")
+    p.add_argument("--capacity", type=int, default=WorkerConfig.capacity, help="questions one worker searches at once")
     _placement_options(p)
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = auto: 1 for models under 20M parameters, else every core)")
@@ -111,11 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("PONDER_LOG_FORMAT", "text"),
                         help="json: one JSON object per log line, with job_id, attempt and worker on job lines")
     sub = parser.add_subparsers(dest="command", required=True)
+    # every service flag's default is its config dataclass's (SchedulerConfig, WorkerConfig)
+    from ponder.scheduler.config import SchedulerConfig
+    from ponder.workers.worker import WorkerConfig
+
+    sched = SchedulerConfig
 
     p = sub.add_parser("serve", help="run Redis (private unless --redis), a scheduler and workers")
     _redis_option(p, required=False)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--host", default=sched.host)
+    p.add_argument("--port", type=int, default=sched.port)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-generations", type=int, default=Limits().max_generations)
     p.add_argument("--ready-timeout", type=float, default=600.0)
@@ -132,11 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("scheduler", help="run a gRPC scheduler against a Redis")
     _redis_option(p, required=True)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 for all interfaces)")
-    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--host", default=sched.host, help="bind address (0.0.0.0 for all interfaces)")
+    p.add_argument("--port", type=int, default=sched.port)
     p.add_argument("--max-generations", type=int, default=Limits().max_generations)
-    p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on SIGTERM")
-    p.add_argument("--max-queued", type=int, default=10_000,
+    p.add_argument("--grace", type=float, default=sched.grace_s, help="seconds in-flight calls get on SIGTERM")
+    p.add_argument("--max-queued", type=int, default=sched.max_queued,
                    help="jobs waiting per priority before new ones get RESOURCE_EXHAUSTED (0: no cap)")
     p.add_argument("--tokens", default=None,
                    help="bearer tokens file ('NAME SECRET [admin]' per line; default $PONDER_TOKENS, the file's "
@@ -151,13 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a worker against a Redis")
     _redis_option(p, required=True)
-    p.add_argument("--lease", type=float, default=30.0, help="seconds before a silent worker's job is re-run")
-    p.add_argument("--isolate-after", type=int, default=2,
+    p.add_argument("--lease", type=float, default=WorkerConfig.lease_s, help="seconds before a silent worker's job is re-run")
+    p.add_argument("--isolate-after", type=int, default=WorkerConfig.isolate_after,
                    help="a job lost with this many dying workers runs alone from then on")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
-    p.add_argument("--max-solo-losses", type=int, default=2,
+    p.add_argument("--max-solo-losses", type=int, default=WorkerConfig.max_solo_losses,
                    help="a job running alone that loses this many workers fails (it is what kills them)")
-    p.add_argument("--drain", type=float, default=30.0, help="seconds running jobs get to finish on SIGTERM")
+    p.add_argument("--drain", type=float, default=WorkerConfig.drain_s, help="seconds running jobs get to finish on SIGTERM")
     _common_service(p)
     _worker_options(p)
 
@@ -289,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             return anyio.run(serve, args)
         if args.command == "scheduler":
             from ponder.scheduler.auth import TlsFiles, Tokens
-            from ponder.scheduler.server import Scheduler, SchedulerConfig
+            from ponder.scheduler.config import SchedulerConfig
+            from ponder.scheduler.server import Scheduler
 
             if bool(args.tls_cert) != bool(args.tls_key):
                 raise InvalidArgument("tls", "--tls-cert and --tls-key go together")

@@ -1,8 +1,6 @@
 """The gRPC scheduler: validates requests, writes jobs to the store and relays their events.
 
-The job store it shares with the workers lives in :mod:`ponder.store`.
+:class:`ponder.scheduler.server.Scheduler` runs it; :class:`ponder.scheduler.config.SchedulerConfig`
+configures it. This package imports nothing itself, so reading the config (as the CLI does for
+its defaults) loads no gRPC; the job store it shares with the workers is :mod:`ponder.store`.
 """
-
-from ponder.scheduler.server import Scheduler, SchedulerConfig
-
-__all__ = ["Scheduler", "SchedulerConfig"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -20,12 +19,13 @@ from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
 from ponder.proto import pb, pb_grpc
-from ponder.proto.config import STRATEGIES, Limits, SolveConfig
+from ponder.proto.config import STRATEGIES, SolveConfig
 from ponder.proto.errors import InvalidArgument, PonderError
-from ponder.scheduler.auth import ANONYMOUS, Principal, TlsFiles, Tokens, Undecodable, bearer, safe_deserializer
+from ponder.scheduler.auth import ANONYMOUS, Principal, Undecodable, bearer, safe_deserializer
 from ponder.store import keys as K
 from ponder.service import metrics
 from ponder.service.signals import serve_until_signalled
+from ponder.scheduler.config import SchedulerConfig
 from ponder.scheduler.hub import EventHub
 from ponder.store.jobs import JobStore, check_job_id, parse_event_id
 
@@ -40,31 +40,6 @@ _PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("ponder_p
 def caller() -> str:
     """The name of the token that made the current call ("" without authentication)."""
     return _PRINCIPAL.get().name
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    redis_url: str
-    host: str = "127.0.0.1"
-    port: int = 50051
-    prefix: str = "ponder"
-    limits: Limits = field(default_factory=Limits)
-    grace_s: float = 5.0
-    result_ttl_s: int = 86_400
-    worker_alive_s: float = 15.0
-    # jobs waiting for a worker per priority before Submit/Solve answer RESOURCE_EXHAUSTED
-    # (0: no cap)
-    max_queued: int = 10_000
-    tokens: Tokens | None = None  # None: no authentication (see ponder.scheduler.auth)
-    tls: TlsFiles | None = None
-    expose_workers: bool = False  # ServerInfo's worker details for everyone (no tokens)
-    metrics_port: int | None = None  # Prometheus /metrics on this port (0: a free one; None: off)
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise InvalidArgument("port", f"must be in [0, 65535], got {self.port}")
-        if self.max_queued < 0:
-            raise InvalidArgument("max_queued", f"must be >= 0 (0: no cap), got {self.max_queued}")
 
 
 class Reasoner(pb_grpc.ReasonerServicer):

@@ -20,7 +20,8 @@ import anyio
 
 from ponder.proto.config import Limits
 from ponder.service.redis_server import RedisServer
-from ponder.scheduler.server import Scheduler, SchedulerConfig
+from ponder.scheduler.config import SchedulerConfig
+from ponder.scheduler.server import Scheduler
 
 log = logging.getLogger(__name__)
 

@@ -93,7 +93,7 @@ def decode_event(entry_id: str, fields: dict[bytes, bytes]) -> Any:
 class JobStore:
     """Async access to jobs in Redis. One instance per process; safe for concurrent tasks."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "ponder", ttl_s: int = 86_400) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = K.DEFAULT_PREFIX, ttl_s: int = 86_400) -> None:
         # Any: redis-py types every reply as bytes | str (either decode_responses); this client
         # never decodes, so every reply is bytes, which its annotations cannot say
         self.r: Any = client
@@ -107,7 +107,7 @@ class JobStore:
         self._release = client.register_script(K.RELEASE)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "ponder", ttl_s: int = 86_400) -> JobStore:
+    def from_url(cls, url: str, prefix: str = K.DEFAULT_PREFIX, ttl_s: int = 86_400) -> JobStore:
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=POOL_SIZE, timeout=POOL_TIMEOUT_S, health_check_interval=30
         )

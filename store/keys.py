@@ -28,11 +28,12 @@ PRIORITIES = ("high", "normal", "low")
 SOLO = "solo"  # the queue of isolated jobs (see CLAIM), read only by a worker that runs nothing else
 GROUP = "workers"
 TERMINAL = ("done", "failed", "cancelled")
+DEFAULT_PREFIX = "ponder"  # every key starts with it; one prefix per deployment sharing a Redis
 
 
 @dataclass(frozen=True)
 class Keys:
-    prefix: str = "ponder"
+    prefix: str = DEFAULT_PREFIX
 
     def queue(self, priority: str) -> str:
         return f"{self.prefix}:q:{priority}"

@@ -18,7 +18,8 @@ from ponder.clients.client import AsyncClient
 from ponder.proto.config import SolveConfig
 from ponder.store import keys as K
 from ponder.service.redis_server import free_port
-from ponder.scheduler.server import Scheduler, SchedulerConfig
+from ponder.scheduler.config import SchedulerConfig
+from ponder.scheduler.server import Scheduler
 from ponder.store.jobs import JobStore
 
 JOB = SolveConfig("Compute 5 + 8 + 3 + 7 * 7.", generations=16, max_steps=6, seed=1)

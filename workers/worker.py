@@ -42,6 +42,7 @@ from ponder.proto.config import STRATEGIES, Limits, SolveConfig
 from ponder.proto.errors import InvalidArgument, PonderError, Unavailable
 from ponder.service import metrics
 from ponder.store.jobs import JobStore, QueuedJob
+from ponder.store.keys import DEFAULT_PREFIX
 from ponder.workers.loop import SearchLoop
 from ponder.workers.policy import Policy
 from ponder.workers.search.plan import PlanTable
@@ -87,7 +88,7 @@ Message = Start | Cancel | Drop
 @dataclass(frozen=True)
 class WorkerConfig:
     redis_url: str
-    prefix: str = "ponder"
+    prefix: str = DEFAULT_PREFIX
     capacity: int = 16  # questions searched at once
     lease_s: float = 30.0  # a job whose worker is silent this long is re-run elsewhere
     # A job lost with a dying worker is re-run; after `isolate_after` losses it runs alone, and
