@@ -69,7 +69,7 @@ def _channel_args(tls: Tls | None, token: str | None) -> tuple[Any, tuple[tuple[
     return (tls.credentials() if tls is not None else None), metadata
 
 
-def build_request(question: str | SolveConfig, **options: Any) -> Any:
+def build_request(question: str | SolveConfig, **options: Any) -> pb.SolveRequest:
     """A SolveRequest from a question and SolveConfig fields. The server validates it (its
     limits may differ from the defaults), so nothing is rejected here."""
     cfg = question if isinstance(question, SolveConfig) else SolveConfig(question=question, **options)
@@ -98,7 +98,7 @@ def _typed_errors() -> Iterator[None]:
         raise _typed(exc) from None
 
 
-def _final_of(events: list[Any]) -> Any:
+def _final_of(events: list[pb.SolveEvent]) -> pb.Final:
     for event in reversed(events):
         kind = event.WhichOneof("kind")
         if kind == "final":
@@ -208,7 +208,7 @@ class Client:
                     timeout=resume.remaining(), metadata=self.metadata,
                 )
 
-    def ask(self, question: str | SolveConfig, *, timeout: float | None = None, **options: Any) -> Any:
+    def ask(self, question: str | SolveConfig, *, timeout: float | None = None, **options: Any) -> pb.Final:
         """Solve and return the Final message (raises the typed error of an error event)."""
         return _final_of(list(self.solve(question, timeout=timeout, **options)))
 
@@ -220,13 +220,15 @@ class Client:
         with _typed_errors():
             return str(self.stub.Cancel(pb.JobRef(job_id=job_id), metadata=self.metadata).state)
 
-    def result(self, job_id: str) -> Any:
+    def result(self, job_id: str) -> pb.ResultResponse:
         with _typed_errors():
-            return self.stub.GetResult(pb.JobRef(job_id=job_id), metadata=self.metadata)
+            result: pb.ResultResponse = self.stub.GetResult(pb.JobRef(job_id=job_id), metadata=self.metadata)
+            return result
 
-    def info(self) -> Any:
+    def info(self) -> pb.ServerInfoResponse:
         with _typed_errors():
-            return self.stub.ServerInfo(pb.ServerInfoRequest(), metadata=self.metadata)
+            info: pb.ServerInfoResponse = self.stub.ServerInfo(pb.ServerInfoRequest(), metadata=self.metadata)
+            return info
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
@@ -291,7 +293,7 @@ class AsyncClient:
                     timeout=resume.remaining(), metadata=self.metadata,
                 )
 
-    async def ask(self, question: str | SolveConfig, *, timeout: float | None = None, **options: Any) -> Any:
+    async def ask(self, question: str | SolveConfig, *, timeout: float | None = None, **options: Any) -> pb.Final:
         return _final_of([e async for e in self.solve(question, timeout=timeout, **options)])
 
     async def submit(self, question: str | SolveConfig, **options: Any) -> str:
@@ -302,10 +304,12 @@ class AsyncClient:
         with _typed_errors():
             return str((await self.stub.Cancel(pb.JobRef(job_id=job_id), metadata=self.metadata)).state)
 
-    async def result(self, job_id: str) -> Any:
+    async def result(self, job_id: str) -> pb.ResultResponse:
         with _typed_errors():
-            return await self.stub.GetResult(pb.JobRef(job_id=job_id), metadata=self.metadata)
+            result: pb.ResultResponse = await self.stub.GetResult(pb.JobRef(job_id=job_id), metadata=self.metadata)
+            return result
 
-    async def info(self) -> Any:
+    async def info(self) -> pb.ServerInfoResponse:
         with _typed_errors():
-            return await self.stub.ServerInfo(pb.ServerInfoRequest(), metadata=self.metadata)
+            info: pb.ServerInfoResponse = await self.stub.ServerInfo(pb.ServerInfoRequest(), metadata=self.metadata)
+            return info

@@ -8,9 +8,12 @@ import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ponder.proto.errors import InvalidArgument
+
+if TYPE_CHECKING:  # the generated code is imported when used (generate.py runs before it exists)
+    from ponder.proto import pb
 
 STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts", "revision", "hybrid", "auto")
 AGGREGATIONS = ("last", "min", "prod", "mean")
@@ -196,7 +199,7 @@ class SolveConfig:
     # -- wire form --------------------------------------------------------------------------
 
     @classmethod
-    def from_proto(cls, req: Any) -> SolveConfig:
+    def from_proto(cls, req: pb.SolveRequest) -> SolveConfig:
         """Build from a ``ponder.v1.SolveRequest``; unset optional fields keep defaults."""
         b, o = req.budget, req.options
         return cls(
@@ -225,7 +228,7 @@ class SolveConfig:
             timeout_s=req.timeout_s,
         )
 
-    def to_proto(self) -> Any:
+    def to_proto(self) -> pb.SolveRequest:
         from ponder.proto import pb
 
         req = pb.SolveRequest(

@@ -164,14 +164,14 @@ class Reasoner(pb_grpc.ReasonerServicer):
         async for event in self._relay(job_id, "0", context, cancel_on_exit=True):
             yield event
 
-    async def Submit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def Submit(self, request: pb.SolveRequest, context: grpc.aio.ServicerContext) -> pb.SubmitResponse:
         cfg = await self._config(request, context)
         if context.time_remaining() is not None:  # Submit's own deadline is not the job's
             cfg = cfg.replace(timeout_s=SolveConfig.from_proto(request).timeout_s)
         job_id, created = await self._submit(cfg, context)
         return pb.SubmitResponse(job_id=job_id, created=created)
 
-    async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SolveEvent]:
         after = request.after_event_id or "0"
         try:
             parse_event_id(after)
@@ -181,20 +181,20 @@ class Reasoner(pb_grpc.ReasonerServicer):
         async for event in self._relay(job_id, after, context, cancel_on_exit=False):
             yield event
 
-    async def Cancel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def Cancel(self, request: pb.JobRef, context: grpc.aio.ServicerContext) -> pb.CancelResponse:
         job_id = await self._job(request.job_id, context)
         state = await self._guard(context, self.store.cancel(job_id))
         return pb.CancelResponse(job_id=job_id, state=state)
 
-    async def GetResult(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def GetResult(self, request: pb.JobRef, context: grpc.aio.ServicerContext) -> pb.ResultResponse:
         job_id = await self._job(request.job_id, context)
         return await self._guard(context, self.store.result(job_id))
 
-    async def ServerInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def ServerInfo(self, request: pb.ServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfoResponse:
         principal = _PRINCIPAL.get()
         details = principal.admin or (self.cfg.tokens is None and self.cfg.expose_workers)
 
-        async def collect() -> Any:
+        async def collect() -> pb.ServerInfoResponse:
             workers = await self.store.workers(self.cfg.worker_alive_s)
             strategies = sorted({s for w in workers for s in w.strategies}, key=_strategy_order)
             return pb.ServerInfoResponse(

@@ -82,7 +82,7 @@ def fingerprint(cfg: SolveConfig) -> str:
     return hashlib.sha256(same).hexdigest()
 
 
-def decode_event(entry_id: str, fields: dict[bytes, bytes]) -> Any:
+def decode_event(entry_id: str, fields: dict[bytes, bytes]) -> pb.SolveEvent:
     """A SolveEvent from its stream entry, with the seq and event id the relay gives it."""
     event = pb.SolveEvent.FromString(fields[b"data"])
     event.seq = int(fields[b"seq"])
@@ -228,7 +228,7 @@ class JobStore:
             raise NotFound(f"no job {job_id!r}")
         return state
 
-    async def result(self, job_id: str) -> Any:
+    async def result(self, job_id: str) -> pb.ResultResponse:
         h = await self.r.hgetall(self.k.job(job_id))
         if not h:
             raise NotFound(f"no job {job_id!r} (unknown, or expired)")
