@@ -78,6 +78,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--doc", default="", help="markdown page to (re)write above its notes marker; figures beside it")
     ap.add_argument("--from", dest="source", default="", help="re-render from a JSON written by --out; run nothing")
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
+    ap.add_argument("--large-model", default="auto",
+                    help="the larger model of the exchange (paper §7): auto = 'arith-large' for --model arith when it is trained, "
+                         "'none' to skip")
+    ap.add_argument("--large-samples", type=int, default=16, help="samples per question of the larger model (its pass@1)")
+    ap.add_argument("--ratios", default="0.16,1,22", help="R = D_inference / D_pretrain values of the exchange")
+    ap.add_argument("--extend", default="",
+                    help="a JSON written by --out: run only what it lacks (the larger model's samples), then analyse; "
+                         "write the merged data to --out")
     a = ap.parse_args(argv)
     if a.quick:
         # budgets 4 and 8: revisions and the hybrid at 16 took 7 of the 12 minutes a quick run
@@ -132,13 +140,82 @@ def run_all(a: argparse.Namespace) -> dict[str, Any]:
                 continue
             (res,) = evaluate(policy, verifier, items, [strategy], [budget], **options, **common)
             runs.append({"label": label, "strategy": strategy, "budget": budget, "options": options, **per_question(res)})
+    large = run_large(a, items)
     return {
+        "large": large, "ratios": ratios_arg(a),
         "model": policy.name, "verifier": verifier.name if verifier else "none", "dataset": a.dataset,
         "questions": [{"question": it.question, "gold": it.gold} for it in items],
         "pool_size": a.pool, "budgets": budgets, "seed": a.seed, "plan": plan.summary(),
         "pool": pool, "pool_wall_s": pool_res.wall_s, "runs": runs, "wall_s": time.time() - started,
         "load_average": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]],
     }
+
+
+def ratios_arg(a: argparse.Namespace) -> list[float]:
+    try:
+        ratios = [float(r) for r in a.ratios.split(",") if r.strip()]
+    except ValueError:
+        ratios = []
+    if not ratios or any(not math.isfinite(r) or r <= 0 for r in ratios):
+        raise SystemExit(f"ponder bench scaling: INVALID_ARGUMENT: ratios: positive numbers, got {a.ratios!r}")
+    return ratios
+
+
+def large_model_name(a: argparse.Namespace) -> str:
+    """The larger model of the exchange, '' when there is none to run."""
+    if a.large_model in ("", "none"):
+        return ""
+    if a.large_model != "auto":
+        return a.large_model
+    if a.model != "arith":
+        return ""
+    from ponder.workers.models import BUILTIN
+
+    return "arith-large" if (BUILTIN["arith-large"] / "config.json").exists() else ""
+
+
+def run_large(a: argparse.Namespace, items: list[Any]) -> dict[str, Any] | None:
+    """The larger model's samples of every question (no verifier: its pass@1 is what the
+    paper's exchange compares against), with both models' sizes for the FLOPs matching."""
+    name = large_model_name(a)
+    if not name:
+        return None
+    from ponder.workers.evaluate import evaluate
+    from ponder.workers.flops import model_params
+    from ponder.workers.runtime import build_policy
+
+    if a.large_samples < 1:
+        raise SystemExit(f"ponder bench scaling: INVALID_ARGUMENT: large_samples: must be >= 1, got {a.large_samples}")
+    p_small, tokens_small = model_params(a.model)
+    p_large, tokens_large = model_params(name)
+    policy = build_policy(name, "auto", a.device, a.dtype)
+    (res,) = evaluate(policy, None, items, ["best_of_n"], [a.large_samples], budget_mode="fixed", selection="majority",
+                      seed=a.seed, concurrency=a.concurrency, max_rows=max(256, a.large_samples), progress=not a.json)
+    recs = res.answers
+    return {
+        "model": policy.name, "samples": a.large_samples, "params": p_large, "small_params": p_small,
+        "pretrain_tokens": tokens_large, "small_pretrain_tokens": tokens_small,
+        "correct": [[bool(c["correct"]) for c in r.get("candidates", [])] for r in recs],
+        "flops": [r["usage"]["flops"] if "usage" in r else 0.0 for r in recs],
+        "generations": [r["usage"]["generations"] if "usage" in r else 0 for r in recs],
+        "errors": sum("error" in r for r in recs), "wall_s": res.wall_s,
+    }
+
+
+def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
+    """Add what an earlier run lacks (the larger model's samples) to its data."""
+    from ponder.workers.evaluate import load_dataset
+
+    items = load_dataset(data["dataset"])
+    if [it.question for it in items] != [q["question"] for q in data["questions"]]:
+        raise SystemExit(f"ponder bench scaling: INVALID_ARGUMENT: extend: {data['dataset']} no longer gives the run's questions")
+    a.model, a.seed = data["model"], data.get("seed", a.seed)
+    started = time.time()
+    data["large"] = run_large(a, items)
+    data["ratios"] = ratios_arg(a)
+    data["large_command"] = "python benchmarks/scaling.py " + " ".join(a.argv)
+    data["large_wall_s"] = time.time() - started
+    return data
 
 
 # -- analysis ----------------------------------------------------------------------------------
@@ -234,11 +311,70 @@ def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
                          "verdict": v, "delta": ratios[0], "ci": ci, "questions": q,
                          "measured": f"auto at N={mid}: accuracy {c.mean():.3f} with {g.mean():.1f} generations; weighted best-of-N "
                                      f"needs {ratios[0] * g.mean():.1f} for it: budget ratio {ratios[0]:.2f}"})
-    findings.append({"finding": "At R ≪ 1, test-time compute beats a larger model on easy and medium questions, not on the hardest",
-                     "paper": "Fig. 9", "verdict": "not run",
-                     "measured": "needs a larger arith policy trained with the same recipe (about 2 hours here); not trained yet"})
-    return {"grid": grid, "curves": curves, "findings": findings, "flops_per_generation": flops_per_gen,
+    swap = exchange(data, oracle, boot, rng)
+    findings.append(swap["finding"])
+    return {"grid": grid, "curves": curves, "findings": findings, "flops_per_generation": flops_per_gen, "exchange": swap["rows"],
+            "exchange_sizes": swap["sizes"],
             "questions": q, "failed_runs": {f"{r['label']} N={r['budget']}": r["errors"] for r in runs if r["errors"]}}
+
+
+EXCHANGE = "At R ≪ 1, test-time compute beats a larger model on easy and medium questions, not on the hardest"
+
+
+def exchange(data: dict[str, Any], oracle: np.ndarray, boot: int, rng: random.Random) -> dict[str, Any]:
+    """Paper §7 (Fig. 9): the small model with X(R) = M + 3(M − 1)/R generations of weighted
+    best-of-N (drawn from its pool) against one sample of the M× larger model (its pass@1),
+    overall, on easy and medium questions (oracle bins 1–3) and on the hardest (bins 4–5),
+    with paired bootstrap intervals. The verdict is read at the smallest R."""
+    from ponder.workers.curves import bootstrap_indices, paired_delta, pool_curve
+    from ponder.workers.flops import matched_generations
+
+    large = data.get("large")
+    if not large:
+        return {"finding": {"finding": EXCHANGE, "paper": "Fig. 9", "verdict": "not run",
+                            "measured": "no larger model: train one with the same recipe (`ponder train policy --layers 6 --width 384 "
+                                        "--ffn 1152 --heads 12 --out artifacts/arith/policy_large`) or pass --large-model"},
+                "rows": [], "sizes": {}}
+    m = large["params"] / large["small_params"]
+    big = np.array([float(np.mean(c)) if c else 0.0 for c in large["correct"]])
+    pool_flops = float(np.mean([r["flops"] / max(1, r["generations"]) for r in data["pool"]]))
+    large_flops = float(np.mean([f / max(1, g) for f, g in zip(large["flops"], large["generations"])]))
+    sizes = {"M": m, "params_small": large["small_params"], "params_large": large["params"], "large_model": large["model"],
+             "large_samples": large["samples"], "pretrain_tokens_small": large.get("small_pretrain_tokens"),
+             "pretrain_tokens_large": large.get("pretrain_tokens"), "large_pass_at_1": float(big.mean()),
+             "inference_flops_ratio": large_flops / pool_flops if pool_flops else None}
+    masks = {"all": np.ones(len(big), dtype=bool), "easy_medium": oracle <= 3, "hard": oracle >= 4,
+             **{f"bin {b}": oracle == b for b in range(1, 6)}}
+    rows = []
+    for r in sorted(data.get("ratios") or [0.16, 1.0, 22.0]):
+        x = matched_generations(m, r)
+        n = int(min(data["pool_size"], max(1, round(x))))
+        small = pool_curve(data["pool"], [n], 32, rng, weighted=True)[:, 0]
+        groups = {}
+        for name, mask in masks.items():
+            idx = np.flatnonzero(mask)
+            if not len(idx):
+                groups[name] = {"questions": 0}
+                continue
+            d = paired_delta(small[idx], big[idx], bootstrap_indices(len(idx), boot, rng))
+            groups[name] = {**d, "small": float(small[idx].mean()), "large": float(big[idx].mean()), "questions": int(len(idx))}
+        rows.append({"R": r, "X": x, "N": n, "capped": x > data["pool_size"], "groups": groups})
+    low = rows[0]
+    em, hard = low["groups"]["easy_medium"], low["groups"]["hard"]
+    if not em.get("questions") or not hard.get("questions"):
+        v = "not run"
+    elif em["ci"][0] > 0 and hard["ci"][1] < 0:
+        v = "reproduced"
+    elif em["ci"][1] < 0:
+        v = "reversed"
+    else:
+        v = "not reproduced"
+    measured = (f"M = {m:.2f}× parameters; at R = {low['R']:g} the small model gets X = {low['X']:.1f} generations "
+                f"(weighted best-of-{low['N']}): bins 1–3 {em.get('small', float('nan')):.3f} vs {em.get('large', float('nan')):.3f} "
+                f"for the larger model, bins 4–5 {hard.get('small', float('nan')):.3f} vs {hard.get('large', float('nan')):.3f}")
+    finding = {"finding": EXCHANGE, "paper": "Fig. 9", "verdict": v, "measured": measured, "questions": int(len(big)),
+               "delta": em.get("delta"), "ci": em.get("ci", [None, None]), "hard_delta": hard.get("delta"), "hard_ci": hard.get("ci")}
+    return {"finding": finding, "rows": rows, "sizes": sizes}
 
 
 def ratio_finding(col: Any, budget: int, oracle: np.ndarray, boot: int, rng: random.Random) -> dict[str, Any]:
@@ -346,6 +482,26 @@ def figures(data: dict[str, Any], res: dict[str, Any], folder: Path) -> list[str
             bx.plot(rs, [row[r] if row[r] is not None else np.nan for r in row], marker="o", label=f"bin {b}")
     style(bx, "sequential ratio (0 = best-of-N, 1 = one chain)", "ratio by oracle bin (cf. Fig. 7)", None)
     save(fig, "scaling_revisions.png")
+
+    # Fig. 9: exchanging pretraining for test-time compute, by difficulty
+    rows = res.get("exchange") or []
+    if rows:
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        groups = ["all", *[f"bin {b}" for b in range(1, 6)]]
+        width = 0.8 / len(rows)
+        for k, row in enumerate(rows):
+            g = [row["groups"][name] for name in groups]
+            ys = [c.get("delta", np.nan) if c.get("questions") else np.nan for c in g]
+            err = np.array([[c["delta"] - c["ci"][0], c["ci"][1] - c["delta"]] if c.get("questions") else [0, 0] for c in g]).T
+            ax.bar(np.arange(len(groups)) + k * width - 0.4 + width / 2, ys, width, yerr=err, capsize=2,
+                   label=f"R = {row['R']:g} (X = {row['X']:.1f})")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(np.arange(len(groups)), groups)
+        sz = res.get("exchange_sizes") or {}
+        style(ax, "oracle difficulty bin (1 = easiest)",
+              f"small + test-time compute − {sz.get('M', 0):.1f}× larger model (cf. Fig. 9)", None)
+        ax.set_ylabel("accuracy difference")
+        save(fig, "scaling_exchange.png")
     return written
 
 
@@ -364,7 +520,9 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str) -> str:
         f"`{data['dataset']}`, a best-of-{data['pool_size']} pool per question, budgets {', '.join(map(str, data['budgets']))} "
         f"for the searches; {data['wall_s'] / 60:.0f} min on this machine (load average at the end {data['load_average']}). "
         "Every number on this page is written by that command; `--from docs/scaling.json` regenerates the page and figures "
-        "without re-running. Intervals: 95% bootstrap over questions (paired for comparisons).",
+        "without re-running. Intervals: 95% bootstrap over questions (paired for comparisons)."
+        + (f" The larger model's samples were added by `{data['large_command']}` ({data.get('large_wall_s', 0) / 60:.0f} min)."
+           if data.get("large_command") else ""),
         "",
         "## Findings",
         "",
@@ -375,6 +533,8 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str) -> str:
         diff = f"{f['delta']:+.3f} {_ci(f['ci'])}" if "delta" in f and "per_bin" not in f and "ratio" not in f["finding"] else ""
         if f["finding"].startswith("Compute-optimal") and "delta" in f:
             diff = f"{f['delta']:.2f}× {_ci(f['ci'])}"
+        if f["finding"] == EXCHANGE and f.get("hard_ci"):
+            diff = f"bins 1–3: {f['delta']:+.3f} {_ci(f['ci'])}; bins 4–5: {f['hard_delta']:+.3f} {_ci(f['hard_ci'])}"
         lines.append(f"| {f['finding']} ({f['paper']}) | **{f['verdict']}** | {f['measured']} | {diff} |")
     lines += ["", "## Accuracy against generations", "",
               "| method | " + " | ".join(f"N={n}" for n in grid) + " |", "|---|" + "---|" * len(grid)]
@@ -404,7 +564,36 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "![search methods](scaling_search.png)", "", "![compute-optimal](scaling_compute_optimal.png)", "",
               "![revisions](scaling_revisions.png)", ""]
+    lines += render_exchange(data, res)
     return "\n".join(lines)
+
+
+def render_exchange(data: dict[str, Any], res: dict[str, Any]) -> list[str]:
+    """The exchange section (paper §7, Fig. 9), when a larger model was run."""
+    rows, sz = res.get("exchange") or [], res.get("exchange_sizes") or {}
+    if not rows:
+        return []
+    ratio = sz.get("inference_flops_ratio")
+    out = ["## Exchanging pretraining for test-time compute (paper §7)", "",
+           f"The small model (`{data['model']}`, {sz['params_small'] / 1e6:.2f}M non-embedding parameters) against "
+           f"`{sz['large_model']}` ({sz['params_large'] / 1e6:.2f}M, M = {sz['M']:.2f}×; same data, recipe and "
+           f"{sz['pretrain_tokens_large'] or 0:,} pretraining tokens). The larger model answers with one sample: its pass@1, "
+           f"the mean over {sz['large_samples']} samples at the same temperature, is {sz['large_pass_at_1']:.3f}. "
+           f"The small model spends X = M + 3(M − 1)/R generations of weighted best-of-N (resampled from its pool), the "
+           f"budget at which pretraining plus inference FLOPs are equal (6·P·D_pretrain + 2·P·D_inference); measured "
+           f"inference FLOPs per generation of the larger model: {ratio:.2f}× the small one's." if ratio else "", "",
+           "| R = D_inference / D_pretrain | X (generations) | N used | small, all | larger, all | Δ all | "
+           "Δ bin 1 | Δ bin 2 | Δ bin 3 | Δ bin 4 | Δ bin 5 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        g = row["groups"]
+        cells = [f"{g[f'bin {b}']['delta']:+.2f}" if g[f"bin {b}"].get("questions") else "–" for b in range(1, 6)]
+        out.append(f"| {row['R']:g} | {row['X']:.1f} | {row['N']}{' (pool cap)' if row['capped'] else ''} | "
+                   f"{g['all']['small']:.3f} | {g['all']['large']:.3f} | {g['all']['delta']:+.3f} {_ci(g['all']['ci'])} | "
+                   + " | ".join(cells) + " |")
+    out += ["", "Δ = small model with X generations − larger model, per oracle difficulty bin (the small model's pass@1 "
+            "quintiles, bin 1 = easiest); the interval is a paired bootstrap over questions.", "",
+            "![exchange](scaling_exchange.png)", ""]
+    return out
 
 
 def write_doc(path: Path, block: str) -> None:
@@ -415,8 +604,13 @@ def write_doc(path: Path, block: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse(argv)
+    a.argv = list(argv or [])
     if a.source:
         data = json.loads(Path(a.source).read_text())
+    elif a.extend:
+        data = extend(a, json.loads(Path(a.extend).read_text()))
+        if a.out:
+            Path(a.out).write_text(json.dumps(data) + "\n")
     else:
         data = run_all(a)
         data["command"] = "python benchmarks/scaling.py " + " ".join(argv or [])

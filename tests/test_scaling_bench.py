@@ -18,7 +18,9 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
     doc = tmp_path / "scaling.md"
     doc.write_text("old results\n" + bench.NOTES_MARKER + "\nnotes kept\n")
     out = tmp_path / "scaling.json"
+    # the built-in small model stands in for the larger one of the exchange (M = 1): the path, not the finding
     first = bench.main(["--dataset", "arith:test:4", "--pool", "8", "--budgets", "4", "--boot", "20",
+                        "--large-model", "arith", "--large-samples", "2",
                         "--json", "--out", str(out), "--doc", str(doc)])
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["benchmark"] == "scaling" and line["questions"] == 4 and line["pool"] == 8
@@ -37,9 +39,51 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
     text = doc.read_text()
     assert "old results" not in text and "notes kept" in text and "| Beam search beats best-of-N at small budgets" in text
     pngs = sorted(p.name for p in tmp_path.glob("scaling_*.png"))
-    assert pngs == ["scaling_compute_optimal.png", "scaling_revisions.png", "scaling_search.png"]
+    assert pngs == ["scaling_compute_optimal.png", "scaling_exchange.png", "scaling_revisions.png", "scaling_search.png"]
+    assert all(len(c) == 2 for c in data["large"]["correct"]) and res["exchange_sizes"]["M"] == pytest.approx(1.0)
+    assert [row["N"] for row in res["exchange"]] == [1, 1, 1]  # X = M when M = 1, whatever R
+    assert "## Exchanging pretraining for test-time compute" in text
     # re-render from the JSON alone: same findings, nothing run
     doc.write_text("stale\n" + bench.NOTES_MARKER + "\nnotes kept\n")
     again = bench.main(["--from", str(out), "--boot", "20", "--json", "--doc", str(doc)])
     assert [f["verdict"] for f in again["analysis"]["findings"]] == [f["verdict"] for f in res["findings"]]
     assert "stale" not in doc.read_text()
+
+
+def _exchange_data(small_pass: list[float], large_pass: list[float], m: float) -> dict:
+    """A pool of 8 candidates per question (score = 1 on the right ones, so weighted voting
+    finds a right answer whenever one is drawn) and a larger model's 4 samples."""
+    pool = []
+    for p in small_pass:
+        right = round(8 * p)
+        cands = [{"answer": "1" if k < right else f"w{k}", "score": 1.0 if k < right else 0.0, "correct": k < right} for k in range(8)]
+        pool.append({"candidates": cands, "flops": 8.0, "generations": 8})
+    large = {"model": "big", "samples": 4, "params": m * 1e6, "small_params": 1e6, "pretrain_tokens": 10, "small_pretrain_tokens": 10,
+             "correct": [[k < round(4 * p) for k in range(4)] for p in large_pass], "flops": [4.0 * m] * len(large_pass),
+             "generations": [4] * len(large_pass)}
+    return {"pool": pool, "pool_size": 8, "large": large, "ratios": [0.16, 22.0],
+            "questions": [{"question": str(i), "gold": "1"} for i in range(len(pool))]}
+
+
+def test_exchange_verdicts_follow_the_data() -> None:
+    """Fig. 9's finding from scripted pools: more samples of the small model win the easy and
+    medium questions and lose the hardest ones to the larger model -> reproduced; the larger
+    model winning the easy ones -> reversed; no larger model -> not run."""
+    import random
+
+    import numpy as np
+
+    bench = load_bench("scaling")
+    q = 40
+    small = [0.75] * 24 + [0.0] * 16  # easy/medium: often right; hard: never
+    oracle = np.array([1] * 8 + [2] * 8 + [3] * 8 + [4] * 8 + [5] * 8)
+    won = bench.exchange(_exchange_data(small, [0.5] * 24 + [0.5] * 16, 3.0), oracle, 200, random.Random(0))
+    assert won["finding"]["verdict"] == "reproduced", won["finding"]
+    low = won["rows"][0]
+    assert low["R"] == 0.16 and low["X"] == pytest.approx(3 + 3 * 2 / 0.16) and low["N"] == 8 and low["capped"]
+    assert won["rows"][1]["N"] == 3  # R = 22: X = 3.27 -> 3 generations
+    lost = bench.exchange(_exchange_data([0.0] * q, [1.0] * q, 3.0), oracle, 200, random.Random(0))
+    assert lost["finding"]["verdict"] == "reversed"
+    data = _exchange_data(small, [0.5] * q, 3.0)
+    data["large"] = None
+    assert bench.exchange(data, oracle, 50, random.Random(0))["finding"]["verdict"] == "not run"

@@ -67,6 +67,8 @@ ARTIFACTS = ARTIFACTS_ROOT
 BUILTIN = {
     "arith": ARTIFACTS / "arith" / "policy",
     "arith-reviser": ARTIFACTS / "arith" / "reviser",
+    # the exchange's larger policy (paper §7): same data and recipe, 6 layers at width 384
+    "arith-large": ARTIFACTS / "arith" / "policy_large",
 }
 
 
