@@ -140,9 +140,8 @@ def run_all(a: argparse.Namespace) -> dict[str, Any]:
                 continue
             (res,) = evaluate(policy, verifier, items, [strategy], [budget], **options, **common)
             runs.append({"label": label, "strategy": strategy, "budget": budget, "options": options, **per_question(res)})
-    large = run_large(a, items)
     return {
-        "large": large, "ratios": ratios_arg(a),
+        "large": run_large(a, items), "ratios": ratios_arg(a),
         "model": policy.name, "verifier": verifier.name if verifier else "none", "dataset": a.dataset,
         "questions": [{"question": it.question, "gold": it.gold} for it in items],
         "pool_size": a.pool, "budgets": budgets, "seed": a.seed, "plan": plan.summary(),
@@ -180,8 +179,8 @@ def run_large(a: argparse.Namespace, items: list[Any]) -> dict[str, Any] | None:
     name = large_model_name(a)
     if not name:
         return None
-    from ponder.workers.evaluate import evaluate
-    from ponder.workers.flops import model_params
+    from ponder.evaluation.evaluate import evaluate
+    from ponder.evaluation.flops import model_params
     from ponder.workers.runtime import build_policy
 
     if a.large_samples < 1:
@@ -204,7 +203,7 @@ def run_large(a: argparse.Namespace, items: list[Any]) -> dict[str, Any] | None:
 
 def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     """Add what an earlier run lacks (the larger model's samples) to its data."""
-    from ponder.workers.evaluate import load_dataset
+    from ponder.evaluation.evaluate import load_dataset
 
     items = load_dataset(data["dataset"])
     if [it.question for it in items] != [q["question"] for q in data["questions"]]:
@@ -326,8 +325,8 @@ def exchange(data: dict[str, Any], oracle: np.ndarray, boot: int, rng: random.Ra
     best-of-N (drawn from its pool) against one sample of the M× larger model (its pass@1),
     overall, on easy and medium questions (oracle bins 1–3) and on the hardest (bins 4–5),
     with paired bootstrap intervals. The verdict is read at the smallest R."""
-    from ponder.workers.curves import bootstrap_indices, paired_delta, pool_curve
-    from ponder.workers.flops import matched_generations
+    from ponder.evaluation.curves import bootstrap_indices, paired_delta, pool_curve
+    from ponder.evaluation.flops import matched_generations
 
     large = data.get("large")
     if not large:
@@ -350,7 +349,7 @@ def exchange(data: dict[str, Any], oracle: np.ndarray, boot: int, rng: random.Ra
         x = matched_generations(m, r)
         n = int(min(data["pool_size"], max(1, round(x))))
         small = pool_curve(data["pool"], [n], 32, rng, weighted=True)[:, 0]
-        groups = {}
+        groups: dict[str, dict[str, Any]] = {}
         for name, mask in masks.items():
             idx = np.flatnonzero(mask)
             if not len(idx):
