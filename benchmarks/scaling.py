@@ -13,6 +13,10 @@ What runs (through the real search loop, ``ponder.evaluation.evaluate``):
 - **tree searches and revisions**, one real run per method and budget (``--budgets``): beam
   search with M = 4 and M = √N, lookahead k = 1 and k = 3 (M = 4), DVTS (M = 4), sequential
   revisions, the sequential:parallel hybrid at ratios 0.25, 0.5, 0.75, and ``auto``.
+- **the exchange** (paper §7): ``--large-samples`` samples per question of a larger model
+  (``--large-model``; auto: ``arith-large`` when it is trained), whose pass@1 is set against the
+  small model's weighted best-of-X at the FLOPs-matched X = M + 3(M − 1)/R for each ``--ratios``
+  value (``ponder flops``), per difficulty bin. ``--extend FILE`` adds it to an earlier run.
 
 Difficulty is binned the paper's two ways: *oracle* (quintiles of pass@1 over the pool) and
 *predicted* (quintiles of the verifier's mean final score over the pool). Intervals are 95%
