@@ -257,7 +257,7 @@ def _bench(what: str, argv: list[str]) -> int:
 
 
 # ``ponder train JOB`` → its module in ponder.training
-TRAIN_MODULES = {"policy": "train_policy", "prm": "prm", "confidence": "confidence", "revise": "revise",
+TRAIN_MODULES = {"policy": "train_policy", "prm": "prm", "confidence": "calibration", "revise": "revise",
                  "plan": "plan", "report": "report"}
 TRAIN_JOBS = tuple(TRAIN_MODULES)
 BENCHMARKS = ("engine", "kernels", "service", "adaptive", "scaling", "chaos", "gpu_check")  # scripts in benchmarks/

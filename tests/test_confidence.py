@@ -25,7 +25,7 @@ from ponder.workers.prm.confidence import (
     features,
     model_fingerprint,
 )
-from ponder.training.confidence import Sample, fit_calibration
+from ponder.training.calibration import Sample, fit_calibration
 from ponder.workers.types import Node, Prompt, SamplingParams
 
 from fakes import ScriptedPolicy, StepScript
@@ -240,7 +240,7 @@ def test_confidence_streams_step_scores_like_a_prm() -> None:
 def test_sample_paths_through_a_policy_grades_and_releases_everything() -> None:
     """`ponder train confidence` samples through the Policy interface (what a worker runs):
     n solutions per question, graded, every node released; the fit then ranks them."""
-    from ponder.training.confidence import sample_paths
+    from ponder.training.calibration import sample_paths
 
     script = StepScript(steps=3, answers=("7", "9"), weights=(0.5, 0.5))
     policy = ScriptedPolicy(script, logprob_fn=lambda text: -0.05 if "{7}" in text else (-2.5 if "{9}" in text else -0.3))
