@@ -50,9 +50,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     correct: list[list[bool]] = [[] for _ in qs]
     with torch.inference_mode():
         for s in samples:
-            prompt = s.steps[0].token_ids
-            sol = [t for st in s.steps[1:] for t in st.token_ids]
-            own = [lp for st in s.steps[1:] for lp in st.logprobs]
+            root = s.steps[0].parent  # the path starts at the first step; its parent holds the prompt
+            assert root is not None
+            prompt = root.token_ids
+            sol = [t for st in s.steps for t in st.token_ids]
+            own = [lp for st in s.steps for lp in st.logprobs]
             ids = torch.tensor([prompt + sol])
             idx = torch.tensor(sol)[:, None]
             lp: dict[str, torch.Tensor] = {}
