@@ -86,7 +86,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="the larger model of the exchange (paper §7): auto = 'arith-large' for --model arith when it is trained, "
                          "'none' to skip")
     ap.add_argument("--large-samples", type=int, default=16, help="samples per question of the larger model (its pass@1)")
-    ap.add_argument("--ratios", default="0.16,1,22", help="R = D_inference / D_pretrain values of the exchange")
+    ap.add_argument("--ratios", default="", help="R = D_inference / D_pretrain values of the exchange "
+                    "(default: those of ponder flops, 0.16,1,22)")
     ap.add_argument("--extend", default="",
                     help="a JSON written by --out: run only what it lacks (the larger model's samples), then analyse; "
                          "write the merged data to --out")
@@ -121,13 +122,7 @@ def run_all(a: argparse.Namespace) -> dict[str, Any]:
                   plan=plan, reviser=reviser)
 
     def per_question(res: Any) -> dict[str, Any]:
-        recs = res.answers
-        return {
-            "correct": [bool(r.get("correct")) for r in recs],
-            "generations": [r["usage"]["generations"] if "usage" in r else 0 for r in recs],
-            "flops": [r["usage"]["flops"] if "usage" in r else 0.0 for r in recs],
-            "errors": sum("error" in r for r in recs), "wall_s": res.wall_s,
-        }
+        return {"correct": [bool(r.get("correct")) for r in res.answers], **usage_columns(res.answers), "wall_s": res.wall_s}
 
     (pool_res,) = evaluate(policy, verifier, items, ["best_of_n"], [a.pool], budget_mode="fixed", **common)
     pool = [{"candidates": [{k: c[k] for k in ("answer", "score", "correct")} for c in r.get("candidates", [])],
@@ -155,13 +150,22 @@ def run_all(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def ratios_arg(a: argparse.Namespace) -> list[float]:
+    from ponder.evaluation.flops import DEFAULT_RATIOS, parse_ratios
+    from ponder.proto.errors import InvalidArgument
+
     try:
-        ratios = [float(r) for r in a.ratios.split(",") if r.strip()]
-    except ValueError:
-        ratios = []
-    if not ratios or any(not math.isfinite(r) or r <= 0 for r in ratios):
-        raise SystemExit(f"ponder bench scaling: INVALID_ARGUMENT: ratios: positive numbers, got {a.ratios!r}")
-    return ratios
+        return parse_ratios(a.ratios or ",".join(map(str, DEFAULT_RATIOS)))
+    except InvalidArgument as exc:
+        raise SystemExit(f"ponder bench scaling: INVALID_ARGUMENT: {exc.message}") from None
+
+
+def usage_columns(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per question: generations and FLOPs spent (0 for a failed question), and the failures."""
+    return {
+        "generations": [r["usage"]["generations"] if "usage" in r else 0 for r in recs],
+        "flops": [r["usage"]["flops"] if "usage" in r else 0.0 for r in recs],
+        "errors": sum("error" in r for r in recs),
+    }
 
 
 def large_model_name(a: argparse.Namespace) -> str:
@@ -194,14 +198,11 @@ def run_large(a: argparse.Namespace, items: list[Any]) -> dict[str, Any] | None:
     policy = build_policy(name, "auto", a.device, a.dtype)
     (res,) = evaluate(policy, None, items, ["best_of_n"], [a.large_samples], budget_mode="fixed", selection="majority",
                       seed=a.seed, concurrency=a.concurrency, max_rows=max(256, a.large_samples), progress=not a.json)
-    recs = res.answers
     return {
         "model": policy.name, "samples": a.large_samples, "params": p_large, "small_params": p_small,
         "pretrain_tokens": tokens_large, "small_pretrain_tokens": tokens_small,
-        "correct": [[bool(c["correct"]) for c in r.get("candidates", [])] for r in recs],
-        "flops": [r["usage"]["flops"] if "usage" in r else 0.0 for r in recs],
-        "generations": [r["usage"]["generations"] if "usage" in r else 0 for r in recs],
-        "errors": sum("error" in r for r in recs), "wall_s": res.wall_s,
+        "correct": [[bool(c["correct"]) for c in r.get("candidates", [])] for r in res.answers],
+        **usage_columns(res.answers), "wall_s": res.wall_s,
     }
 
 
@@ -314,7 +315,7 @@ def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
                          "verdict": v, "delta": ratios[0], "ci": ci, "questions": q,
                          "measured": f"auto at N={mid}: accuracy {c.mean():.3f} with {g.mean():.1f} generations; weighted best-of-N "
                                      f"needs {ratios[0] * g.mean():.1f} for it: budget ratio {ratios[0]:.2f}"})
-    swap = exchange(data, oracle, boot, rng)
+    swap = exchange(data, oracle, flops_per_gen, boot, rng)
     findings.append(swap["finding"])
     return {"grid": grid, "curves": curves, "findings": findings, "flops_per_generation": flops_per_gen, "exchange": swap["rows"],
             "exchange_sizes": swap["sizes"],
@@ -324,13 +325,14 @@ def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
 EXCHANGE = "At R ≪ 1, test-time compute beats a larger model on easy and medium questions, not on the hardest"
 
 
-def exchange(data: dict[str, Any], oracle: np.ndarray, boot: int, rng: random.Random) -> dict[str, Any]:
+def exchange(data: dict[str, Any], oracle: np.ndarray, pool_flops: float, boot: int, rng: random.Random) -> dict[str, Any]:
     """Paper §7 (Fig. 9): the small model with X(R) = M + 3(M − 1)/R generations of weighted
     best-of-N (drawn from its pool) against one sample of the M× larger model (its pass@1),
     overall, on easy and medium questions (oracle bins 1–3) and on the hardest (bins 4–5),
-    with paired bootstrap intervals. The verdict is read at the smallest R."""
+    with paired bootstrap intervals. The verdict is read at the smallest R. ``pool_flops``: the
+    small model's FLOPs per generation."""
     from ponder.evaluation.curves import bootstrap_indices, paired_delta, pool_curve
-    from ponder.evaluation.flops import matched_generations
+    from ponder.evaluation.flops import DEFAULT_RATIOS, matched_generations
 
     large = data.get("large")
     if not large:
@@ -340,7 +342,6 @@ def exchange(data: dict[str, Any], oracle: np.ndarray, boot: int, rng: random.Ra
                 "rows": [], "sizes": {}}
     m = large["params"] / large["small_params"]
     big = np.array([float(np.mean(c)) if c else 0.0 for c in large["correct"]])
-    pool_flops = float(np.mean([r["flops"] / max(1, r["generations"]) for r in data["pool"]]))
     large_flops = float(np.mean([f / max(1, g) for f, g in zip(large["flops"], large["generations"])]))
     sizes = {"M": m, "params_small": large["small_params"], "params_large": large["params"], "large_model": large["model"],
              "large_samples": large["samples"], "pretrain_tokens_small": large.get("small_pretrain_tokens"),
@@ -349,7 +350,7 @@ def exchange(data: dict[str, Any], oracle: np.ndarray, boot: int, rng: random.Ra
     masks = {"all": np.ones(len(big), dtype=bool), "easy_medium": oracle <= 3, "hard": oracle >= 4,
              **{f"bin {b}": oracle == b for b in range(1, 6)}}
     rows = []
-    for r in sorted(data.get("ratios") or [0.16, 1.0, 22.0]):
+    for r in sorted(data.get("ratios") or DEFAULT_RATIOS):
         x = matched_generations(m, r)
         n = int(min(data["pool_size"], max(1, round(x))))
         small = pool_curve(data["pool"], [n], 32, rng, weighted=True)[:, 0]
@@ -583,8 +584,9 @@ def render_exchange(data: dict[str, Any], res: dict[str, Any]) -> list[str]:
            f"{sz['pretrain_tokens_large'] or 0:,} pretraining tokens). The larger model answers with one sample: its pass@1, "
            f"the mean over {sz['large_samples']} samples at the same temperature, is {sz['large_pass_at_1']:.3f}. "
            f"The small model spends X = M + 3(M − 1)/R generations of weighted best-of-N (resampled from its pool), the "
-           f"budget at which pretraining plus inference FLOPs are equal (6·P·D_pretrain + 2·P·D_inference); measured "
-           f"inference FLOPs per generation of the larger model: {ratio:.2f}× the small one's." if ratio else "", "",
+           f"budget at which pretraining plus inference FLOPs are equal (6·P·D_pretrain + 2·P·D_inference)."
+           + (f" Measured inference FLOPs per generation of the larger model: {ratio:.2f}× the small one's." if ratio else ""),
+           "",
            "| R = D_inference / D_pretrain | X (generations) | N used | small, all | larger, all | Δ all | "
            "Δ bin 1 | Δ bin 2 | Δ bin 3 | Δ bin 4 | Δ bin 5 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,17 @@ def model_params(name: str) -> tuple[int, int | None]:
     return params, int(tokens) if tokens else None
 
 
+def parse_ratios(text: str) -> list[float]:
+    """``--ratios``: comma-separated positive, finite R values; InvalidArgument otherwise."""
+    try:
+        ratios = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        ratios = []
+    if not ratios or any(not math.isfinite(r) or r <= 0 for r in ratios):
+        raise InvalidArgument("ratios", f"positive numbers, got {text!r}")
+    return ratios
+
+
 def table(p_small: float, p_large: float, ratios: list[float]) -> list[dict[str, Any]]:
     m = p_large / p_small
     return [{"R": r, "M": m, "generations_total_flops": matched_generations(m, r), "generations_inference_only": m}
@@ -67,13 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     try:
-        ratios = [float(r) for r in a.ratios.split(",") if r.strip()]
-        if not ratios or any(r <= 0 for r in ratios):
-            raise ValueError
-    except ValueError:
-        print(f"ponder flops: INVALID_ARGUMENT: ratios: positive numbers, got {a.ratios!r}", file=sys.stderr)
-        return 2
-    try:
+        ratios = parse_ratios(a.ratios)
         p_small = a.small_params or (model_params(a.small)[0] if a.small else 0)
         p_large = a.large_params or (model_params(a.large)[0] if a.large else 0)
         if p_small <= 0 or p_large <= 0:

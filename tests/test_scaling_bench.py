@@ -77,13 +77,13 @@ def test_exchange_verdicts_follow_the_data() -> None:
     q = 40
     small = [0.75] * 24 + [0.0] * 16  # easy/medium: often right; hard: never
     oracle = np.array([1] * 8 + [2] * 8 + [3] * 8 + [4] * 8 + [5] * 8)
-    won = bench.exchange(_exchange_data(small, [0.5] * 24 + [0.5] * 16, 3.0), oracle, 200, random.Random(0))
+    won = bench.exchange(_exchange_data(small, [0.5] * 24 + [0.5] * 16, 3.0), oracle, 1.0, 200, random.Random(0))
     assert won["finding"]["verdict"] == "reproduced", won["finding"]
     low = won["rows"][0]
     assert low["R"] == 0.16 and low["X"] == pytest.approx(3 + 3 * 2 / 0.16) and low["N"] == 8 and low["capped"]
     assert won["rows"][1]["N"] == 3  # R = 22: X = 3.27 -> 3 generations
-    lost = bench.exchange(_exchange_data([0.0] * q, [1.0] * q, 3.0), oracle, 200, random.Random(0))
+    lost = bench.exchange(_exchange_data([0.0] * q, [1.0] * q, 3.0), oracle, 1.0, 200, random.Random(0))
     assert lost["finding"]["verdict"] == "reversed"
     data = _exchange_data(small, [0.5] * q, 3.0)
     data["large"] = None
-    assert bench.exchange(data, oracle, 50, random.Random(0))["finding"]["verdict"] == "not run"
+    assert bench.exchange(data, oracle, 1.0, 50, random.Random(0))["finding"]["verdict"] == "not run"

@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     samples = sample_paths(policy, [q.question for q in qs], [q.answer for q in qs], a.samples,
                            SamplingParams(temperature=0.8), seed=a.seed)
     models = {"policy": load_hf_model(resolve(a.policy)).eval(), "large": load_hf_model(resolve(a.large)).eval()}
-    names = ("own mean", "own min", "policy mean", "policy min", "large mean", "large min", "policy T0.8 mean",
-             "large T0.8 mean", "large - policy mean", "large - policy min", "large - policy T0.8 mean")
-    feats: dict[str, list[list[float]]] = {k: [[] for _ in qs] for k in names}
+    feats: dict[str, list[list[float]]] = {}  # score name -> per question, per sample
     correct: list[list[bool]] = [[] for _ in qs]
     with torch.inference_mode():
         for s in samples:
@@ -72,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 "large - policy T0.8 mean": (lp["large T0.8"] - lp["policy T0.8"]).mean().item(),
             }
             for k, v in row.items():
-                feats[k][s.question].append(v)
+                feats.setdefault(k, [[] for _ in qs])[s.question].append(v)
             correct[s.question].append(s.correct)
     ones: list[list[list[float] | None]] = [[[1.0]] * len(r) for r in correct]  # unparsable samples count as wrong
     out = {k: round(within_question_auc(v, correct, ones), 3) for k, v in feats.items()}
