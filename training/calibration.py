@@ -21,7 +21,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,15 +104,32 @@ def sample_paths(
 
 def design(samples: Sequence[Sample], window: int, tail: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(X (R, F) every step prefix's features, y (R,), weight (R,), last-row flags (R,))."""
+    return design_rows(samples, lambda s: confidence_prefix_features(s, window, tail))
+
+
+def confidence_prefix_features(s: Sample, window: int, tail: int) -> list[list[float]]:
+    """The confidence features of each step prefix of ``s`` (first step first)."""
+    lps: list[float] = []
+    out = []
+    for step in s.steps:
+        lps.extend(step.logprobs)
+        out.append(features(lps, step.logprobs, window, tail))
+    return out
+
+
+def design_rows(
+    samples: Sequence[Sample], prefix_features: Callable[[Sample], list[list[float]]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every step prefix of every sample as a row of ``prefix_features``, labelled with the
+    sample's correctness and weighted 1/steps (each sample counts once)."""
     X, y, w, last = [], [], [], []
     for s in samples:
-        lps: list[float] = []
-        for k, step in enumerate(s.steps):
-            lps.extend(step.logprobs)
-            X.append(features(lps, step.logprobs, window, tail))
+        rows = prefix_features(s)
+        for k, x in enumerate(rows):
+            X.append(x)
             y.append(float(s.correct))
-            w.append(1.0 / len(s.steps))
-            last.append(k == len(s.steps) - 1)
+            w.append(1.0 / len(rows))
+            last.append(k == len(rows) - 1)
     return (torch.tensor(X, dtype=torch.float64), torch.tensor(y, dtype=torch.float64),
             torch.tensor(w, dtype=torch.float64), torch.tensor(last))
 
@@ -163,9 +180,9 @@ def evaluate_scores(final: Sequence[float], samples: Sequence[Sample]) -> dict[s
     }
 
 
-def fit_calibration(samples: Sequence[Sample], model: str, fingerprint: str, heldout_share: float = 0.25) -> Calibration:
-    """Choose window and tail on held-out questions, fit on the rest; the held-out figures of the
-    chosen fit (and of plain mean log-prob, DeepConf's baseline) go into ``fit``."""
+def split_questions(samples: Sequence[Sample], heldout_share: float) -> tuple[list[int], set[int], list[Sample], list[Sample]]:
+    """(all question ids, training ids, training samples, held-out samples): the first
+    1 − ``heldout_share`` of the questions train, the rest are held out."""
     qids = sorted({s.question for s in samples})
     cut = max(1, int(round(len(qids) * (1 - heldout_share))))
     train_q = set(qids[:cut])
@@ -173,6 +190,13 @@ def fit_calibration(samples: Sequence[Sample], model: str, fingerprint: str, hel
     held = [s for s in samples if s.question not in train_q] or train
     if not any(s.correct for s in train) or all(s.correct for s in train):
         raise InvalidArgument("dataset", "the samples must hold right and wrong answers to fit a calibration")
+    return qids, train_q, train, held
+
+
+def fit_calibration(samples: Sequence[Sample], model: str, fingerprint: str, heldout_share: float = 0.25) -> Calibration:
+    """Choose window and tail on held-out questions, fit on the rest; the held-out figures of the
+    chosen fit (and of plain mean log-prob, DeepConf's baseline) go into ``fit``."""
+    qids, train_q, train, held = split_questions(samples, heldout_share)
     best: tuple[float, Calibration] | None = None
     grid: list[dict[str, float]] = []
     for window in WINDOWS:

@@ -8,7 +8,8 @@ against the committed ones without regenerating the whole report::
     python -m ponder.training.compare_verifiers --questions 160 --samples 16 \\
         --verifier checker=artifacts/arith/prm_checker --combine checker --out /tmp/cmp.json
 
-``--combine NAME`` also fits a logistic regression of sample correctness on the confidence
+``--judge arith-large`` adds the likelihood verifier with that judge (calibrated when its
+calibration is beside the policy). ``--combine NAME`` also fits a logistic regression of sample correctness on the confidence
 verifier's last-step logit and NAME's last- and min-step logits, on a pool of *validation*
 questions, and scores the test pool with it (the combination is never fitted on test samples).
 """
@@ -35,6 +36,7 @@ from ponder.training.report import (
     _answer,
     _fold,
     confidence_scorer,
+    likelihood_scorer,
     prm_model_scorer,
     sample_step_scores,
     select_accuracy,
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--seed", type=int, default=1234, help="the report's seed: its first test questions")
     p.add_argument("--verifier", action="append", default=[], help="NAME=PRM model dir (repeatable)")
+    p.add_argument("--judge", action="append", default=[],
+                   help="also score with the likelihood verifier of this judge model (its calibration beside the policy when fitted; repeatable)")
     p.add_argument("--combine", default=None, help="fit confidence + this verifier on validation questions")
     p.add_argument("--val-questions", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
@@ -139,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     conf_path = a.policy / "confidence.json"
     scorers = {"confidence": confidence_scorer(model, tokenizer, fmt, conf_path if conf_path.exists() else None)}
     scorers |= {name: prm_model_scorer(path) for name, path in paths.items() if (path / "config.json").exists()}
+    for judge in a.judge:
+        from ponder.workers.models import load_hf_model, resolve
+
+        cal = a.policy / f"likelihood-{Path(judge).name}.json"
+        scorers[f"likelihood:{judge}"] = likelihood_scorer(
+            model, tokenizer, fmt, load_hf_model(resolve(judge)), cal if cal.exists() else None)
     per: dict[str, list[list[list[float] | None]]] = {}
     for name, scorer in scorers.items():
         t = time.time()

@@ -92,6 +92,11 @@ def _fmt_time(s: float | None) -> str:
     return "?" if s is None else f"{s / 60:.1f} min"
 
 
+def _count_words(n: int) -> str:
+    words = ("No", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten")
+    return words[n] if 0 <= n < len(words) else str(n)
+
+
 def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
     docs.mkdir(parents=True, exist_ok=True)
     _plots(result, docs)
@@ -100,6 +105,8 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
     htrain = _read(art / "value_head.json")
     etrain = _read(art / "value_head_exact.json")
     ctrain = _read(art / "policy" / "confidence.json").get("fit", {})
+    judge = cfg.get("judge")
+    ltrain = _read(art / "policy" / f"likelihood-{judge}.json").get("fit", {}) if judge else {}
     rtrain = _read(art / "reviser" / "train.json")
     L: list[str] = []
     L += ["# Quality of the built-in arith models", ""]
@@ -114,7 +121,8 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
     ]
     for name, t, key in (("policy", ptrain, "wall_seconds"), ("PRM, MC labels (value head + PRM model)", htrain, "wall_seconds"),
                          ("PRM, exact labels (value head + PRM model)", etrain, "wall_seconds"),
-                         ("confidence calibration", ctrain, "wall_seconds"), ("reviser", rtrain, "wall_seconds")):
+                         ("confidence calibration", ctrain, "wall_seconds"),
+                         (f"likelihood calibration ({judge} as judge)", ltrain, "wall_seconds"), ("reviser", rtrain, "wall_seconds")):
         if not t:
             continue
         L.append(f"| {name} | `{t.get('command', '?')}` | {_fmt_time(t.get(key))} | {t.get('load_average', '?')} |")
@@ -135,6 +143,14 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
               f"on its {ctrain.get('heldout_questions', '?')} held-out questions within-question AUC {h.get('within_question_auc', float('nan')):.3f} "
               f"(mean log-prob alone: {ctrain.get('heldout_mean_logprob_only', {}).get('within_question_auc', float('nan')):.3f}), "
               f"Brier {h.get('brier', float('nan')):.3f}, calibration error {h.get('calibration_error', float('nan')):.3f}."]
+    if ltrain:
+        h = ltrain.get("heldout", {})
+        single = ltrain.get("heldout_single_feature_within_question_auc", {})
+        L += ["", f"Likelihood calibration ({judge} as judge): {ltrain.get('questions', '?')} validation questions × "
+              f"{ltrain.get('samples_per_question', '?')} samples; on its {ltrain.get('heldout_questions', '?')} held-out questions "
+              f"within-question AUC {h.get('within_question_auc', float('nan')):.3f} (single features: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in single.items()) + f"), Brier {h.get('brier', float('nan')):.3f}, "
+              f"calibration error {h.get('calibration_error', float('nan')):.3f}."]
     if rtrain:
         L += ["", f"Reviser data: {json.dumps(rtrain.get('data', {}))}; sampling took {_fmt_time(rtrain.get('sample_seconds'))}."]
     L += ["", "Report run time: " + ", ".join(f"{k} {_fmt_time(v)}" for k, v in result["timings"].items()) + ".", ""]
@@ -153,12 +169,15 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
         L += ["| questions | " + " | ".join(f"{int(v)}" for v in pol["by"][knob + "_count"].values()) + " |", ""]
 
     L += ["## Verifiers", ""]
+    has_likelihood = any(k.startswith("likelihood") for k in prm["verifiers"])
     L += [
-        "Five verifiers: the value head on the policy's hidden states and a separate PRM model (a copy of",
+        f"{_count_words(len(prm['verifiers']))} verifiers: the value head on the policy's hidden states and a separate PRM model (a copy of",
         "the policy fine-tuned end to end), each trained on Monte Carlo labels (MC, the paper's recipe) and",
         "on the task's exact process labels (exact: the arith checker marks every step from the first wrong",
-        "one on as bad); and the confidence verifier, which reads the token probabilities the policy computed",
-        "while sampling (no extra forward pass), calibrated on validation questions.", "",
+        "one on as bad); the confidence verifier, which reads the token probabilities the policy computed",
+        "while sampling (no extra forward pass), calibrated on validation questions"
+        + (f"; and the likelihood verifier, {judge} rescoring the policy's tokens (one forward pass of the judge"
+           " per step), calibrated on validation questions." if has_likelihood else "."), "",
         f"Held-out Monte Carlo labels: {cfg['prm_questions']} test questions × {cfg['prm_samples']} samples, "
         f"{cfg['prm_rollouts']} rollouts per step ({prm['labelled_steps']} labelled steps; for the AUC a step is",
         "positive when at least half its rollouts reach the right answer); the exact-label AUC scores the same",

@@ -57,6 +57,8 @@ class ReportConfig:
     value_head_exact: Path | None = ART / "value_head_exact.safetensors"  # exact labels (skipped if absent)
     prm_exact: Path | None = ART / "prm_exact"
     confidence: Path | None = ART / "policy" / "confidence.json"
+    judge: str | None = "arith-large"  # the likelihood verifier's judge (skipped if not built in)
+    likelihood: Path | None = ART / "policy" / "likelihood-arith-large.json"
     questions: int = 160  # test questions for pass@1 and best-of-N
     samples: int = 64
     search_questions: int = 64  # the first questions of the pool, run through the search loop
@@ -158,6 +160,31 @@ def confidence_scorer(model: Any, tokenizer: Any, fmt: Any, path: Path | None) -
                 lps.extend(newest)
                 x = features(lps, newest, ver.window, ver.tail)
                 row.append(ver.from_features(x))
+            out.append(row)
+        return out
+
+    return score
+
+
+def likelihood_scorer(model: Any, tokenizer: Any, fmt: Any, judge: Any, path: Path | None) -> StepScorer:
+    """The likelihood verifier's step scores (each over the path so far) with ``judge`` reading
+    the policy's tokens, as the worker computes them (the policy's log-probs are the ones it
+    returns while sampling)."""
+    from ponder.workers.prm.likelihood import LikelihoodCalibration, features, probability
+
+    cal = LikelihoodCalibration.load(path) if path is not None else None
+    window = cal.window if cal is not None else 4
+
+    def score(sols: list[LabeledSolution]) -> list[list[float]]:
+        out = []
+        for own_steps, judge_steps in zip(token_logprobs(model, tokenizer, fmt, sols), token_logprobs(judge, tokenizer, fmt, sols)):
+            own: list[float] = []
+            jud: list[float] = []
+            row = []
+            for o, j in zip(own_steps, judge_steps):
+                own.extend(o)
+                jud.extend(j)
+                row.append(probability(cal, features(own, jud, len(o), window)))
             out.append(row)
         return out
 
@@ -400,6 +427,13 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     scorers["confidence"] = confidence_scorer(
         model, tokenizer, fmt, cfg.confidence if cfg.confidence is not None and cfg.confidence.exists() else None
     )
+    if cfg.judge is not None:
+        from ponder.workers.models import BUILTIN, load_hf_model, resolve
+
+        if cfg.judge not in BUILTIN or (BUILTIN[cfg.judge] / "config.json").exists():
+            scorers[f"likelihood ({cfg.judge})"] = likelihood_scorer(
+                model, tokenizer, fmt, load_hf_model(resolve(cfg.judge)),
+                cfg.likelihood if cfg.likelihood is not None and cfg.likelihood.exists() else None)
     prm = prm_section(model, tokenizer, fmt, scorers, samples, cfg)
     timings["prm"] = time.time() - t
     t = time.time()
@@ -419,8 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     d = ReportConfig()
     p = argparse.ArgumentParser(prog="ponder train report", description=__doc__.splitlines()[0])
-    for name in ("policy", "value_head", "reviser", "prm_model", "value_head_exact", "prm_exact", "confidence", "docs"):
+    for name in ("policy", "value_head", "reviser", "prm_model", "value_head_exact", "prm_exact", "confidence",
+                 "likelihood", "docs"):
         p.add_argument("--" + name.replace("_", "-"), type=Path, default=getattr(d, name))
+    p.add_argument("--judge", default=d.judge, help="the likelihood verifier's judge model ('none': leave it out)")
     for name in ("questions", "samples", "prm_questions", "prm_samples", "prm_rollouts", "revise_questions",
                  "chains", "revise_steps", "seed", "threads", "search_questions"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
@@ -428,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=d.temperature)
     a = p.parse_args(argv)
     a.search_budgets = tuple(int(x) for x in a.search_budgets.split(",") if x.strip())
+    a.judge = None if a.judge in ("", "none") else a.judge
     cfg = ReportConfig(**{k: getattr(a, k) for k in d.__dataclass_fields__})
     result = run(cfg)
     summary = {

@@ -33,7 +33,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.types import Node, ScoreOutput
@@ -72,7 +72,12 @@ def features(lps: Sequence[float], newest: Sequence[float], window: int, tail: i
 
 @dataclass(frozen=True)
 class Calibration:
-    """Logistic regression on standardised confidence features, fitted for one model."""
+    """Logistic regression on standardised confidence features, fitted for one model.
+    Subclasses fit other feature sets (the likelihood verifier's) with the same machinery."""
+
+    KIND: ClassVar[str] = "confidence"
+    FORMAT: ClassVar[str] = FORMAT
+    FEATURES: ClassVar[tuple[str, ...]] = FEATURES
 
     model: str
     fingerprint: str
@@ -85,38 +90,38 @@ class Calibration:
     fit: dict[str, Any] = field(default_factory=dict)  # how it was fitted and its held-out figures
 
     def __post_init__(self) -> None:
-        k = len(FEATURES)
+        k, kind = len(self.FEATURES), self.KIND
         if not (len(self.mean) == len(self.std) == len(self.weights) == k):
-            raise InvalidArgument("verifier", f"a confidence calibration needs {k} means, stds and weights")
+            raise InvalidArgument("verifier", f"a {kind} calibration needs {k} means, stds and weights")
         if self.window < 1 or self.tail < 1:
-            raise InvalidArgument("verifier", "confidence calibration window and tail must be >= 1")
+            raise InvalidArgument("verifier", f"{kind} calibration window and tail must be >= 1")
         if any(s <= 0 or not math.isfinite(s) for s in self.std):
-            raise InvalidArgument("verifier", "confidence calibration stds must be finite and > 0")
+            raise InvalidArgument("verifier", f"{kind} calibration stds must be finite and > 0")
         if not all(math.isfinite(x) for x in (*self.mean, *self.weights, self.bias)):
-            raise InvalidArgument("verifier", "confidence calibration values must be finite")
+            raise InvalidArgument("verifier", f"{kind} calibration values must be finite")
 
     def probability(self, x: Sequence[float]) -> float:
         z = self.bias + sum(w * (v - m) / s for w, v, m, s in zip(self.weights, x, self.mean, self.std))
         return 1.0 / (1.0 + math.exp(-z)) if z > -60 else 0.0
 
     def save(self, path: str | Path) -> None:
-        data = {"format": FORMAT, "features": list(FEATURES), **asdict(self)}
+        data = {"format": self.FORMAT, "features": list(self.FEATURES), **asdict(self)}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> Calibration:
-        p = Path(path)
+    def load(cls, path: str | Path) -> Any:
+        p, kind = Path(path), cls.KIND
         try:
             data = json.loads(p.read_text())
         except FileNotFoundError:
-            raise InvalidArgument("verifier", f"confidence calibration {p} does not exist") from None
+            raise InvalidArgument("verifier", f"{kind} calibration {p} does not exist") from None
         except (OSError, ValueError) as exc:
-            raise InvalidArgument("verifier", f"confidence calibration {p} is not JSON: {exc}") from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InvalidArgument("verifier", f"{p} is not a confidence calibration (format {FORMAT!r})")
-        if tuple(data.get("features", ())) != FEATURES:
-            raise InvalidArgument("verifier", f"{p} was fitted on features {data.get('features')}, expected {list(FEATURES)}")
+            raise InvalidArgument("verifier", f"{kind} calibration {p} is not JSON: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
+            raise InvalidArgument("verifier", f"{p} is not a {kind} calibration (format {cls.FORMAT!r})")
+        if tuple(data.get("features", ())) != cls.FEATURES:
+            raise InvalidArgument("verifier", f"{p} was fitted on features {data.get('features')}, expected {list(cls.FEATURES)}")
         try:
             return cls(
                 model=str(data["model"]), fingerprint=str(data["fingerprint"]), window=int(data["window"]),
@@ -124,7 +129,7 @@ class Calibration:
                 weights=tuple(map(float, data["weights"])), bias=float(data["bias"]), fit=dict(data.get("fit", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidArgument("verifier", f"confidence calibration {p} is incomplete: {exc}") from exc
+            raise InvalidArgument("verifier", f"{kind} calibration {p} is incomplete: {exc}") from exc
 
 
 def model_fingerprint(files: Any) -> str:

@@ -8,7 +8,10 @@ Specs:
   :mod:`ponder.workers.prm.model_prm`), scoring every step;
 - ``outcome:path/to/dir`` — the same model in outcome mode (one score for the whole solution);
 - ``confidence``, ``confidence:PATH``, ``confidence:uncalibrated`` — the policy's own token
-  probabilities, calibrated per model (:mod:`ponder.workers.prm.confidence`).
+  probabilities, calibrated per model (:mod:`ponder.workers.prm.confidence`);
+- ``likelihood:JUDGE``, ``likelihood:JUDGE:PATH``, ``likelihood:JUDGE:uncalibrated`` — a larger
+  model sharing the policy's tokenizer rescoring the policy's tokens, calibrated per pair
+  (:mod:`ponder.workers.prm.likelihood`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ def _load(spec: str, policy: Policy) -> Verifier:
         from ponder.workers.prm.confidence import load_confidence
 
         return load_confidence(spec, getattr(policy, "files", None))
+    if spec == "likelihood" or spec.startswith("likelihood:"):
+        from ponder.workers.prm.likelihood import load_likelihood
+
+        return load_likelihood(spec, policy)
     if spec == "random" or spec.startswith("random:"):
         try:
             seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
@@ -74,5 +81,6 @@ def _load(spec: str, policy: Policy) -> Verifier:
         return prm.to(device) if device is not None and str(device) != "cpu" else prm
     raise InvalidArgument(
         "verifier",
-        f"{spec!r} is neither a value-head .safetensors file, a PRM directory, 'confidence[:PATH]' nor 'random'",
+        f"{spec!r} is neither a value-head .safetensors file, a PRM directory, 'confidence[:PATH]', "
+        "'likelihood:JUDGE[:PATH]' nor 'random'",
     )

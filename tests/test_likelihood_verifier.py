@@ -1,0 +1,185 @@
+"""The likelihood verifier (a judge model rescoring the policy's tokens): its incremental scores
+equal a teacher-forced forward of the judge, whatever was cached or released; bad specs fail at
+load naming the field; it runs in the real search loop; `ponder train likelihood` fits a
+calibration the worker then loads (and refuses for another pair)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from ponder.proto import pb
+from ponder.proto.config import SolveConfig
+from ponder.proto.errors import InvalidArgument
+from ponder.workers.loop import SearchLoop
+from ponder.workers.prm import load_verifier
+from ponder.workers.prm.likelihood import FEATURES, LikelihoodVerifier, features
+from ponder.workers.types import Node, Prompt, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny policy and a tiny judge (another seed, one more layer) sharing the byte tokenizer."""
+    from tiny_models import make_tiny_model
+
+    root = tmp_path_factory.mktemp("lk")
+    policy = make_tiny_model(root / "policy", "llama", seed=0, ponder_json={"step_delimiter": "e"})
+    judge = make_tiny_model(root / "judge", "llama", seed=1, num_hidden_layers=3)
+    return policy, judge
+
+
+def _policy(path: Path):  # type: ignore[no-untyped-def]
+    from ponder.workers.engine import EngineConfig, EnginePolicy
+    from ponder.workers.models import resolve
+
+    return EnginePolicy(resolve(str(path)), config=EngineConfig(block_size=4, max_kv_bytes=16 << 20))
+
+
+def _tree(policy, seed: int = 0) -> list[list[Node]]:  # type: ignore[no-untyped-def]
+    """Two questions, two chains of three steps each, sampled for real; per depth, its nodes."""
+    outs = policy.prefill([Prompt("Compute 2 + 3."), Prompt("Compute 7 * 8 - 1.")])
+    roots = [Node(id=i, parent=None, depth=0, token_ids=o.token_ids, handle=o.handle,
+                  prompt=Prompt(q)) for i, (o, q) in enumerate(zip(outs, ["Compute 2 + 3.", "Compute 7 * 8 - 1."]))]
+    levels, live, nid = [], [r for r in roots for _ in range(2)], 10
+    for depth in range(3):
+        steps = policy.expand(live, [SamplingParams(temperature=1.0, max_step_tokens=6)] * len(live),
+                              [seed * 100 + nid + k for k in range(len(live))])
+        kids = []
+        for parent, o in zip(live, steps):
+            kids.append(Node(id=nid, parent=parent, depth=depth + 1, text=o.text, token_ids=o.token_ids,
+                             handle=o.handle, logprobs=o.logprobs))
+            nid += 1
+        levels.append(kids)
+        live = kids
+    return levels
+
+
+def _teacher_forced(judge_lm, leaf: Node) -> list[float]:  # type: ignore[no-untyped-def]
+    path = leaf.path()
+    prompt = path[0].parent.token_ids  # type: ignore[union-attr]
+    sol = [t for st in path for t in st.token_ids]
+    with torch.no_grad():
+        logits = judge_lm(input_ids=torch.tensor([prompt + sol])).logits[0].float()
+    lp = torch.log_softmax(logits, -1)
+    return [float(lp[len(prompt) + i - 1, t]) for i, t in enumerate(sol)]
+
+
+def test_incremental_scores_equal_a_teacher_forced_judge(pair: tuple[Path, Path]) -> None:
+    policy_dir, judge_dir = pair
+    policy = _policy(policy_dir)
+    ver = load_verifier(f"likelihood:{judge_dir}:uncalibrated", policy)
+    assert isinstance(ver, LikelihoodVerifier) and ver.calibration is None
+    levels = _tree(policy)
+    # depth 1 scored; depth 2 of the first chain released before its child is scored (the child
+    # then extends the depth-1 cache); the second level of the other chains never scored at all
+    out1 = ver.score(levels[0], "min")
+    ver.score(levels[1][:2], "min")
+    ver.release(levels[1][:1])
+    out3 = ver.score(levels[2], "min")
+    for leaf, score in zip(levels[2], out3.scores):
+        want = _teacher_forced(ver.judge, leaf)
+        got = leaf.verifier_state.logprobs
+        assert got == pytest.approx(want, abs=1e-4)
+        own = [lp for st in leaf.path() for lp in st.logprobs]
+        x = features(own, want, len(leaf.logprobs), ver.window)
+        assert score == pytest.approx(float(torch.tensor(x[3]).exp()), rel=1e-4)  # uncalibrated: exp(judge mean)
+        assert 0.0 < score <= 1.0
+    # FLOPs: 2·P_judge per token the judge read (prompt and steps the first time, then steps only)
+    assert out1.prm_tokens == sum(len(n.parent.token_ids) + len(n.token_ids) for n in levels[0])  # type: ignore[union-attr]
+    assert out1.flops == pytest.approx(2.0 * ver.n_params * out1.prm_tokens)
+    ver.release([n for lvl in levels for n in lvl])
+    assert all(n.verifier_state is None for lvl in levels for n in lvl)
+
+
+def test_features_match_a_direct_computation() -> None:
+    rng = random.Random(5)
+    own = [-rng.random() * 2 for _ in range(9)]
+    judge = [-rng.random() * 2 for _ in range(9)]
+    x = dict(zip(FEATURES, features(own, judge, 3, 4)))
+    r = [j - o for j, o in zip(judge, own)]
+    assert x["ratio_mean"] == pytest.approx(sum(r) / 9)
+    assert x["ratio_min"] == pytest.approx(min(r))
+    assert x["ratio_window_min"] == pytest.approx(min(sum(r[i:i + 4]) / 4 for i in range(6)))
+    assert x["judge_min"] == pytest.approx(min(judge)) and x["own_mean"] == pytest.approx(sum(own) / 9)
+    assert x["step_ratio_min"] == pytest.approx(min(r[-3:]))
+    assert x["length"] == pytest.approx(0.09)
+    assert features([], [], 0, 4) == [0.0] * len(FEATURES)
+
+
+def test_bad_specs_fail_at_load_naming_the_field(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    from tiny_models import make_tiny_model
+
+    policy_dir, judge_dir = pair
+    policy = _policy(policy_dir)
+    for spec, words in [
+        ("likelihood", "needs a judge"),
+        ("likelihood:", "needs a judge"),
+        ("likelihood:no-such-model", "no-such-model"),
+        (f"likelihood:{judge_dir}:{tmp_path / 'missing.json'}", "does not exist"),
+    ]:
+        with pytest.raises(InvalidArgument) as info:
+            load_verifier(spec, policy)
+        assert info.value.field == "verifier" and words in info.value.message, (spec, info.value.message)
+    # a judge with another tokenizer cannot read the policy's token ids, nor one whose output
+    # layer is smaller than the policy's vocabulary
+    from tiny_models import byte_tokenizer
+
+    other = make_tiny_model(tmp_path / "other", "llama", vocab_size=300)
+    tok = byte_tokenizer()
+    tok.add_tokens(["Compute"])
+    tok.save_pretrained(str(other))
+    with pytest.raises(InvalidArgument, match="260 tokens.*tokenizer"):
+        load_verifier(f"likelihood:{other}", policy)
+    small = make_tiny_model(tmp_path / "small", "llama", vocab_size=200)
+    with pytest.raises(InvalidArgument, match="200"):
+        load_verifier(f"likelihood:{small}", policy)
+    # a confidence calibration is not a likelihood calibration
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"format": "ponder-confidence"}))
+    with pytest.raises(InvalidArgument, match="not a likelihood calibration"):
+        load_verifier(f"likelihood:{judge_dir}:{conf}", policy)
+
+
+def test_it_drives_beam_search_in_the_real_loop(pair: tuple[Path, Path]) -> None:
+    policy_dir, judge_dir = pair
+    policy = _policy(policy_dir)
+    ver = load_verifier(f"likelihood:{judge_dir}", policy)  # no calibration beside it: uncalibrated
+    assert ver.name == f"likelihood:{judge_dir}:uncalibrated"
+    events: list[pb.Event] = []
+    loop = SearchLoop(policy, ver, sink=lambda j, evs: events.extend(evs))
+    loop.submit("j1", SolveConfig(question="Compute 2 + 3.", strategy="beam", generations=4, beam_width=2,
+                                  max_steps=3, max_step_tokens=6, seed=3).validate())
+    loop.run_until_idle()
+    finals = [e for e in events if e.WhichOneof("kind") == "final"]
+    steps = [e for e in events if e.WhichOneof("kind") == "step"]
+    assert len(finals) == 1 and steps
+    assert all(0.0 < e.step.score <= 1.0 for e in steps)
+    usage = finals[0].final.usage
+    assert usage.prm_tokens > 0  # the judge read the paths; its FLOPs are in the total
+    assert usage.flops > 2.0 * policy.n_params * usage.decode_tokens
+    started = next(e.started for e in events if e.WhichOneof("kind") == "started")
+    assert started.verifier == f"likelihood:{judge_dir}:uncalibrated"
+
+
+def test_train_likelihood_fits_a_calibration_the_worker_loads(tmp_path: Path) -> None:
+    from ponder.training.likelihood import main
+    from ponder.workers.runtime import build_policy
+
+    out = tmp_path / "likelihood-arith-large.json"
+    assert main(["--model", "arith", "--judge", "arith-large", "--dataset", "arith:validation:12",
+                 "--samples", "3", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["format"] == "ponder-likelihood" and data["features"] == list(FEATURES)
+    assert data["model"] == "arith+arith-large"
+    assert 0.0 <= data["fit"]["heldout"]["within_question_auc"] <= 1.0
+    assert set(data["fit"]["heldout_single_feature_within_question_auc"]) == set(FEATURES) - {"length"}
+    policy = build_policy("arith")
+    ver = load_verifier(f"likelihood:arith-large:{out}", policy)
+    assert ver.name == "likelihood:arith-large" and ver.calibration is not None
+    # the same file for another pair (the judge as policy) is refused, naming the refit command
+    with pytest.raises(InvalidArgument, match="ponder train likelihood"):
+        load_verifier(f"likelihood:arith-large:{out}", build_policy("arith-large"))

@@ -1,0 +1,251 @@
+"""The likelihood verifier: a second, stronger language model (the *judge*) reads the policy's
+tokens and says how likely it finds them; a step the policy slipped on is one the judge finds
+much less likely than the policy did.
+
+    --verifier likelihood:arith-large            # the calibration beside the policy
+    --verifier likelihood:arith-large:PATH       # a calibration file
+    --verifier likelihood:arith-large:uncalibrated
+
+The judge must share the policy's tokenizer (it reads the policy's token ids, not text); at load
+a different vocabulary or a different split of a probe text is ``INVALID_ARGUMENT``. Each scored
+node keeps the judge's KV cache of its path, the judge's log-probs of the path's tokens and its
+next-token distribution, so scoring a child runs only the child's tokens through the judge (a
+node whose parent was never scored or was released extends its nearest cached ancestor).
+FLOPs: 2·P_judge per token the judge reads.
+
+The score of a node is computed over the whole path root→node (as for the confidence verifier,
+so ``last`` scores the whole solution). Features of the path, with ``own`` the policy's log-probs
+recorded while sampling (``StepOutput.logprobs``, T = 1) and ``judge`` the judge's:
+
+- ``ratio_mean``, ``ratio_min``: the mean and the lowest per-token log-likelihood ratio
+  judge − own (measured on arith, docs/quality.md: the lowest ratio ranks samples of one
+  question best of any single number);
+- ``ratio_window_min``: the lowest mean ratio over sliding windows of ``window`` tokens;
+- ``judge_mean``, ``judge_min``, ``own_mean``, ``own_min``;
+- ``step_ratio_min``: the lowest ratio in the newest step;
+- ``length``: path tokens / 100.
+
+A :class:`LikelihoodCalibration` (``ponder train likelihood``: logistic regression on these
+features against the correctness of the final answer, fitted once per policy/judge pair and
+saved beside the policy as ``likelihood-<judge>.json``) maps them to P(correct). Without one the
+score is ``exp(judge_mean)``, the judge's geometric-mean token probability.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ponder.proto.errors import InvalidArgument
+from ponder.workers.prm.confidence import Calibration, calibration_path, model_fingerprint, path_logprobs
+from ponder.workers.prm.prefix_cache import IncrementalDecoder, PrefixState, Row
+from ponder.workers.types import Node, ScoreOutput
+from ponder.workers.verifier import AGGREGATIONS, Verifier, aggregate
+
+FORMAT = "ponder-likelihood"
+FEATURES = (
+    "ratio_mean", "ratio_min", "ratio_window_min", "judge_mean", "judge_min", "own_mean", "own_min",
+    "step_ratio_min", "length",
+)
+PROBE_TEXT = "Compute 12 + 3 * (4 - 1). Step: 3 * 3 = 9. \\boxed{21}"
+
+
+class LikelihoodCalibration(Calibration):
+    """Logistic regression on :data:`FEATURES` for one policy/judge pair. ``model`` names both
+    (``policy+judge``) and ``fingerprint`` joins both models' fingerprints; ``tail`` is unused."""
+
+    KIND: ClassVar[str] = "likelihood"
+    FORMAT: ClassVar[str] = FORMAT
+    FEATURES: ClassVar[tuple[str, ...]] = FEATURES
+
+
+def features(own: Sequence[float], judge: Sequence[float], newest: int, window: int) -> list[float]:
+    """The feature vector (:data:`FEATURES` order) of a path whose tokens the policy gave log-probs
+    ``own`` and the judge ``judge`` (same length), the newest step being the last ``newest``."""
+    n = min(len(own), len(judge))
+    if n == 0:
+        return [0.0] * len(FEATURES)
+    own, judge = list(own[-n:]), list(judge[-n:])
+    ratio = [j - o for j, o in zip(judge, own)]
+    w = max(1, min(window, n))
+    run = sum(ratio[:w])
+    low = run
+    for i in range(w, n):
+        run += ratio[i] - ratio[i - w]
+        low = min(low, run)
+    step = ratio[-newest:] if newest > 0 else ratio
+    return [
+        sum(ratio) / n, min(ratio), low / w, sum(judge) / n, min(judge), sum(own) / n, min(own),
+        min(step), n / 100.0,
+    ]
+
+
+def probability(calibration: LikelihoodCalibration | None, x: Sequence[float]) -> float:
+    """P(correct) of a feature vector: the calibration's, else exp(judge mean log-prob)."""
+    return math.exp(x[3]) if calibration is None else calibration.probability(x)
+
+
+@dataclass
+class JudgeState:
+    """What the judge has read along a path: its KV cache, its log-probs of the path's step
+    tokens (root prompt excluded) and its log-distribution over the next token."""
+
+    prefix: PrefixState
+    logprobs: list[float]
+    next_logp: torch.Tensor  # (V,)
+
+
+class LikelihoodVerifier(Verifier):
+    """Scores nodes from the judge's and the policy's log-probs of their paths (module docstring)."""
+
+    def __init__(self, judge: Any, calibration: LikelihoodCalibration | None, *, judge_name: str,
+                 window: int = 4, n_params: int = 0, pad_id: int = 0) -> None:
+        self.judge = judge
+        self.calibration = calibration
+        self.window = calibration.window if calibration is not None else window
+        self.name = f"likelihood:{judge_name}" + ("" if calibration is not None else ":uncalibrated")
+        self.n_params = n_params
+        self.runner = IncrementalDecoder(judge.get_decoder(), pad_id)
+        self.head = judge.get_output_embeddings()
+
+    def to(self, device: str | torch.device) -> LikelihoodVerifier:
+        self.judge.to(device)
+        return self
+
+    def from_features(self, x: Sequence[float]) -> float:
+        return probability(self.calibration, x)
+
+    def _row(self, node: Node) -> tuple[Row | None, list[tuple[Node, int, int]], JudgeState | None]:
+        """The judge's forward row for ``node`` (None when there is nothing new to read), the
+        spans of each step in its new tokens, and the cached ancestor it extends."""
+        todo: list[Node] = []
+        anchor = node.parent
+        while anchor is not None and anchor.verifier_state is None:
+            todo.append(anchor)
+            anchor = anchor.parent
+        past: JudgeState | None = anchor.verifier_state if anchor is not None else None
+        new: list[int] = []
+        spans: list[tuple[Node, int, int]] = []
+        for step in [*reversed(todo), node]:
+            start = len(new)
+            new += list(step.token_ids)
+            spans.append((step, start, len(new)))
+        if not new:
+            return None, spans, past
+        return Row(past.prefix if past is not None else None, new, len(new)), spans, past
+
+    @torch.inference_mode()
+    def score(self, nodes: list[Node], aggregation: str) -> ScoreOutput:
+        if aggregation not in AGGREGATIONS:
+            raise InvalidArgument("options.aggregation", f"unknown aggregation {aggregation!r}")
+        if not nodes:
+            return ScoreOutput(scores=[], aggregates=[])
+        built = [self._row(n) for n in nodes]
+        live = [b for b, (row, _, _) in enumerate(built) if row is not None]
+        tokens = 0
+        logp: torch.Tensor | None = None
+        prefixes: dict[int, PrefixState] = {}
+        if live:
+            rows = [r for r, _, _ in built if r is not None]
+            hidden, states = self.runner.run(rows)
+            logp = torch.log_softmax(self.head(hidden).float(), -1).cpu()  # (B, N, V)
+            prefixes = {b: st for b, st in zip(live, states)}
+            tokens = sum(len(r.new_ids) for r in rows)
+        where = {b: k for k, b in enumerate(live)}
+        scores: list[float] = []
+        for b, (node, (row, spans, past)) in enumerate(zip(nodes, built)):
+            judge_lps = list(past.logprobs) if past is not None else []
+            nxt = past.next_logp if past is not None else None
+            if row is not None and logp is not None:
+                lp, ids = logp[where[b]], row.new_ids
+                for step, start, end in spans:
+                    for t in range(start, end):
+                        if step.depth > 0:  # the prompt's tokens are the question, not the policy's
+                            dist = lp[t - 1] if t > 0 else nxt
+                            judge_lps.append(float(dist[ids[t]]) if dist is not None else 0.0)
+                nxt = lp[len(ids) - 1]
+                node.verifier_state = JudgeState(prefixes[b], judge_lps, nxt)
+            elif past is not None:
+                node.verifier_state = JudgeState(past.prefix, judge_lps, past.next_logp)
+            own = path_logprobs(node)
+            x = features(own, judge_lps, len(node.logprobs), self.window)
+            scores.append(self.from_features(x))
+        aggs = [aggregate(n.aggregate, n.n_scored, s, aggregation) for n, s in zip(nodes, scores)]
+        return ScoreOutput(scores=scores, aggregates=aggs, prm_tokens=tokens, flops=2.0 * self.n_params * tokens)
+
+    def release(self, nodes: list[Node]) -> None:
+        for n in nodes:
+            n.verifier_state = None
+
+
+def likelihood_calibration_path(policy_files: Any, judge: str) -> Path:
+    """``likelihood-<judge>.json`` beside the policy (``<gguf stem>.likelihood-<judge>.json``
+    beside a GGUF file)."""
+    base = calibration_path(policy_files)
+    tag = Path(judge).name or judge
+    return base.with_name(base.name.replace("confidence.json", f"likelihood-{tag}.json"))
+
+
+def pair_fingerprint(policy_files: Any, judge_files: Any) -> str:
+    return model_fingerprint(policy_files) + ":" + model_fingerprint(judge_files)
+
+
+def check_same_tokenizer(policy_tok: Any, judge_tok: Any, judge: str) -> None:
+    """The judge reads the policy's token ids: vocabularies and splits must agree."""
+    if len(policy_tok) != len(judge_tok):
+        raise InvalidArgument("verifier", f"judge {judge!r} has a vocabulary of {len(judge_tok)} tokens, "
+                                          f"the policy {len(policy_tok)}: a likelihood judge must share the policy's tokenizer")
+    a = list(policy_tok(PROBE_TEXT, add_special_tokens=False)["input_ids"])
+    b = list(judge_tok(PROBE_TEXT, add_special_tokens=False)["input_ids"])
+    if a != b:
+        raise InvalidArgument("verifier", f"judge {judge!r} splits text differently from the policy "
+                                          f"({b[:8]}… vs {a[:8]}…): a likelihood judge must share the policy's tokenizer")
+
+
+def load_likelihood(spec: str, policy: Any) -> LikelihoodVerifier:
+    """``likelihood:JUDGE``, ``likelihood:JUDGE:PATH`` or ``likelihood:JUDGE:uncalibrated``; JUDGE
+    is a built-in model name or a model directory sharing the policy's tokenizer."""
+    from ponder.workers.models import load_hf_model, load_tokenizer, non_embedding_params, resolve
+
+    parts = spec.split(":", 2)
+    if len(parts) < 2 or not parts[1].strip():
+        raise InvalidArgument("verifier", "likelihood needs a judge model: likelihood:JUDGE[:CALIBRATION|:uncalibrated]")
+    judge = parts[1].strip()
+    arg = parts[2].strip() if len(parts) > 2 else ""
+    judge_files = resolve(judge)
+    if judge_files.gguf_file:
+        raise InvalidArgument("verifier", f"judge {judge!r} is a GGUF file; the likelihood judge needs a model directory")
+    policy_files = getattr(policy, "files", None)
+    policy_tok = getattr(policy, "tokenizer", None)
+    judge_tok = load_tokenizer(judge_files)
+    if policy_tok is not None:
+        check_same_tokenizer(policy_tok, judge_tok, judge)
+    cal: LikelihoodCalibration | None = None
+    if arg != "uncalibrated":
+        path = Path(arg).expanduser() if arg else (
+            likelihood_calibration_path(policy_files, judge) if policy_files is not None else None)
+        if path is not None and (arg or path.exists()):
+            cal = LikelihoodCalibration.load(path)
+            if policy_files is not None:
+                want = pair_fingerprint(policy_files, judge_files)
+                if cal.fingerprint != want:
+                    raise InvalidArgument(
+                        "verifier",
+                        f"likelihood calibration {path} was fitted on {cal.model!r} (fingerprint {cal.fingerprint}), "
+                        f"not on {getattr(policy_files, 'name', '?')}+{judge} ({want}); refit it with `ponder train likelihood`",
+                    )
+    lm = load_hf_model(judge_files)
+    vocab = int(lm.get_output_embeddings().weight.shape[0])
+    if policy_tok is not None and vocab < len(policy_tok):
+        raise InvalidArgument("verifier", f"judge {judge!r} predicts {vocab} token ids, the policy's tokenizer has "
+                                          f"{len(policy_tok)}: a likelihood judge must share the policy's tokenizer")
+    pad = judge_tok.pad_token_id
+    ver = LikelihoodVerifier(lm, cal, judge_name=judge, n_params=non_embedding_params(lm),
+                             pad_id=int(pad if pad is not None else 0))
+    device = getattr(policy, "device", None)
+    return ver.to(device) if device is not None and str(device) != "cpu" else ver
