@@ -165,21 +165,72 @@ def test_it_drives_beam_search_in_the_real_loop(pair: tuple[Path, Path]) -> None
     assert started.verifier == f"likelihood:{judge_dir}:uncalibrated"
 
 
+def _synthetic_pool(seed: int = 0) -> list:  # type: ignore[type-arg]
+    """40 questions × 6 samples: a wrong sample holds one token the judge finds unlikely (its
+    judge_min is low); harder questions (more wrong samples) also have a lower policy mean, a
+    cross-question signal that says nothing about which sample of a question is right."""
+    from ponder.training.likelihood import PoolRow
+
+    rng = random.Random(seed)
+    rows = []
+    for q in range(40):
+        p_right = rng.random()
+        for _ in range(6):
+            right = rng.random() < p_right
+            own = [[-0.3 * (1 - p_right) - rng.random() * 0.2 for _ in range(5)] for _ in range(3)]
+            judge = [[o + rng.gauss(0, 0.1) for o in step] for step in own]
+            if not right:
+                judge[rng.randrange(3)][rng.randrange(5)] -= 2.0 + rng.random()
+            rows.append(PoolRow(q, right, own, judge))
+    return rows
+
+
+def test_fit_chooses_by_cross_validated_ranking_and_calibrates_monotonically(tmp_path: Path) -> None:
+    from ponder.training.likelihood import fit, load_pool, prefix_features, save_pool, within_auc
+
+    rows = _synthetic_pool()
+    cal = fit(rows, "p+j", "fp")
+    chosen = cal.fit["chosen"]
+    assert chosen["cv_within_question_auc"] == max(g["cv_within_question_auc"] for g in cal.fit["grid"])
+    assert chosen["cv_within_question_auc"] > 0.95 and within_auc(cal, rows) > 0.95
+    assert cal.fit["single_feature_within_question_auc"]["judge_min"] > 0.95
+    # weights outside the chosen features are zero; P(correct) rises with judge_min
+    for name, w in zip(FEATURES, cal.weights):
+        assert (w == 0.0) == (name not in chosen["features"])
+    x = prefix_features(rows[0], cal.window)[-1]
+    lo, hi = list(x), list(x)
+    lo[FEATURES.index("judge_min")] -= 3.0
+    assert cal.probability(lo) < cal.probability(hi)
+    # a pool round-trips, with how it was drawn
+    save_pool(rows, tmp_path / "pool.json", {"dataset": "synthetic", "seed": 0})
+    back, meta = load_pool(tmp_path / "pool.json")
+    assert back == rows and meta == {"dataset": "synthetic", "seed": 0}
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(InvalidArgument, match="not a likelihood pool"):
+        load_pool(tmp_path / "bad.json")
+
+
 def test_train_likelihood_fits_a_calibration_the_worker_loads(tmp_path: Path) -> None:
     from ponder.training.likelihood import main
     from ponder.workers.runtime import build_policy
 
-    out = tmp_path / "likelihood-arith-large.json"
+    out, pool = tmp_path / "likelihood-arith-large.json", tmp_path / "pool.json"
     assert main(["--model", "arith", "--judge", "arith-large", "--dataset", "arith:validation:12",
-                 "--samples", "3", "--out", str(out)]) == 0
+                 "--samples", "3", "--out", str(out), "--save-pool", str(pool)]) == 0
     data = json.loads(out.read_text())
     assert data["format"] == "ponder-likelihood" and data["features"] == list(FEATURES)
     assert data["model"] == "arith+arith-large"
-    assert 0.0 <= data["fit"]["heldout"]["within_question_auc"] <= 1.0
-    assert set(data["fit"]["heldout_single_feature_within_question_auc"]) == set(FEATURES) - {"length"}
+    assert 0.0 <= data["fit"]["chosen"]["cv_within_question_auc"] <= 1.0
+    assert set(data["fit"]["single_feature_within_question_auc"]) == set(FEATURES) - {"length"}
     policy = build_policy("arith")
     ver = load_verifier(f"likelihood:arith-large:{out}", policy)
     assert ver.name == "likelihood:arith-large" and ver.calibration is not None
     # the same file for another pair (the judge as policy) is refused, naming the refit command
     with pytest.raises(InvalidArgument, match="ponder train likelihood"):
         load_verifier(f"likelihood:arith-large:{out}", build_policy("arith-large"))
+    # a refit from the saved pool gives the same calibration, and keeps how the pool was drawn
+    again = tmp_path / "again.json"
+    assert main(["--pool", str(pool), "--out", str(again)]) == 0
+    redo = json.loads(again.read_text())
+    assert redo["weights"] == pytest.approx(data["weights"]) and redo["bias"] == pytest.approx(data["bias"])
+    assert redo["fit"]["dataset"] == "arith:validation:12" and redo["fit"]["samples_per_question"] == 3

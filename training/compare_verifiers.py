@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verifier", action="append", default=[], help="NAME=PRM model dir (repeatable)")
     p.add_argument("--judge", action="append", default=[],
                    help="also score with the likelihood verifier of this judge model (its calibration beside the policy when fitted; repeatable)")
+    p.add_argument("--no-prm-models", action="store_true", help="leave out the committed PRM models (faster)")
     p.add_argument("--combine", default=None, help="fit confidence + this verifier on validation questions")
     p.add_argument("--val-questions", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     started = time.time()
     model, tokenizer, fmt = load_checkpoint(a.policy)
-    paths = dict(DEFAULT_VERIFIERS)
+    paths = {} if a.no_prm_models else dict(DEFAULT_VERIFIERS)
     for spec in a.verifier:
         name, _, path = spec.partition("=")
         paths[name] = Path(path)

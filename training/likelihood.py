@@ -21,6 +21,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,8 @@ import torch
 
 from ponder.proto.config import DEFAULT_MAX_STEP_TOKENS, DEFAULT_MAX_STEPS, DEFAULT_TEMPERATURE
 from ponder.proto.errors import InvalidArgument
-from ponder.training.calibration import (
-    WINDOWS,
-    Sample,
-    design_rows,
-    evaluate_scores,
-    fit_logistic,
-    sample_paths,
-    split_questions,
-)
+from ponder.training.calibration import WINDOWS, Sample, design_rows, fit_logistic, sample_paths
+from ponder.training.prm import grouped_auc
 from ponder.workers.prm.likelihood import (
     FEATURES,
     LikelihoodCalibration,
@@ -80,47 +74,156 @@ def judge_logprobs(judge: Any, samples: Sequence[Sample], batch: int = 64) -> li
     return out
 
 
-def prefix_features(s: Sample, judge_steps: list[list[float]], window: int) -> list[list[float]]:
-    """The likelihood features of each step prefix of ``s``."""
+@dataclass
+class PoolRow:
+    """One sampled solution: its question's index, its grade, and per step the policy's token
+    log-probs (recorded while sampling) and the judge's."""
+
+    question: int
+    correct: bool
+    own: list[list[float]]
+    judge: list[list[float]]
+
+
+def pool_rows(samples: Sequence[Sample], judged: Sequence[list[list[float]]]) -> list[PoolRow]:
+    return [PoolRow(s.question, s.correct, [list(st.logprobs) for st in s.steps], j) for s, j in zip(samples, judged)]
+
+
+def save_pool(rows: Sequence[PoolRow], path: Path, meta: dict[str, Any]) -> None:
+    """The pool and how it was drawn (``meta``: command, dataset, samples, temperature, seed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": "ponder-likelihood-pool", "meta": meta, "rows": [asdict(r) for r in rows]}) + "\n")
+
+
+def load_pool(path: Path) -> tuple[list[PoolRow], dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument("pool", f"{path} cannot be read as a likelihood pool: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != "ponder-likelihood-pool":
+        raise InvalidArgument("pool", f"{path} is not a likelihood pool (written by --save-pool)")
+    rows = [PoolRow(int(r["question"]), bool(r["correct"]), r["own"], r["judge"]) for r in data["rows"]]
+    return rows, dict(data.get("meta", {}))
+
+
+def prefix_features(row: PoolRow, window: int) -> list[list[float]]:
+    """The likelihood features of each step prefix of a solution."""
     own: list[float] = []
     judge: list[float] = []
-    rows = []
-    for step, jl in zip(s.steps, judge_steps):
-        own.extend(step.logprobs)
-        judge.extend(jl)
-        rows.append(features(own, judge, len(step.logprobs), window))
-    return rows
+    out = []
+    for o, j in zip(row.own, row.judge):
+        own.extend(o)
+        judge.extend(j)
+        out.append(features(own, judge, len(o), window))
+    return out
 
 
-def fit(samples: Sequence[Sample], judged: dict[int, list[list[float]]], model: str, fingerprint: str,
-        heldout_share: float = 0.25) -> LikelihoodCalibration:
-    """Choose the ratio window on held-out questions, fit on the rest; the held-out figures of
-    the fit and of single features go into ``fit``."""
-    qids, train_q, train, held = split_questions(samples, heldout_share)
+# The candidates the fit chooses among by cross-validated within-question AUC: the feature set
+# and the loss (pointwise: logistic regression of correctness, as for the confidence calibration;
+# pairwise: a logistic loss on (right, wrong) pairs of one question's samples, which fits the
+# ranking selection needs, followed by Platt scaling of the ranking score to P(correct)).
+CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("pointwise", FEATURES),
+    ("pairwise", FEATURES),
+    ("pairwise", ("judge_min", "ratio_min")),
+    ("pairwise", ("judge_min", "ratio_window_min")),
+    ("pairwise", ("judge_min", "judge_mean")),
+    ("pairwise", ("judge_min", "judge_mean", "ratio_min")),
+)
 
-    def final_features(s: Sample, window: int) -> list[float]:
-        return prefix_features(s, judged[id(s)], window)[-1]
 
-    best: tuple[float, LikelihoodCalibration] | None = None
-    grid = []
-    for window in WINDOWS:
-        X, y, w, _ = design_rows(train, lambda s: prefix_features(s, judged[id(s)], window))  # noqa: B023
+def _standardise(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return X.mean(0), X.std(0).clamp(min=1e-6)
+
+
+def fit_pairwise(X: torch.Tensor, y: torch.Tensor, groups: Sequence[int], l2: float = 1e-3) -> torch.Tensor:
+    """Weights (on standardised X) minimising the logistic loss of w·(x_right − x_wrong) over
+    every (right, wrong) pair of samples of one question, L2-regularised."""
+    by: dict[int, tuple[list[int], list[int]]] = {}
+    for i, (g, t) in enumerate(zip(groups, y.tolist())):
+        by.setdefault(g, ([], []))[0 if t else 1].append(i)
+    pos = [a for right, wrong in by.values() for a in right for _ in wrong]
+    neg = [b for right, wrong in by.values() for _ in right for b in wrong]
+    w = torch.zeros(X.shape[1], dtype=torch.float64, requires_grad=True)
+    if not pos:
+        raise InvalidArgument("dataset", "no question has both right and wrong samples: nothing to rank")
+    D = X[pos] - X[neg]
+    opt = torch.optim.LBFGS([w], max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.softplus(-(D @ w)).mean() + l2 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach()
+
+
+def fit_candidate(rows: Sequence[PoolRow], loss: str, names: tuple[str, ...], window: int,
+                  model: str, fingerprint: str) -> LikelihoodCalibration:
+    """One candidate fitted on ``rows``: weights over all :data:`FEATURES` (zero outside ``names``)."""
+    cols = [FEATURES.index(n) for n in names]
+    if loss == "pointwise":
+        samples = [Sample(r.question, [], r.correct) for r in rows]
+        by_id = {id(s): r for s, r in zip(samples, rows)}
+        X, y, w, _ = design_rows(samples, lambda s: [[x[c] for c in cols] for x in prefix_features(by_id[id(s)], window)])
         mean, std, weights, bias = fit_logistic(X, y, w)
-        cal = LikelihoodCalibration(model, fingerprint, window, 1, tuple(mean), tuple(std), tuple(weights), bias)
-        score = evaluate_scores([cal.probability(final_features(s, window)) for s in held], held)["within_question_auc"]
-        grid.append({"window": window, "heldout_within_question_auc": score})
-        if best is None or score > best[0] + 1e-9:
-            best = (score, cal)
+    else:
+        X = torch.tensor([[prefix_features(r, window)[-1][c] for c in cols] for r in rows], dtype=torch.float64)
+        y = torch.tensor([float(r.correct) for r in rows], dtype=torch.float64)
+        mu, sd = _standardise(X)
+        direction = fit_pairwise((X - mu) / sd, y, [r.question for r in rows])
+        z = ((X - mu) / sd) @ direction  # Platt scaling of the ranking score
+        (zm,), (zs,), (a,), b = fit_logistic(z[:, None], y, torch.ones_like(y))
+        mean, std, bias = mu.tolist(), sd.tolist(), b - a * zm / zs
+        weights = [float(v) * a / zs for v in direction]
+    full_w, full_m, full_s = [0.0] * len(FEATURES), [0.0] * len(FEATURES), [1.0] * len(FEATURES)
+    for c, wt, m, sd_ in zip(cols, weights, mean, std):
+        full_w[c], full_m[c], full_s[c] = wt, m, sd_
+    return LikelihoodCalibration(model, fingerprint, window, 1, tuple(full_m), tuple(full_s), tuple(full_w), bias)
+
+
+def within_auc(cal: LikelihoodCalibration, rows: Sequence[PoolRow]) -> float:
+    scores = [cal.probability(prefix_features(r, cal.window)[-1]) for r in rows]
+    return grouped_auc(scores, [r.correct for r in rows], [r.question for r in rows])
+
+
+def fit(rows: Sequence[PoolRow], model: str, fingerprint: str, folds: int = 4) -> LikelihoodCalibration:
+    """Choose the candidate (loss, features, ratio window) by ``folds``-fold cross-validated
+    within-question AUC over questions, refit it on every row; the cross-validated figures of
+    every candidate and of single features go into ``fit``."""
+    qids = sorted({r.question for r in rows})
+    if not any(r.correct for r in rows) or all(r.correct for r in rows):
+        raise InvalidArgument("dataset", "the samples must hold right and wrong answers to fit a calibration")
+    fold_of = {q: k % folds for k, q in enumerate(qids)}
+    grid = []
+    best: tuple[float, str, tuple[str, ...], int] | None = None
+    for loss, names in CANDIDATES:
+        for window in (WINDOWS if "ratio_window_min" in names else (2,)):
+            scores: dict[int, float] = {}
+            for k in range(folds):
+                train = [r for r in rows if fold_of[r.question] != k]
+                test = [i for i, r in enumerate(rows) if fold_of[r.question] == k]
+                cal = fit_candidate(train, loss, names, window, model, fingerprint)
+                scores |= {i: cal.probability(prefix_features(rows[i], window)[-1]) for i in test}
+            cv = grouped_auc([scores[i] for i in range(len(rows))], [r.correct for r in rows], [r.question for r in rows])
+            grid.append({"loss": loss, "features": list(names), "window": window, "cv_within_question_auc": cv})
+            log.info("%s %s window %d: cross-validated within-question AUC %.4f", loss, "+".join(names), window, cv)
+            if best is None or cv > best[0] + 1e-9:
+                best = (cv, loss, names, window)
     assert best is not None
-    cal = best[1]
-    held_x = [final_features(s, cal.window) for s in held]
-    single = {name: evaluate_scores([x[k] for x in held_x], held)["within_question_auc"]
+    cv, loss, names, window = best
+    cal = fit_candidate(rows, loss, names, window, model, fingerprint)
+    final = [prefix_features(r, window)[-1] for r in rows]
+    single = {name: grouped_auc([x[k] for x in final], [r.correct for r in rows], [r.question for r in rows])
               for k, name in enumerate(FEATURES) if name != "length"}
     info = {
-        "questions": len(qids), "samples": len(samples), "train_questions": len(train_q),
-        "heldout_questions": len(qids) - len(train_q), "train_accuracy": sum(s.correct for s in train) / len(train),
-        "heldout": evaluate_scores([cal.probability(x) for x in held_x], held),
-        "heldout_single_feature_within_question_auc": single, "grid": grid,
+        "questions": len(qids), "samples": len(rows), "folds": folds,
+        "accuracy": sum(r.correct for r in rows) / len(rows),
+        "chosen": {"loss": loss, "features": list(names), "window": window, "cv_within_question_auc": cv},
+        "in_sample": {"within_question_auc": within_auc(cal, rows)},
+        "single_feature_within_question_auc": single, "grid": grid,
     }
     return LikelihoodCalibration(cal.model, cal.fingerprint, cal.window, 1, cal.mean, cal.std, cal.weights, cal.bias, info)
 
@@ -130,7 +233,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="the policy: arith or an HF model directory")
     p.add_argument("--judge", default="arith-large", help="the judge: a model sharing the policy's tokenizer")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--dataset", default="arith:validation:256",
+    p.add_argument("--dataset", default="arith:validation:512",
                    help="questions with answers: a JSONL file (GSM8K/MATH style) or arith:SPLIT[:N[:SEED]]")
     p.add_argument("--limit", type=int, default=None, help="at most this many questions")
     p.add_argument("--samples", type=int, default=8, help="solutions per question")
@@ -140,6 +243,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: auto, as for a worker)")
     p.add_argument("--out", type=Path, default=None, help="where to save (default: beside the policy)")
+    p.add_argument("--save-pool", type=Path, default=None,
+                   help="also write the sampled pool (every solution's log-probs under both models) here")
+    p.add_argument("--pool", type=Path, default=None, help="refit from a pool written by --save-pool (no sampling)")
     return p
 
 
@@ -156,27 +262,34 @@ def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     if a.samples < 2:
         raise InvalidArgument("samples", "at least 2 samples per question are needed to rank samples of a question")
-    sampling = SamplingParams(temperature=a.temperature, max_step_tokens=a.max_step_tokens)
-    items = load_dataset(a.dataset, a.limit)
     started = time.time()
     files, judge_files = resolve(a.model), resolve(a.judge)
-    policy = build_policy(a.model, a.backend)
-    check_same_tokenizer(policy.tokenizer, load_tokenizer(judge_files), a.judge)  # type: ignore[attr-defined]
-    threads = set_threads(a.threads, policy)
-    with tqdm(total=len(items), desc="sample", unit="q", dynamic_ncols=True, file=sys.stderr) as bar:
-        samples = sample_paths(policy, [i.question for i in items], [i.gold for i in items], a.samples, sampling,
-                               max_steps=a.max_steps, seed=a.seed, progress=bar)
-    sample_seconds = time.time() - started
-    judge = load_hf_model(judge_files)
-    t = time.time()
-    judged = {id(s): jl for s, jl in zip(samples, judge_logprobs(judge, samples))}
-    judge_seconds = time.time() - t
-    cal = fit(samples, judged, f"{files.name}+{judge_files.name}", pair_fingerprint(files, judge_files))
+    threads = sample_seconds = judge_seconds = 0.0
+    meta = {"command": "ponder train likelihood " + " ".join(argv), "dataset": str(a.dataset), "judge": a.judge,
+            "samples_per_question": a.samples, "temperature": a.temperature, "seed": a.seed}
+    if a.pool is not None:  # refit from a saved pool: no sampling; how the pool was drawn is kept
+        rows, drawn = load_pool(a.pool)
+        meta |= {k: drawn[k] for k in ("dataset", "samples_per_question", "temperature", "seed") if k in drawn}
+        meta["pool"] = {"path": str(a.pool), "drawn_by": drawn.get("command"), "sample_seconds": drawn.get("sample_seconds")}
+    else:
+        sampling = SamplingParams(temperature=a.temperature, max_step_tokens=a.max_step_tokens)
+        items = load_dataset(a.dataset, a.limit)
+        policy = build_policy(a.model, a.backend)
+        check_same_tokenizer(policy.tokenizer, load_tokenizer(judge_files), a.judge)  # type: ignore[attr-defined]
+        threads = set_threads(a.threads, policy)
+        with tqdm(total=len(items), desc="sample", unit="q", dynamic_ncols=True, file=sys.stderr) as bar:
+            samples = sample_paths(policy, [i.question for i in items], [i.gold for i in items], a.samples, sampling,
+                                   max_steps=a.max_steps, seed=a.seed, progress=bar)
+        sample_seconds = time.time() - started
+        t = time.time()
+        rows = pool_rows(samples, judge_logprobs(load_hf_model(judge_files), samples))
+        judge_seconds = time.time() - t
+        if a.save_pool is not None:
+            save_pool(rows, a.save_pool, meta | {"sample_seconds": sample_seconds, "judge_seconds": judge_seconds})
+    cal = fit(rows, f"{files.name}+{judge_files.name}", pair_fingerprint(files, judge_files))
     out = a.out or likelihood_calibration_path(files, a.judge)
     cal.fit.update({
-        "command": "ponder train likelihood " + " ".join(argv), "dataset": str(a.dataset), "judge": a.judge,
-        "samples_per_question": a.samples, "temperature": a.temperature, "threads": threads,
-        "sample_seconds": sample_seconds, "judge_seconds": judge_seconds, "wall_seconds": time.time() - started,
+        **meta, "threads": threads, "sample_seconds": sample_seconds, "judge_seconds": judge_seconds, "wall_seconds": time.time() - started,
         "load_average": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]],
     })
     cal.save(out)
@@ -186,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         root = out.resolve().parents[1]
         if (root / manifest.MANIFEST).exists() and out.resolve().is_relative_to(root):
             manifest.update(root, f"{a.model}-likelihood-{a.judge}", [out.resolve()], cal.fit["command"])
-    print(json.dumps({"out": str(out), "window": cal.window, **cal.fit["heldout"],
-                      "single_features": cal.fit["heldout_single_feature_within_question_auc"],
+    print(json.dumps({"out": str(out), **cal.fit["chosen"],
+                      "single_features": cal.fit["single_feature_within_question_auc"],
                       "seconds": round(time.time() - started, 1)}))
     return 0
 
