@@ -1,6 +1,7 @@
 """Bad verifier specs stop `ponder worker` at start with INVALID_ARGUMENT naming `verifier`
 (before it touches Redis), never inside a batch: a spec that names nothing, a calibration fitted
-on another model, a value head for another hidden size, a PRM whose tokenizer splits its tag."""
+on another model (or a likelihood calibration for another policy/judge pair), a value head for
+another hidden size, a PRM whose tokenizer splits its tag."""
 
 from __future__ import annotations
 
@@ -54,3 +55,17 @@ def test_a_prm_whose_tokenizer_splits_its_tag(model_dir: Path, tmp_path: Path, c
     (prm / "ponder_prm.json").write_text(json.dumps({"layout": "shepherd", "tag": "ки", "step_suffix": " ки\n"}))
     rc, err = _start(model_dir, str(prm), capsys)
     assert rc == 2 and "INVALID_ARGUMENT: verifier:" in err and "tokenises" in err
+
+
+def test_a_likelihood_calibration_for_another_pair(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ponder.workers.prm.likelihood import FEATURES as LK_FEATURES
+    from ponder.workers.prm.likelihood import LikelihoodCalibration
+
+    k = len(LK_FEATURES)
+    LikelihoodCalibration("p+j", "0" * 16 + ":" + "1" * 16, 2, 1, (0.0,) * k, (1.0,) * k, (0.0,) * k, 0.0).save(
+        tmp_path / "l.json")
+    # the tiny model judging itself: same tokenizer, but the calibration names another pair
+    rc, err = _start(model_dir, f"likelihood:{model_dir}:{tmp_path / 'l.json'}", capsys)
+    assert rc == 2 and "INVALID_ARGUMENT: verifier:" in err and "p+j" in err
+    rc, err = _start(model_dir, "likelihood", capsys)
+    assert rc == 2 and "INVALID_ARGUMENT: verifier:" in err and "judge" in err
