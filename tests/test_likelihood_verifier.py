@@ -88,8 +88,11 @@ def test_incremental_scores_equal_a_teacher_forced_judge(pair: tuple[Path, Path]
         x = features(own, want, len(leaf.logprobs), ver.window)
         assert score == pytest.approx(float(torch.tensor(x[3]).exp()), rel=1e-4)  # uncalibrated: exp(judge mean)
         assert 0.0 < score <= 1.0
-    # FLOPs: 2·P_judge per token the judge read (prompt and steps the first time, then steps only)
-    assert out1.prm_tokens == sum(len(n.parent.token_ids) + len(n.token_ids) for n in levels[0])  # type: ignore[union-attr]
+    # FLOPs: 2·P_judge per token the judge read: each question's prompt once (its two samples
+    # share it), then each step once
+    roots = {id(n.parent): n.parent for n in levels[0]}
+    assert len(roots) == 2 and all(r.verifier_state is not None for r in roots.values())  # type: ignore[union-attr]
+    assert out1.prm_tokens == sum(len(r.token_ids) for r in roots.values()) + sum(len(n.token_ids) for n in levels[0])  # type: ignore[union-attr]
     assert out1.flops == pytest.approx(2.0 * ver.n_params * out1.prm_tokens)
     ver.release([n for lvl in levels for n in lvl])
     assert all(n.verifier_state is None for lvl in levels for n in lvl)

@@ -104,8 +104,9 @@ class LikelihoodVerifier(Verifier):
     """Scores nodes from the judge's and the policy's log-probs of their paths (module docstring)."""
 
     def __init__(self, judge: Any, calibration: LikelihoodCalibration | None, *, judge_name: str,
-                 window: int = 4, n_params: int = 0, pad_id: int = 0) -> None:
+                 window: int = 4, n_params: int = 0, pad_id: int = 0, chunk: int = 64) -> None:
         self.judge = judge
+        self.chunk = chunk  # rows per judge forward
         self.calibration = calibration
         self.window = calibration.window if calibration is not None else window
         self.name = f"likelihood:{judge_name}" + ("" if calibration is not None else ":uncalibrated")
@@ -139,41 +140,67 @@ class LikelihoodVerifier(Verifier):
             return None, spans, past
         return Row(past.prefix if past is not None else None, new, len(new)), spans, past
 
+    def _read(self, nodes: list[Node]) -> int:
+        """Run the judge over what each node adds to its nearest cached ancestor and leave the
+        result in ``node.verifier_state``; returns the tokens read."""
+        built = [self._row(n) for n in nodes]
+        live = [b for b, (row, _, _) in enumerate(built) if row is not None]
+        if not live:
+            for node, (_, _, past) in zip(nodes, built):
+                if past is not None:
+                    node.verifier_state = JudgeState(past.prefix, list(past.logprobs), past.next_logp)
+            return 0
+        # Rows run in chunks of similar length (sorted by new, then cached tokens): every row
+        # of a forward is padded to the chunk's longest, so one call over steps of 3 to 30
+        # tokens would spend most of its FLOPs on padding.
+        order = sorted(live, key=lambda b: (len(built[b][0].new_ids), built[b][0].past.length if built[b][0].past else 0))  # type: ignore[union-attr]
+        prefix: dict[int, PrefixState] = {}
+        logps: dict[int, torch.Tensor] = {}
+        for c in range(0, len(order), self.chunk):
+            part = order[c : c + self.chunk]
+            hidden, states = self.runner.run([built[b][0] for b in part])  # type: ignore[misc]
+            logp = torch.log_softmax(self.head(hidden).float(), -1).cpu()  # (B, N, V)
+            for k, b in enumerate(part):
+                prefix[b], logps[b] = states[k], logp[k]
+        for b, (node, (row, spans, past)) in enumerate(zip(nodes, built)):
+            judge_lps = list(past.logprobs) if past is not None else []
+            if row is None:
+                if past is not None:
+                    node.verifier_state = JudgeState(past.prefix, judge_lps, past.next_logp)
+                continue
+            nxt = past.next_logp if past is not None else None
+            lp, ids = logps[b], row.new_ids
+            for step, start, end in spans:
+                if step.depth == 0:  # the prompt's tokens are the question, not the policy's
+                    continue
+                for t in range(start, end):
+                    dist = lp[t - 1] if t > 0 else nxt
+                    judge_lps.append(float(dist[ids[t]]) if dist is not None else 0.0)
+            # a copy: a view would keep the whole batch's (B, N, V) log-probs alive with the node
+            node.verifier_state = JudgeState(prefix[b], judge_lps, lp[len(ids) - 1].clone())
+        return sum(len(built[b][0].new_ids) for b in live)  # type: ignore[union-attr]
+
     @torch.inference_mode()
     def score(self, nodes: list[Node], aggregation: str) -> ScoreOutput:
         if aggregation not in AGGREGATIONS:
             raise InvalidArgument("options.aggregation", f"unknown aggregation {aggregation!r}")
         if not nodes:
             return ScoreOutput(scores=[], aggregates=[])
-        built = [self._row(n) for n in nodes]
-        live = [b for b, (row, _, _) in enumerate(built) if row is not None]
-        tokens = 0
-        logp: torch.Tensor | None = None
-        prefixes: dict[int, PrefixState] = {}
-        if live:
-            rows = [r for r, _, _ in built if r is not None]
-            hidden, states = self.runner.run(rows)
-            logp = torch.log_softmax(self.head(hidden).float(), -1).cpu()  # (B, N, V)
-            prefixes = {b: st for b, st in zip(live, states)}
-            tokens = sum(len(r.new_ids) for r in rows)
-        where = {b: k for k, b in enumerate(live)}
+        # A parent without a cache that several nodes of this call extend (a question's prompt
+        # under its first samples) is read once first, so its children share its KV instead of
+        # each reading the prompt again.
+        count: dict[int, int] = {}
+        for n in nodes:
+            if n.parent is not None and n.parent.verifier_state is None:
+                count[id(n.parent)] = count.get(id(n.parent), 0) + 1
+        shared = {id(n.parent): n.parent for n in nodes if n.parent is not None and count.get(id(n.parent), 0) > 1}
+        tokens = self._read(list(shared.values())) if shared else 0
+        tokens += self._read(nodes)
         scores: list[float] = []
-        for b, (node, (row, spans, past)) in enumerate(zip(nodes, built)):
-            judge_lps = list(past.logprobs) if past is not None else []
-            nxt = past.next_logp if past is not None else None
-            if row is not None and logp is not None:
-                lp, ids = logp[where[b]], row.new_ids
-                for step, start, end in spans:
-                    for t in range(start, end):
-                        if step.depth > 0:  # the prompt's tokens are the question, not the policy's
-                            dist = lp[t - 1] if t > 0 else nxt
-                            judge_lps.append(float(dist[ids[t]]) if dist is not None else 0.0)
-                nxt = lp[len(ids) - 1]
-                node.verifier_state = JudgeState(prefixes[b], judge_lps, nxt)
-            elif past is not None:
-                node.verifier_state = JudgeState(past.prefix, judge_lps, past.next_logp)
-            own = path_logprobs(node)
-            x = features(own, judge_lps, len(node.logprobs), self.window)
+        for node in nodes:
+            state = node.verifier_state
+            judge_lps = state.logprobs if isinstance(state, JudgeState) else []
+            x = features(path_logprobs(node), judge_lps, len(node.logprobs), self.window)
             scores.append(self.from_features(x))
         aggs = [aggregate(n.aggregate, n.n_scored, s, aggregation) for n, s in zip(nodes, scores)]
         return ScoreOutput(scores=scores, aggregates=aggs, prm_tokens=tokens, flops=2.0 * self.n_params * tokens)
