@@ -178,7 +178,7 @@ class LikelihoodVerifier(Verifier):
                     judge_lps.append(float(dist[ids[t]]) if dist is not None else 0.0)
             # a copy: a view would keep the whole batch's (B, N, V) log-probs alive with the node
             node.verifier_state = JudgeState(prefix[b], judge_lps, lp[len(ids) - 1].clone())
-        return sum(len(built[b][0].new_ids) for b in live)  # type: ignore[union-attr]
+        return sum(len(r.new_ids) for r, _, _ in built if r is not None)
 
     @torch.inference_mode()
     def score(self, nodes: list[Node], aggregation: str) -> ScoreOutput:
