@@ -225,8 +225,15 @@ def fit_calibration(samples: Sequence[Sample], model: str, fingerprint: str, hel
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ponder train confidence", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="arith, smollm2, a .gguf file or an HF model directory")
+    add_sampling_arguments(p, "arith:validation:256")
+    p.add_argument("--out", type=Path, default=None, help="where to save (default: beside the model)")
+    return p
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, dataset: str) -> None:
+    """The options of a calibration's sample pool (``train confidence`` and ``train likelihood``)."""
     p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--dataset", default="arith:validation:256",
+    p.add_argument("--dataset", default=dataset,
                    help="questions with answers: a JSONL file (GSM8K/MATH style) or arith:SPLIT[:N[:SEED]]")
     p.add_argument("--limit", type=int, default=None, help="at most this many questions")
     p.add_argument("--samples", type=int, default=8, help="solutions per question")
@@ -235,8 +242,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-step-tokens", type=int, default=DEFAULT_MAX_STEP_TOKENS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: auto, as for a worker)")
-    p.add_argument("--out", type=Path, default=None, help="where to save (default: beside the model)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

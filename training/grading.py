@@ -69,3 +69,23 @@ def sample_solutions(
     texts = [[decode(tokenizer, outs[i * n + j]) for j in range(n)] for i in range(len(qs))]
     correct = [[grade(t, q.answer) for t in row] for q, row in zip(qs, texts)]
     return Samples(list(qs), texts, correct)
+
+
+def span_logprobs(model: Any, seqs: Sequence[list[int]], spans: Sequence[Sequence[tuple[int, int]]], pad_id: int = 0,
+                  batch: int = 64) -> list[list[list[float]]]:
+    """Per sequence, per span ``(start, end)``, the log-prob (T = 1) under ``model`` of each token
+    in ``seq[start:end]`` given everything before it: one teacher-forced forward per sequence,
+    batched by length, right-padded (causal attention never sees the padding)."""
+    out: list[list[list[float]]] = [[] for _ in seqs]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for b in range(0, len(order), batch):
+        rows = order[b : b + batch]
+        T = max(len(seqs[i]) for i in rows)
+        padded = torch.full((len(rows), T), pad_id, dtype=torch.long)
+        for j, i in enumerate(rows):
+            padded[j, : len(seqs[i])] = torch.tensor(seqs[i])
+        lp = torch.log_softmax(model(input_ids=padded).logits.float(), -1)  # (B, T, V)
+        for j, i in enumerate(rows):
+            got = lp[j, : len(seqs[i]) - 1].gather(1, torch.tensor(seqs[i][1:])[:, None])[:, 0]  # log p(token t | < t)
+            out[i] = [got[a - 1 : e - 1].tolist() for a, e in spans[i]]
+    return out

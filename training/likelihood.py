@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from ponder.proto.config import DEFAULT_MAX_STEP_TOKENS, DEFAULT_MAX_STEPS, DEFAULT_TEMPERATURE
 from ponder.proto.errors import InvalidArgument
-from ponder.training.calibration import WINDOWS, Sample, design_rows, fit_logistic, sample_paths
+from ponder.training.calibration import WINDOWS, Sample, add_sampling_arguments, design_rows, fit_logistic, sample_paths
+from ponder.training.grading import span_logprobs
 from ponder.training.prm import grouped_auc
 from ponder.workers.prm.likelihood import (
     FEATURES,
@@ -38,7 +38,7 @@ from ponder.workers.prm.likelihood import (
     likelihood_calibration_path,
     pair_fingerprint,
 )
-from ponder.workers.runtime import BACKENDS, DEFAULT_MODEL
+from ponder.workers.runtime import DEFAULT_MODEL
 from ponder.workers.types import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -59,19 +59,7 @@ def judge_logprobs(judge: Any, samples: Sequence[Sample], batch: int = 64) -> li
             ids += list(step.token_ids)
         seqs.append(ids)
         spans.append(sp)
-    out: list[list[list[float]]] = [[] for _ in samples]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for b in range(0, len(order), batch):
-        rows = order[b : b + batch]
-        T = max(len(seqs[i]) for i in rows)
-        padded = torch.zeros((len(rows), T), dtype=torch.long)  # right padding: causal attention never sees it
-        for j, i in enumerate(rows):
-            padded[j, : len(seqs[i])] = torch.tensor(seqs[i])
-        lp = torch.log_softmax(judge(input_ids=padded).logits.float(), -1)
-        for j, i in enumerate(rows):
-            got = lp[j, : len(seqs[i]) - 1].gather(1, torch.tensor(seqs[i][1:])[:, None])[:, 0]
-            out[i] = [got[a - 1 : e - 1].tolist() for a, e in spans[i]]
-    return out
+    return span_logprobs(judge, seqs, spans, 0, batch)
 
 
 @dataclass
@@ -232,16 +220,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ponder train likelihood", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="the policy: arith or an HF model directory")
     p.add_argument("--judge", default="arith-large", help="the judge: a model sharing the policy's tokenizer")
-    p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--dataset", default="arith:validation:512",
-                   help="questions with answers: a JSONL file (GSM8K/MATH style) or arith:SPLIT[:N[:SEED]]")
-    p.add_argument("--limit", type=int, default=None, help="at most this many questions")
-    p.add_argument("--samples", type=int, default=8, help="solutions per question")
-    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
-    p.add_argument("--max-steps", type=int, default=DEFAULT_MAX_STEPS)
-    p.add_argument("--max-step-tokens", type=int, default=DEFAULT_MAX_STEP_TOKENS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: auto, as for a worker)")
+    add_sampling_arguments(p, "arith:validation:512")
     p.add_argument("--out", type=Path, default=None, help="where to save (default: beside the policy)")
     p.add_argument("--save-pool", type=Path, default=None,
                    help="also write the sampled pool (every solution's log-probs under both models) here")

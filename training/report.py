@@ -37,7 +37,7 @@ from ponder.workers.prm.value_head import ValueHead
 from ponder.tasks import arith
 from ponder.workers.models import format_prompt
 from ponder.training.checkpoint import EOS_ID, PAD_ID, load_checkpoint
-from ponder.training.grading import Samples, decode, prompt_ids, sample_solutions
+from ponder.training.grading import Samples, decode, prompt_ids, sample_solutions, span_logprobs
 from ponder.training.mc_labels import LabeledSolution, ModelRollouts, cut_steps, mc_label, step_features
 from ponder.training.prm import auc
 from ponder.training.quality_doc import _read, write_doc
@@ -128,20 +128,7 @@ def token_logprobs(model: Any, tokenizer: Any, fmt: Any, sols: list[LabeledSolut
             sp.append((start, len(ids)))
         seqs.append(ids)
         spans.append(sp)
-    out: list[list[list[float]]] = [[] for _ in sols]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for b in range(0, len(order), batch):
-        rows = order[b : b + batch]
-        T = max(len(seqs[i]) for i in rows)
-        padded = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
-        for j, i in enumerate(rows):  # right padding: causal attention never sees it
-            padded[j, : len(seqs[i])] = torch.tensor(seqs[i])
-        lp = torch.log_softmax(model(input_ids=padded).logits.float(), -1)  # (B, T, V)
-        for j, i in enumerate(rows):
-            tok = torch.tensor(seqs[i][1:])
-            got = lp[j, : len(seqs[i]) - 1].gather(1, tok.unsqueeze(1)).squeeze(1)  # log p(token t | < t)
-            out[i] = [got[a - 1 : e - 1].tolist() for a, e in spans[i]]
-    return out
+    return span_logprobs(model, seqs, spans, PAD_ID, batch)
 
 
 def confidence_scorer(model: Any, tokenizer: Any, fmt: Any, path: Path | None) -> StepScorer:
