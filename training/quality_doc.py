@@ -144,13 +144,13 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
               f"(mean log-prob alone: {ctrain.get('heldout_mean_logprob_only', {}).get('within_question_auc', float('nan')):.3f}), "
               f"Brier {h.get('brier', float('nan')):.3f}, calibration error {h.get('calibration_error', float('nan')):.3f}."]
     if ltrain:
-        h = ltrain.get("heldout", {})
-        single = ltrain.get("heldout_single_feature_within_question_auc", {})
+        chosen = ltrain.get("chosen", {})
+        single = ltrain.get("single_feature_within_question_auc", {})
         L += ["", f"Likelihood calibration ({judge} as judge): {ltrain.get('questions', '?')} validation questions × "
-              f"{ltrain.get('samples_per_question', '?')} samples; on its {ltrain.get('heldout_questions', '?')} held-out questions "
-              f"within-question AUC {h.get('within_question_auc', float('nan')):.3f} (single features: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in single.items()) + f"), Brier {h.get('brier', float('nan')):.3f}, "
-              f"calibration error {h.get('calibration_error', float('nan')):.3f}."]
+              f"{ltrain.get('samples_per_question', '?')} samples; chosen by {ltrain.get('folds', '?')}-fold cross-validated "
+              f"within-question AUC: the {chosen.get('loss', '?')} fit on {' + '.join(chosen.get('features', []))} "
+              f"({chosen.get('cv_within_question_auc', float('nan')):.3f}; single features: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in single.items()) + ")."]
     if rtrain:
         L += ["", f"Reviser data: {json.dumps(rtrain.get('data', {}))}; sampling took {_fmt_time(rtrain.get('sample_seconds'))}."]
     L += ["", "Report run time: " + ", ".join(f"{k} {_fmt_time(v)}" for k, v in result["timings"].items()) + ".", ""]
