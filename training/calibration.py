@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -46,6 +46,13 @@ from ponder.workers.types import Node, Prompt, SamplingParams
 log = logging.getLogger(__name__)
 WINDOWS = (2, 4, 8, 16, 32)
 TAILS = (8, 32, 128)
+
+
+class Graded(Protocol):
+    correct: bool
+
+
+S = TypeVar("S", bound=Graded)
 
 
 @dataclass
@@ -118,10 +125,10 @@ def confidence_prefix_features(s: Sample, window: int, tail: int) -> list[list[f
 
 
 def design_rows(
-    samples: Sequence[Sample], prefix_features: Callable[[Sample], list[list[float]]]
+    samples: Sequence[S], prefix_features: Callable[[S], list[list[float]]]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every step prefix of every sample as a row of ``prefix_features``, labelled with the
-    sample's correctness and weighted 1/steps (each sample counts once)."""
+    """Every step prefix of every sample (anything with ``correct``) as a row of
+    ``prefix_features``, labelled with the sample's correctness and weighted 1/steps (each sample counts once)."""
     X, y, w, last = [], [], [], []
     for s in samples:
         rows = prefix_features(s)

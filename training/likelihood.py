@@ -153,9 +153,7 @@ def fit_candidate(rows: Sequence[PoolRow], loss: str, names: tuple[str, ...], wi
     """One candidate fitted on ``rows``: weights over all :data:`FEATURES` (zero outside ``names``)."""
     cols = [FEATURES.index(n) for n in names]
     if loss == "pointwise":
-        samples = [Sample(r.question, [], r.correct) for r in rows]
-        by_id = {id(s): r for s, r in zip(samples, rows)}
-        X, y, w, _ = design_rows(samples, lambda s: [[x[c] for c in cols] for x in prefix_features(by_id[id(s)], window)])
+        X, y, w, _ = design_rows(rows, lambda r: [[x[c] for c in cols] for x in prefix_features(r, window)])
         mean, std, weights, bias = fit_logistic(X, y, w)
     else:
         X = torch.tensor([[prefix_features(r, window)[-1][c] for c in cols] for r in rows], dtype=torch.float64)

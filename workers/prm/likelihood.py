@@ -145,11 +145,6 @@ class LikelihoodVerifier(Verifier):
         result in ``node.verifier_state``; returns the tokens read."""
         built = [self._row(n) for n in nodes]
         live = [b for b, (row, _, _) in enumerate(built) if row is not None]
-        if not live:
-            for node, (_, _, past) in zip(nodes, built):
-                if past is not None:
-                    node.verifier_state = JudgeState(past.prefix, list(past.logprobs), past.next_logp)
-            return 0
         # Rows run in chunks of similar length (sorted by new, then cached tokens): every row
         # of a forward is padded to the chunk's longest, so one call over steps of 3 to 30
         # tokens would spend most of its FLOPs on padding.
