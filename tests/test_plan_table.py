@@ -217,3 +217,29 @@ def test_the_models_own_table_applies_only_to_its_verifier() -> None:
     with pytest.raises(InvalidArgument) as info:
         build_plan(str(BUILTIN["arith"] / "plan.json"), "arith", ScriptedVerifier(name="scripted-prm"))
     assert info.value.field == "plan"
+
+
+def test_each_verifier_finds_its_own_table_beside_the_model(tmp_path: Path) -> None:
+    """`--plan auto` looks for plan-<verifier>.json first: a table fitted for another verifier
+    (ponder train plan --verifier likelihood:...) is used by workers that run that verifier,
+    and the model's plan.json stays its own verifier's."""
+    import shutil
+
+    from ponder.workers.models import BUILTIN, resolve
+    from ponder.workers.prm.confidence import model_fingerprint
+    from ponder.workers.runtime import build_plan
+    from ponder.workers.search.plan import plan_file
+
+    assert plan_file() == "plan.json"
+    assert plan_file("likelihood:arith-large") == "plan-likelihood-arith-large.json"
+    assert plan_file("likelihood:/models/judge:uncalibrated") == "plan-likelihood-models-judge-uncalibrated.json"
+    model = tmp_path / "arith"  # the table names its model, and a path is named by its folder
+    shutil.copytree(BUILTIN["arith"], model, ignore=shutil.ignore_patterns("plan-*.json"))
+    data = good() | {"model": resolve(str(model)).name, "fingerprint": model_fingerprint(resolve(str(model))),
+                     "verifier": "likelihood:judge"}
+    PlanTable.from_dict(data).save(model / plan_file("likelihood:judge"))
+    theirs = build_plan("auto", str(model), ScriptedVerifier(name="likelihood:judge"))
+    assert theirs.verifier == "likelihood:judge" and theirs.plans[1][16] == StrategyPlan("beam", beam_width=4)
+    own = build_plan("auto", str(model), ScriptedVerifier(name="confidence"))
+    assert own.verifier == "confidence" and own.edges != EDGES
+    assert build_plan("auto", str(model), ScriptedVerifier(name="scripted-prm")) is DEFAULT_PLAN

@@ -45,7 +45,7 @@ import numpy as np
 
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.search.controller import ControllerConfig, min_votes
-from ponder.workers.search.plan import N_BINS, PLAN_FILE, PlanTable, StrategyPlan
+from ponder.workers.search.plan import N_BINS, PlanTable, StrategyPlan, plan_file
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pilot", type=int, default=4)
     p.add_argument("--draws", type=int, default=32, help="random draws per question for best-of-N accuracy")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="", help="default: plan.json beside the model")
+    p.add_argument("--out", default="", help="default: beside the model, plan.json for its own verifier, "
+                                             "plan-<verifier>.json for another")
     return p
 
 
@@ -464,14 +465,16 @@ def main(argv: list[str] | None = None) -> int:
                          "sample_commands": ["ponder eval " + " ".join(c) for c in draw_commands(a, budgets)], "dataset": a.dataset,
                          "pool": str(pool), "runs": [str(r) for r in runs], "wall_seconds": round(time.time() - started, 1)},
     )
-    out = Path(a.out) if a.out else Path(files.path) / PLAN_FILE
+    # the model's own verifier's table is plan.json; any other verifier's sits beside it under its name
+    own = verifier is None or verifier.name == (files.default_verifier or "")
+    out = Path(a.out) if a.out else Path(files.path) / plan_file("" if own else verifier.name)
     table.save(out)
     if a.model == "arith":
         from ponder.training import manifest
 
         root = out.resolve().parents[1]
         if (root / manifest.MANIFEST).exists() and out.resolve().is_relative_to(root):
-            manifest.update(root, "arith-plan", [out.resolve()], table.fit["reproduce"])
+            manifest.update(root, "arith-plan" if out.name == plan_file() else "arith-" + out.stem, [out.resolve()], table.fit["reproduce"])
     cv = table.fit["cross_validation"]
     print(PlanTable.load(out).summary())
     print(json.dumps({"out": str(out), "plan_cv": cv["plan"], "controller_cv": cv["controller_mean"],

@@ -135,24 +135,28 @@ def build_reviser(
 
 
 def build_plan(spec: str, model: str, verifier: Verifier | None = None) -> PlanTable:
-    """auto's plan table: ``auto`` (the model's ``plan.json`` when it ships one and was fitted
-    for the verifier in use, else the default plan), ``default``/``none`` (the default plan), or
-    a path. A table fitted on another model, or a table named by path for another verifier than
-    the worker runs, is INVALID_ARGUMENT."""
+    """auto's plan table: ``auto`` (the table fitted for the verifier in use beside the model,
+    ``plan-<verifier>.json``, else the model's ``plan.json`` when it was fitted for that verifier,
+    else the default plan), ``default``/``none`` (the default plan), or a path. A table fitted on
+    another model, or a table named by path for another verifier than the worker runs, is
+    INVALID_ARGUMENT."""
     from ponder.workers.prm.confidence import model_fingerprint
-    from ponder.workers.search.plan import DEFAULT_PLAN, PLAN_FILE
+    from ponder.workers.search.plan import DEFAULT_PLAN, PLAN_FILE, plan_file
 
     if spec in ("", "none", "default"):
         return DEFAULT_PLAN
     files = resolve(model) if model else None
+    running = verifier.name if verifier is not None else ""
     if spec == "auto":
-        if files is None or files.gguf_file or not (Path(files.path) / PLAN_FILE).exists():
+        if files is None or files.gguf_file:
             return DEFAULT_PLAN
-        path = Path(files.path) / PLAN_FILE
+        own = Path(files.path) / plan_file(running)
+        path = own if running and own.exists() else Path(files.path) / PLAN_FILE
+        if not path.exists():
+            return DEFAULT_PLAN
     else:
         path = Path(spec).expanduser()
     table = PlanTable.load(path, model_fingerprint(files) if files is not None else None, files.name if files else "")
-    running = verifier.name if verifier is not None else ""
     if table.verifier and table.verifier != running and spec == "auto":
         # the model's table was fitted for its own verifier; another one asked for explicitly
         # gets the default plan, not an error (a table named by path must match)

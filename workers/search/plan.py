@@ -11,7 +11,8 @@ spend its budget the way that worked best on questions of that difficulty. Here:
 - ``controller`` holds the live controller's thresholds (see controller.py).
 
 A table is fitted by ``ponder train plan`` and saved as ``plan.json`` beside the model with the
-model's fingerprint. A model without one gets :data:`DEFAULT_PLAN`: a pilot of 4, no bins, and
+model's fingerprint; a table fitted for a verifier other than the model's own is saved as
+``plan-<verifier>.json`` (:func:`plan_file`), so each verifier finds its own. A model without one gets :data:`DEFAULT_PLAN`: a pilot of 4, no bins, and
 verifier-weighted best-of-N (majority without a verifier) under the live controller.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,15 @@ from ponder.proto.errors import InvalidArgument
 from ponder.workers.search.controller import ControllerConfig
 
 PLAN_FILE = "plan.json"
+
+
+def plan_file(verifier: str = "") -> str:
+    """The file name of the table fitted for ``verifier`` beside the model: ``plan-<verifier>.json``
+    with ``:`` and ``/`` written as ``-`` (``likelihood:arith-large`` -> ``plan-likelihood-arith-large.json``),
+    ``plan.json`` for none."""
+    if not verifier:
+        return PLAN_FILE
+    return "plan-" + re.sub(r"[^A-Za-z0-9._-]+", "-", verifier).strip("-") + ".json"
 N_BINS = 5
 PLAN_STRATEGIES = ("best_of_n", "beam", "lookahead", "dvts", "revision", "hybrid")
 
