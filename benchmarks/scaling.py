@@ -23,7 +23,7 @@ Difficulty is binned the paper's two ways: *oracle* (quintiles of pass@1 over th
 bootstrap over questions, paired where two methods are compared on the same questions.
 
 Writes ``--out`` (every per-question result: the figures and the doc regenerate from it with
-``--from``), the PNG figures beside ``--doc`` (``scaling_*.png``), the results part of ``--doc``
+``--from``), the PNG figures beside ``--doc`` (``<page>_*.png``, e.g. ``scaling_*.png`` beside docs/scaling.md), the results part of ``--doc``
 (everything above its notes marker), and, last, one JSON line.
 """
 
@@ -421,7 +421,8 @@ def ratio_finding(col: Any, budget: int, oracle: np.ndarray, boot: int, rng: ran
 # -- figures and the page ----------------------------------------------------------------------
 
 
-def figures(data: dict[str, Any], res: dict[str, Any], folder: Path) -> list[str]:
+def figures(data: dict[str, Any], res: dict[str, Any], folder: Path, stem: str = "scaling") -> list[str]:
+    """The PNG figures, named ``<stem>_*.png`` (the page's own name: docs/scaling.md -> scaling_search.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -463,7 +464,7 @@ def figures(data: dict[str, Any], res: dict[str, Any], folder: Path) -> list[str
             vals = [p["oracle_bins"][str(i)]["accuracy"] or 0.0 for i in range(1, 6)]
             bx.bar(np.arange(1, 6) + (2 * k + j) * width - 0.4, vals, width, label=f"{label} N={b}")
     style(bx, "oracle difficulty bin (1 = easiest)", "by difficulty (cf. Fig. 3 right)", None)
-    save(fig, "scaling_search.png")
+    save(fig, f"{stem}_search.png")
 
     # Fig. 4: compute-optimal (auto) against best-of-N, in generations and FLOPs
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -472,7 +473,7 @@ def figures(data: dict[str, Any], res: dict[str, Any], folder: Path) -> list[str
         line(ax, "beam M=4", key)
         line(ax, "auto", key, linewidth=2.5)
         style(ax, f"{key} per question", f"compute-optimal vs best-of-N ({key}; cf. Fig. 4)", 2 if key == "generations" else 10)
-    save(fig, "scaling_compute_optimal.png")
+    save(fig, f"{stem}_compute_optimal.png")
 
     # Fig. 6/7: revisions and the sequential:parallel ratio
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -485,7 +486,7 @@ def figures(data: dict[str, Any], res: dict[str, Any], folder: Path) -> list[str
             rs = [float(r) for r in row]
             bx.plot(rs, [row[r] if row[r] is not None else np.nan for r in row], marker="o", label=f"bin {b}")
     style(bx, "sequential ratio (0 = best-of-N, 1 = one chain)", "ratio by oracle bin (cf. Fig. 7)", None)
-    save(fig, "scaling_revisions.png")
+    save(fig, f"{stem}_revisions.png")
 
     # Fig. 9: exchanging pretraining for test-time compute, by difficulty
     rows = res.get("exchange") or []
@@ -505,7 +506,7 @@ def figures(data: dict[str, Any], res: dict[str, Any], folder: Path) -> list[str
         style(ax, "oracle difficulty bin (1 = easiest)",
               f"small + test-time compute − {sz.get('M', 0):.1f}× larger model (cf. Fig. 9)", None)
         ax.set_ylabel("accuracy difference")
-        save(fig, "scaling_exchange.png")
+        save(fig, f"{stem}_exchange.png")
     return written
 
 
@@ -515,7 +516,7 @@ def _ci(ci: list[Any]) -> str:
     return "[" + ", ".join("∞" if not math.isfinite(x) else f"{x:.3f}" for x in ci) + "]"
 
 
-def render(data: dict[str, Any], res: dict[str, Any], command: str) -> str:
+def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = "scaling") -> str:
     curves, grid = res["curves"], res["grid"]
     lines = [
         "# Scaling test-time compute: the paper's findings on ponder",
@@ -566,13 +567,13 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str) -> str:
                 continue
             cells = [f"{c['accuracy']:.2f}" if c["accuracy"] is not None else "–" for c in p[f"{kind}_bins"].values()]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "![search methods](scaling_search.png)", "", "![compute-optimal](scaling_compute_optimal.png)", "",
-              "![revisions](scaling_revisions.png)", ""]
-    lines += render_exchange(data, res)
+    lines += ["", f"![search methods]({stem}_search.png)", "", f"![compute-optimal]({stem}_compute_optimal.png)", "",
+              f"![revisions]({stem}_revisions.png)", ""]
+    lines += render_exchange(data, res, stem)
     return "\n".join(lines)
 
 
-def render_exchange(data: dict[str, Any], res: dict[str, Any]) -> list[str]:
+def render_exchange(data: dict[str, Any], res: dict[str, Any], stem: str = "scaling") -> list[str]:
     """The exchange section (paper §7, Fig. 9), when a larger model was run."""
     rows, sz = res.get("exchange") or [], res.get("exchange_sizes") or {}
     if not rows:
@@ -597,7 +598,7 @@ def render_exchange(data: dict[str, Any], res: dict[str, Any]) -> list[str]:
                    + " | ".join(cells) + " |")
     out += ["", "Δ = small model with X generations − larger model, per oracle difficulty bin (the small model's pass@1 "
             "quintiles, bin 1 = easiest); the interval is a paired bootstrap over questions.", "",
-            "![exchange](scaling_exchange.png)", ""]
+            f"![exchange]({stem}_exchange.png)", ""]
     return out
 
 
@@ -624,8 +625,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res = analyse(data, a.boot, a.seed)
     if a.doc:
         doc = Path(a.doc)
-        figures(data, res, doc.parent)
-        write_doc(doc, render(data, res, data.get("command", "python benchmarks/scaling.py")))
+        figures(data, res, doc.parent, doc.stem)
+        write_doc(doc, render(data, res, data.get("command", "python benchmarks/scaling.py"), doc.stem))
     if not a.json:
         for f in res["findings"]:
             print(f"{f['verdict']:>15}  {f['finding']}: {f['measured']}")

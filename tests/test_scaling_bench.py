@@ -48,6 +48,12 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
     again = bench.main(["--from", str(out), "--boot", "20", "--json", "--doc", str(doc)])
     assert [f["verdict"] for f in again["analysis"]["findings"]] == [f["verdict"] for f in res["findings"]]
     assert "stale" not in doc.read_text()
+    # another page beside it (another verifier's run) names its figures after itself
+    other = tmp_path / "scaling_other.md"
+    bench.main(["--from", str(out), "--boot", "20", "--json", "--doc", str(other)])
+    assert sorted(p.name for p in tmp_path.glob("scaling_other_*.png")) == [
+        "scaling_other_compute_optimal.png", "scaling_other_exchange.png", "scaling_other_revisions.png", "scaling_other_search.png"]
+    assert "](scaling_other_search.png)" in other.read_text() and "](scaling_search.png)" in doc.read_text()
 
 
 def _exchange_data(small_pass: list[float], large_pass: list[float], m: float) -> dict:
