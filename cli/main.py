@@ -260,7 +260,7 @@ def _bench(what: str, argv: list[str]) -> int:
 TRAIN_MODULES = {"policy": "train_policy", "prm": "prm", "confidence": "calibration", "likelihood": "likelihood",
                  "revise": "revise", "plan": "plan", "report": "report"}
 TRAIN_JOBS = tuple(TRAIN_MODULES)
-BENCHMARKS = ("engine", "kernels", "service", "adaptive", "scaling", "chaos", "gpu_check")  # scripts in benchmarks/
+BENCHMARKS = ("engine", "arith_engine", "kernels", "service", "adaptive", "scaling", "chaos", "gpu_check")  # scripts in benchmarks/
 DELEGATED = ("eval", "train", "bench", "flops")  # commands whose options belong to another module's parser
 
 

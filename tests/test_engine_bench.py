@@ -24,3 +24,25 @@ def test_quick_benchmark_on_a_tiny_model(tiny_llama_dir: Path, capsys: pytest.Ca
     # 8 beams over a 40-token prompt, block 4: 10 shared prompt blocks + 1 own block per beam.
     assert kv["fraction"] == pytest.approx((10 + 8) * 4 / (8 * 41))
     assert g["limit_tok_s"] > 0 and 0 < g["fraction"] and "met" not in res and res["device"] == "cpu"
+
+
+def test_arith_benchmark_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/arith_engine.py at its smallest: both sides of the arith eval job in one run,
+    one JSON line naming each ratio once."""
+    bench = load_bench("arith_engine")
+    rc = bench.main(["--quick", "--json", "--questions", "2", "--budget", "2"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["threads"] == 1 and res["dtype"] == "float32" and len(res["loadavg_start"]) == 3
+    assert "engine" in res["sides"] and "hf" in res["sides"]
+    e, h = res["engine"], res["hf"]
+    for side in (e, h):
+        assert side["questions"] == 2 and side["failed"] == 0 and side["wall_s"] > 0 and len(side["answers"]) == 2
+    assert e["decode_tokens"] == h["decode_tokens"] > 0  # the same job on both sides
+    assert res["answers_differing"] == 0
+    assert res["speedup"] == pytest.approx(h["wall_s"] / e["wall_s"])
+    assert res["gemm_fraction"] == pytest.approx(e["decode_tok_s"] / res["gemm_limit_tok_s"])
+    # no booleans or targets among the results (``quick`` is the run's setting)
+    assert [k for k, v in res.items() if isinstance(v, bool)] == ["quick"]
+    assert not any(isinstance(v, bool) for side in (e, h) for v in side.values())
+    assert "targets" not in res and "met" not in res

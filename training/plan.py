@@ -466,8 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                          "pool": str(pool), "runs": [str(r) for r in runs], "wall_seconds": round(time.time() - started, 1)},
     )
     # the model's own verifier's table is plan.json; any other verifier's sits beside it under its name
-    own = verifier is None or verifier.name == (files.default_verifier or "")
-    out = Path(a.out) if a.out else Path(files.path) / plan_file("" if own else verifier.name)
+    theirs = verifier.name if verifier is not None and verifier.name != (files.default_verifier or "") else ""
+    out = Path(a.out) if a.out else Path(files.path) / plan_file(theirs)
     table.save(out)
     if a.model == "arith":
         from ponder.training import manifest
