@@ -7,7 +7,9 @@ The job is exactly ``ponder eval --model arith --dataset arith:test:16 --strateg
 paged-KV engine) and once with the transformers policy ("hf": HFPolicy over transformers).
 Each side first runs one question untimed (lazy initialisation out of the measurement).
 
-Reports each side's wall time, answers and decoded tokens/s; ``speedup`` (hf wall / engine
+Reports which decode attention the engine used (``cpu_attention``: "fused-cpp", the C++
+kernel of ``workers/engine/cpu_attention_fused.cpp``, or "torch"; ``PONDER_CPU_ATTENTION=torch``
+selects the latter), each side's wall time, answers and decoded tokens/s; ``speedup`` (hf wall / engine
 wall, the one ratio of the two sides); how many questions' answers differ between the sides
 (0 expected: same seeds, hidden states equal to ~1e-5); and the engine's decoded tokens/s
 as a share of the GEMM-bound limit (``gemm_fraction``: the time one decode step's GEMMs alone
@@ -142,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
         if side == "engine":
             res["dtype"] = policy.dtype
             res["non_embedding_params"] = policy.n_params
+            # which decode attention the engine runs: the fused C++ kernel or the torch ops
+            # (PONDER_CPU_ATTENTION=torch, a failed build, or a dtype other than float32)
+            from ponder.workers.engine import cpu_fused
+
+            t0 = time.perf_counter()
+            res["cpu_attention"] = cpu_fused.name() if str(policy.dtype).endswith("float32") else "torch"
+            res["cpu_attention_load_s"] = time.perf_counter() - t0  # a compile on a cold cache
+            say(f"engine: decode attention {res['cpu_attention']} (ready in {res['cpu_attention_load_s']:.1f} s)")
         say(f"{side}: running the job ...")
         out = run_side(policy, verifier, plan, args, args.profile if side == "engine" else 0)
         say(f"{side}: {out['wall_s']:.1f} s, {out['correct']}/{out['questions']} correct, "
@@ -176,7 +186,7 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"speedup (hf wall / engine wall): {r['speedup']:.2f}x; answers differing: {r['answers_differing']}")
     print(f"engine decoded tok/s / GEMM-bound limit ({r['gemm_limit_tok_s']:.0f} tok/s at {r.get('job')}): "
           f"{r['gemm_fraction']:.3f}")
-    print(f"threads {r['threads']}, dtype {r.get('dtype')}, load average {r['loadavg_start'][0]:.2f} -> "
+    print(f"threads {r['threads']}, dtype {r.get('dtype')}, cpu attention {r.get('cpu_attention')}, load average {r['loadavg_start'][0]:.2f} -> "
           f"{r['loadavg_end'][0]:.2f}")
 
 

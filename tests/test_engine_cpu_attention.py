@@ -1,12 +1,42 @@
-"""The engine's CPU decode attention against the kernels' PyTorch references (same contract)."""
+"""The engine's CPU decode attention against the kernels' PyTorch references (same contract):
+both implementations, the fused C++ kernel (``cpu_fused``, fp32) and the torch path, and the
+choice between them (``PONDER_CPU_ATTENTION``, the fallback when the build fails)."""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 from ponder.kernels.paged_attention import paged_attention_reference, shared_prefix_attention_reference
+from ponder.workers.engine import cpu_attention, cpu_fused
 from ponder.workers.engine.cpu_attention import shared_prefix_attention_cpu
+
+
+@pytest.fixture(params=["fused", "torch"])
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the test once with each implementation (fp32 tensors; bf16 always takes torch)."""
+    if request.param == "torch":
+        monkeypatch.setenv(cpu_fused.ENV, "torch")
+    else:
+        monkeypatch.delenv(cpu_fused.ENV, raising=False)
+        if cpu_fused.kernel() is None:
+            pytest.skip("the fused CPU attention kernel could not be built here (see the log)")
+    yield request.param
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[int]:
+    calls: list[int] = []
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
 
 SHAPES = [  # S, H_q, H_kv, D, block_size
     (1, 1, 1, 8, 1),
@@ -17,9 +47,8 @@ SHAPES = [  # S, H_q, H_kv, D, block_size
 ]
 
 
-def setup(S: int, Hq: int, Hkv: int, D: int, BS: int, dtype: torch.dtype, seed: int):
+def setup(S: int, Hq: int, Hkv: int, D: int, BS: int, dtype: torch.dtype, seed: int, NB: int = 64):
     g = torch.Generator().manual_seed(seed)
-    NB = 64
     k = torch.randn((NB, BS, Hkv, D), generator=g).to(dtype)  # stale finite data everywhere
     v = torch.randn((NB, BS, Hkv, D), generator=g).to(dtype)
     q = torch.randn((S, Hq, D), generator=g).to(dtype)
@@ -28,7 +57,7 @@ def setup(S: int, Hq: int, Hkv: int, D: int, BS: int, dtype: torch.dtype, seed: 
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_paged_matches_the_reference(shape: tuple[int, ...]) -> None:
+def test_paged_matches_the_reference(shape: tuple[int, ...], impl: str) -> None:
     S, Hq, Hkv, D, BS = shape
     g, k, v, q, perm = setup(S, Hq, Hkv, D, BS, torch.float32, 0)
     lens = torch.randint(1, 4 * BS + 3, (S,), generator=g)
@@ -41,7 +70,7 @@ def test_paged_matches_the_reference(shape: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_shared_prefix_matches_the_reference(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+def test_shared_prefix_matches_the_reference(shape: tuple[int, ...], dtype: torch.dtype, impl: str) -> None:
     """Groups of unequal size and prefix length, an empty-prefix group, empty suffixes."""
     S, Hq, Hkv, D, BS = shape
     g, k, v, q, perm = setup(S, Hq, Hkv, D, BS, dtype, 1)
@@ -61,7 +90,7 @@ def test_shared_prefix_matches_the_reference(shape: tuple[int, ...], dtype: torc
     assert (got.float() - want).abs().max().item() <= tol
 
 
-def test_one_group_for_all_rows_and_long_prefix() -> None:
+def test_one_group_for_all_rows_and_long_prefix(impl: str) -> None:
     """The sampling job's shape: every row under one prompt, private suffixes of equal length."""
     g, k, v, q, perm = setup(16, 9, 3, 64, 16, torch.float32, 2)
     prefix_tables = perm[:5].view(1, 5).int()
@@ -74,28 +103,21 @@ def test_one_group_for_all_rows_and_long_prefix() -> None:
 # -- the in-place path (one query per kv head, fp32 caches) and its edge cases ----------------
 
 
-def _spy_in_place(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the calls that take the in-place path."""
-    from ponder.workers.engine import cpu_attention
-
-    calls: list[int] = []
-    real = cpu_attention._attend_in_place
-
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cpu_attention, "_attend_in_place", spy)
-    return calls
+def _spy_path(monkeypatch: pytest.MonkeyPatch, impl: str) -> list[int]:
+    """Count the calls that take the path under test: the fused kernel, or the torch path's
+    in-place variant (one query per kv head, fp32 caches)."""
+    if impl == "fused":
+        return _spy(monkeypatch, cpu_fused, "attention")
+    return _spy(monkeypatch, cpu_attention, "_attend_in_place")
 
 
 def _shared_case(S: int, Hq: int, Hkv: int, D: int, BS: int, prefix_lens: list[int], seq_group: list[int],
                  suffix_lens: list[int], seed: int = 3):
-    g, k, v, q, perm = setup(S, Hq, Hkv, D, BS, torch.float32, seed)
     nbp = max(1, max((n + BS - 1) // BS for n in prefix_lens))
     G = len(prefix_lens)
-    prefix_tables = perm[: G * nbp].view(G, nbp).int()
     nbs = max(1, max((n + BS - 1) // BS for n in suffix_lens))
+    g, k, v, q, perm = setup(S, Hq, Hkv, D, BS, torch.float32, seed, NB=max(64, G * nbp + S * nbs))
+    prefix_tables = perm[: G * nbp].view(G, nbp).int()
     suffix_tables = perm[G * nbp : G * nbp + S * nbs].view(S, nbs).int()
     return (q, k, v, prefix_tables, torch.tensor(prefix_lens).int(), torch.tensor(seq_group).int(), suffix_tables,
             torch.tensor(suffix_lens).int())
@@ -113,19 +135,21 @@ def _shared_case(S: int, Hq: int, Hkv: int, D: int, BS: int, prefix_lens: list[i
     ],
 )
 @pytest.mark.parametrize("heads", [(8, 8, 32), (4, 4, 16)])  # arith's shape and a smaller one
-def test_in_place_path_edge_cases(case: dict, heads: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("block_size", [16, 4])
+def test_fp32_edge_cases(case: dict, heads: tuple[int, int, int], block_size: int, impl: str,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
     Hq, Hkv, D = heads
-    calls = _spy_in_place(monkeypatch)
-    args = _shared_case(len(case["seq_group"]), Hq, Hkv, D, 16, case["prefix_lens"], case["seq_group"],
+    calls = _spy_path(monkeypatch, impl)
+    args = _shared_case(len(case["seq_group"]), Hq, Hkv, D, block_size, case["prefix_lens"], case["seq_group"],
                         case["suffix_lens"])
     want = shared_prefix_attention_reference(*args, scale=D**-0.5)
     got = shared_prefix_attention_cpu(*args, D**-0.5)
-    assert calls, "fp32 caches with one query per kv head take the in-place path"
+    assert calls, f"fp32 caches with one query per kv head take the {impl} path"
     assert (got - want).abs().max().item() <= 1e-5
 
 
-def test_in_place_paged_rows_of_length_one_and_long(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _spy_in_place(monkeypatch)
+def test_fp32_paged_rows_of_length_one_and_long(impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _spy_path(monkeypatch, impl)
     g, k, v, q, perm = setup(6, 8, 8, 32, 16, torch.float32, 4)
     lens = torch.tensor([1, 1, 16, 17, 100, 3]).int()
     tables = perm[: 6 * 7].view(6, 7).int()
@@ -134,7 +158,7 @@ def test_in_place_paged_rows_of_length_one_and_long(monkeypatch: pytest.MonkeyPa
     assert calls and (got - want).abs().max().item() <= 1e-5
 
 
-def test_one_plan_serves_every_layer() -> None:
+def test_one_plan_serves_every_layer(impl: str) -> None:
     """The engine builds the plan (and the in-place bookkeeping) once per step, on the first
     layer, and reuses it for the others: each layer's caches must still give its own result."""
     from ponder.workers.engine.cpu_attention import attend, make_plan
@@ -148,13 +172,16 @@ def test_one_plan_serves_every_layer() -> None:
         ql = torch.randn(q.shape, generator=g)
         want = shared_prefix_attention_reference(ql, kl, vl, pt, pl, sg, st, sl, scale=0.17)
         assert (attend(ql, kl, vl, plan, 0.17) - want).abs().max().item() <= 1e-5
-    assert plan.flat is not None
+    # the torch path's bookkeeping is built once, and only when that path runs
+    assert (plan.torch_plan is not None and plan.torch_plan.flat is not None) == (impl == "torch")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gqa_smollm2_shape(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SmolLM2's heads (9 query heads over 3 kv heads, D 64): G > 1 keeps the bmm path."""
-    calls = _spy_in_place(monkeypatch)
+def test_gqa_smollm2_shape(dtype: torch.dtype, impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SmolLM2's heads (9 query heads over 3 kv heads, D 64): on the torch path G > 1 keeps the
+    bmm path (never the in-place one); fp32 takes the fused kernel when it is on."""
+    calls = _spy(monkeypatch, cpu_attention, "_attend_in_place")
+    fused_calls = _spy(monkeypatch, cpu_fused, "attention")
     q, k, v, pt, pl, sg, st, sl = _shared_case(
         6, 9, 3, 64, 16, [0, 80, 32], [1, 1, 1, 2, 0, 2], [1, 0, 21, 40, 5, 16], seed=5
     )
@@ -162,4 +189,124 @@ def test_gqa_smollm2_shape(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) 
     want = shared_prefix_attention_reference(*args, scale=0.125).float()
     got = shared_prefix_attention_cpu(*args, 0.125)
     assert not calls and got.dtype == dtype
+    assert bool(fused_calls) == (impl == "fused" and dtype == torch.float32)
     assert (got.float() - want).abs().max().item() <= (1e-5 if dtype == torch.float32 else 2e-2)
+
+
+@pytest.mark.parametrize("block_size", [4, 16])
+@pytest.mark.parametrize("heads", [(8, 8, 32), (9, 3, 64)])  # G = 1 and G = 3
+def test_fp32_long_contexts_and_gqa(block_size: int, heads: tuple[int, int, int], impl: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefixes and suffixes of hundreds of slots (many blocks, many online-softmax rescales)
+    next to short rows, rows without a prefix, and an empty suffix."""
+    Hq, Hkv, D = heads
+    BS = block_size
+    g = torch.Generator().manual_seed(6)
+    nbp, nbs = 1200 // BS, 700 // BS + 1
+    NB = 3 * nbp + 8 * nbs
+    k = torch.randn((NB, BS, Hkv, D), generator=g) * 2  # spread scores: the running max moves
+    v = torch.randn((NB, BS, Hkv, D), generator=g)
+    q = torch.randn((8, Hq, D), generator=g)
+    perm = torch.randperm(NB, generator=g)
+    prefix_lens = torch.tensor([0, 1200, 400 - 3 * BS]).int()  # the last one ends mid-table
+    prefix_tables = perm[: 3 * nbp].view(3, nbp).int()
+    seq_group = torch.tensor([1, 1, 1, 2, 2, 0, 0, 1]).int()
+    suffix_lens = torch.tensor([700, 1, 0, 333, 2 * BS, 1, 650, BS + 1]).int()
+    suffix_tables = perm[3 * nbp : 3 * nbp + 8 * nbs].view(8, nbs).int()
+    args = (q, k, v, prefix_tables, prefix_lens, seq_group, suffix_tables, suffix_lens)
+    calls = _spy(monkeypatch, cpu_fused, "attention")
+    want = shared_prefix_attention_reference(*args, scale=D**-0.5)
+    got = shared_prefix_attention_cpu(*args, D**-0.5)
+    assert bool(calls) == (impl == "fused")
+    assert (got - want).abs().max().item() <= 1e-5
+    # the same rows as plain paged attention (no groups): one table per row
+    lens = torch.tensor([700, 1, 1200, 5, 650]).int()
+    tables = perm[: 5 * nbp].view(5, nbp).int()
+    want = paged_attention_reference(q[:5], k, v, tables, lens, scale=0.05)
+    assert (shared_prefix_attention_cpu(q[:5], k, v, None, None, None, tables, lens, 0.05) - want).abs().max() <= 1e-5
+
+
+# -- choosing the implementation ---------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_build(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A process that has not tried the build yet; forgotten again afterwards (the next user
+    loads the cached library, milliseconds)."""
+    monkeypatch.delenv(cpu_fused.ENV, raising=False)
+    cpu_fused._reset()
+    yield
+    cpu_fused._reset()
+
+
+def _arith_case() -> tuple[torch.Tensor, ...]:
+    return _shared_case(5, 8, 8, 32, 16, [0, 32], [1, 1, 0, 1, 0], [3, 20, 7, 0, 49])
+
+
+def test_attend_picks_the_fused_kernel_when_it_builds(fresh_build: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if cpu_fused.kernel() is None:
+        pytest.skip("the fused CPU attention kernel could not be built here (see the log)")
+    assert cpu_fused.name() == "fused-cpp"
+    fused = _spy(monkeypatch, cpu_fused, "attention")
+    torch_path = _spy(monkeypatch, cpu_attention, "_attend_torch")
+    args = _arith_case()
+    want = shared_prefix_attention_reference(*args, scale=0.2)
+    assert (shared_prefix_attention_cpu(*args, 0.2) - want).abs().max().item() <= 1e-5
+    assert fused and not torch_path
+    # bf16 is not the kernel's: the torch path, same process
+    q, k, v, *rest = args
+    shared_prefix_attention_cpu(q.bfloat16(), k.bfloat16(), v.bfloat16(), *rest, 0.2)  # type: ignore[arg-type]
+    assert len(fused) == 1 and torch_path
+
+
+def test_env_var_selects_the_torch_path(fresh_build: None, monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv(cpu_fused.ENV, "torch")
+    built = _spy(monkeypatch, cpu_fused, "_build")
+    fused = _spy(monkeypatch, cpu_fused, "attention")
+    args = _arith_case()
+    want = shared_prefix_attention_reference(*args, scale=0.2)
+    with caplog.at_level(logging.INFO, logger=cpu_fused.__name__):
+        for _ in range(2):
+            assert (shared_prefix_attention_cpu(*args, 0.2) - want).abs().max().item() <= 1e-5
+    assert not built and not fused and cpu_fused.name() == "torch"
+    assert sum("PONDER_CPU_ATTENTION=torch" in r.getMessage() for r in caplog.records) == 1  # logged once
+
+
+def test_failed_build_falls_back_to_torch(fresh_build: None, monkeypatch: pytest.MonkeyPatch,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    from torch.utils import cpp_extension
+
+    tries: list[int] = []
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        tries.append(1)
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    fused = _spy(monkeypatch, cpu_fused, "attention")
+    args = _arith_case()
+    want = shared_prefix_attention_reference(*args, scale=0.2)
+    with caplog.at_level(logging.INFO, logger=cpu_fused.__name__):
+        for _ in range(3):
+            assert (shared_prefix_attention_cpu(*args, 0.2) - want).abs().max().item() <= 1e-5
+    assert len(tries) == 1 and not fused and cpu_fused.name() == "torch"  # tried once per process
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Ninja is required" in warnings[0].getMessage()
+
+
+def test_fused_kernel_rejects_bad_indices(impl: str) -> None:
+    if impl != "fused":
+        pytest.skip("the fused kernel's own checks")
+    fn = cpu_fused.kernel()
+    assert fn is not None
+    q, k, v, pt, pl, sg, st, sl = _arith_case()
+    NB = k.shape[0]
+    bad_block = st.clone()
+    bad_block[1, 0] = NB
+    with pytest.raises(IndexError, match="block id"):
+        cpu_fused.attention(fn, q, k, v, bad_block, sl, pt, pl, sg, 0.2)
+    with pytest.raises(IndexError, match="length"):
+        cpu_fused.attention(fn, q, k, v, st, sl + 16 * st.shape[1], pt, pl, sg, 0.2)
+    with pytest.raises(IndexError, match="seq_group"):
+        cpu_fused.attention(fn, q, k, v, st, sl, pt, pl, sg + 5, 0.2)

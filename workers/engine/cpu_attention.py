@@ -1,6 +1,10 @@
 """Decode attention over the paged cache for CPU tensors: the contract of
-``ponder.kernels.shared_prefix_attention`` (same arguments, same result), in fewer and larger
-torch ops.
+``ponder.kernels.shared_prefix_attention`` (same arguments, same result).
+
+fp32 tensors take the fused C++ kernel (:mod:`.cpu_fused`: one pass over each row's blocks
+with an online softmax; arith's job, a layer at 144 rows: ~4.5 ms against ~14 ms for the
+torch path below) when it builds; ``PONDER_CPU_ATTENTION=torch``, a failed build and other
+dtypes take the torch path, in fewer and larger torch ops than the reference.
 
 Why a CPU path of our own: on the CPU the kernels' PyTorch reference is written for clarity and
 safety (it zeroes the gathered keys/values past each length, contracts with ``einsum``, which
@@ -39,6 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ponder.workers.engine import cpu_fused
+
 _WORKSPACE = threading.local()  # per thread: name -> a flat buffer reused across layers and steps
 
 
@@ -72,8 +78,8 @@ def _gather(cache: torch.Tensor, tables: torch.Tensor, rows: int, T: int, name: 
 
 
 @dataclass
-class AttentionPlan:
-    """Index bookkeeping of one decode step, shared by every layer."""
+class TorchPlan:
+    """The torch path's index bookkeeping of one decode step, shared by every layer."""
 
     S: int
     suffix_tables: torch.Tensor  # (S, nbs) int64, cut to the longest suffix
@@ -101,7 +107,7 @@ class FlatSuffix:
     bag_idx: torch.Tensor  # (S*H_kv, Ts): row slot * H_kv + h of the (NB*BS*H_kv, D) value table
 
 
-def make_flat(plan: AttentionPlan, block_size: int, Hkv: int) -> FlatSuffix:
+def make_flat(plan: TorchPlan, block_size: int, Hkv: int) -> FlatSuffix:
     assert plan.suffix_lens is not None
     S, Ts, bs = plan.S, plan.Ts, block_size
     dev = plan.suffix_tables.device
@@ -118,6 +124,27 @@ def make_flat(plan: AttentionPlan, block_size: int, Hkv: int) -> FlatSuffix:
     return FlatSuffix(plan.suffix_tables.reshape(-1)[dest], torch.div(dest, nbs, rounding_mode="floor"), dest, bag_idx)
 
 
+@dataclass
+class AttentionPlan:
+    """One decode step's tables as the contract gives them, shared by every layer; the torch
+    path's bookkeeping (:class:`TorchPlan`) is built by the first layer that takes it (the
+    fused kernel reads the tables as they are)."""
+
+    block_size: int
+    prefix_tables: torch.Tensor | None
+    prefix_lens: torch.Tensor | None
+    seq_group: torch.Tensor | None
+    suffix_tables: torch.Tensor
+    suffix_lens: torch.Tensor
+    torch_plan: TorchPlan | None = None
+
+    def for_torch(self) -> TorchPlan:
+        if self.torch_plan is None:
+            self.torch_plan = make_torch_plan(self.block_size, self.prefix_tables, self.prefix_lens, self.seq_group,
+                                              self.suffix_tables, self.suffix_lens)
+        return self.torch_plan
+
+
 def make_plan(
     block_size: int,
     prefix_tables: torch.Tensor | None,
@@ -126,13 +153,25 @@ def make_plan(
     suffix_tables: torch.Tensor,
     suffix_lens: torch.Tensor,
 ) -> AttentionPlan:
+    """The step's plan: prefix_tables/prefix_lens/seq_group all None for plain paged attention."""
+    return AttentionPlan(block_size, prefix_tables, prefix_lens, seq_group, suffix_tables, suffix_lens)
+
+
+def make_torch_plan(
+    block_size: int,
+    prefix_tables: torch.Tensor | None,
+    prefix_lens: torch.Tensor | None,
+    seq_group: torch.Tensor | None,
+    suffix_tables: torch.Tensor,
+    suffix_lens: torch.Tensor,
+) -> TorchPlan:
     S = suffix_tables.shape[0]
     dev = suffix_tables.device
     slens = suffix_lens.long()
     nbs = max(1, math.ceil(int(slens.max()) / block_size))
     Ts = nbs * block_size
     valid = torch.arange(Ts, device=dev)[None, :] < slens[:, None]  # (S, Ts)
-    plan = AttentionPlan(S, suffix_tables[:, :nbs].long(), Ts, valid, suffix_lens=slens)
+    plan = TorchPlan(S, suffix_tables[:, :nbs].long(), Ts, valid, suffix_lens=slens)
     if prefix_tables is None or prefix_lens is None or seq_group is None:
         return plan
     plens = prefix_lens.long()
@@ -154,7 +193,7 @@ def make_plan(
     return plan
 
 
-def _prefix_scores(q4: torch.Tensor, k_cache: torch.Tensor, plan: AttentionPlan) -> torch.Tensor:
+def _prefix_scores(q4: torch.Tensor, k_cache: torch.Tensor, plan: TorchPlan) -> torch.Tensor:
     """Scores (S, H_kv, G, Tp) of every row against its group's prefix (zero for rows without
     one: masked by ``plan.valid``). A group's prefix is gathered once and multiplied against
     all its rows' queries: one ``bmm`` over (group, kv head) pairs."""
@@ -174,7 +213,7 @@ def _prefix_scores(q4: torch.Tensor, k_cache: torch.Tensor, plan: AttentionPlan)
     return pre
 
 
-def _add_prefix_values(out: torch.Tensor, p: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan) -> None:
+def _add_prefix_values(out: torch.Tensor, p: torch.Tensor, v_cache: torch.Tensor, plan: TorchPlan) -> None:
     """out (S, H_kv, G, D) += each row's prefix probabilities (p[..., :Tp]) times its group's
     prefix values: one ``bmm`` over (group, kv head) pairs."""
     S, Hkv, G, D = out.shape
@@ -194,7 +233,19 @@ def _add_prefix_values(out: torch.Tensor, p: torch.Tensor, v_cache: torch.Tensor
 
 
 def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan, scale: float) -> torch.Tensor:
-    """q (S, H_q, D) over the cache as planned → (S, H_q, D) in q's dtype."""
+    """q (S, H_q, D) over the cache as planned → (S, H_q, D) in q's dtype. fp32 tensors take
+    the fused kernel (:mod:`.cpu_fused`) when it is built; everything else the torch path."""
+    if cpu_fused.usable(q, k_cache, v_cache):
+        fn = cpu_fused.kernel()
+        if fn is not None:
+            return cpu_fused.attention(fn, q, k_cache, v_cache, plan.suffix_tables, plan.suffix_lens,
+                                       plan.prefix_tables, plan.prefix_lens, plan.seq_group, scale)
+    return _attend_torch(q, k_cache, v_cache, plan.for_torch(), scale)
+
+
+def _attend_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: TorchPlan,
+                  scale: float) -> torch.Tensor:
+    """The torch path: any dtype, any G."""
     S, Hq, D = q.shape
     Hkv = k_cache.shape[2]
     G = Hq // Hkv
@@ -231,7 +282,7 @@ def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: 
     return out.view(S, Hq, D).to(q.dtype)
 
 
-def _attend_in_place(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan,
+def _attend_in_place(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: TorchPlan,
                      scale: float) -> torch.Tensor:
     """One query per kv head, fp32 caches: the suffix read where it lies, without padding.
 
