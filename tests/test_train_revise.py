@@ -173,3 +173,28 @@ def test_fit_that_only_gets_worse_keeps_the_starting_weights() -> None:
     assert [c["step"] for c in out["curve"]] == [0, 4, 8, 12] and out["chosen_step"] == 0
     assert not out["stopped_early"]
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+
+
+def test_attempt_views_show_what_each_step_computed_or_the_answer() -> None:
+    """--attempt-view: the reviser's prompt can carry an earlier attempt whole, as the value
+    each step computed (short prompts, aligned step by step across attempts), or as its answer;
+    the template is what the reviser's ponder.json saves, so the revision strategy builds the
+    same prompt at inference."""
+    import dataclasses
+
+    from ponder.workers.models import format_prompt
+
+    q = arith.questions("test", 1, seed=0)[0]
+    cut = arith.STEP_DELIMITER.join(q.solution.split(arith.STEP_DELIMITER)[:2])  # no answer yet
+    steps = q.solution.split(arith.STEP_DELIMITER)
+    values = [s.split("=", 1)[1].split()[0] for s in steps if "=" in s]
+    fmts = {v: dataclasses.replace(prompt_format(), attempt_template=t) for v, t in revise.ATTEMPT_VIEWS.items()}
+    assert fmts["full"] == prompt_format()  # the default view is the committed reviser's format
+    shown = format_prompt(None, fmts["results"], q.question, (q.solution, cut))
+    assert shown == (f"Attempt 1: {', '.join(values)}\nAttempt 2: {', '.join(values[:2])}\n"
+                     f"Revise: {q.question}\n\n")
+    assert format_prompt(None, fmts["answer"], q.question, (q.solution, cut)) == (
+        f"Attempt 1: {q.answer}\nAttempt 2: ?\nRevise: {q.question}\n\n")
+    assert len(shown) < len(format_prompt(None, fmts["full"], q.question, (q.solution, cut))) / 3
+    with pytest.raises(SystemExit):
+        revise.parser().parse_args(["--attempt-view", "diff"])

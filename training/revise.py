@@ -18,6 +18,7 @@ i.e. exactly what the revision strategy builds at inference time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import random
@@ -104,6 +105,9 @@ class ReviseRecipe:
     # "random": attempts in random order (at test time the order is the chain's, carrying no
     # sign of which is right); "closest_last": the attempt closest to the target last (paper).
     order: str = "random"
+    # how an earlier attempt appears in the prompt: "full" (its worked solution), "results"
+    # (only what each step computed: "Attempt 2: 79, 125, 213"), "answer" (only its answer)
+    attempt_view: str = "full"
     per_question: int = 2  # revision trajectories per question, attempts-in-context 1..4 balanced
     plain_share: float = 0.2  # examples without attempts (fresh TRAIN_MIX questions) — 0..4 equally often
     steps: int = 240
@@ -120,6 +124,9 @@ class ReviseRecipe:
 
 
 CONTEXTS = ("mixed", "wrong")
+# the reviser's attempt_template for each attempt_view (PromptFormat documents the fields)
+ATTEMPT_VIEWS = {"full": "Attempt {index}:\n{attempt}\n\n", "results": "Attempt {index}: {results}\n",
+                 "answer": "Attempt {index}: {answer}\n"}
 ORDERS = ("random", "closest_last")
 
 
@@ -334,7 +341,9 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
     model.config.max_position_embeddings = max(int(model.config.max_position_embeddings), 2048)
     # Trajectories are written in the reviser's own format (the one saved to its ponder.json),
     # whatever the policy checkpoint's file says.
-    rev_fmt = prompt_format()
+    if recipe.attempt_view not in ATTEMPT_VIEWS:
+        raise InvalidArgument("attempt_view", f"must be one of {', '.join(ATTEMPT_VIEWS)}, got {recipe.attempt_view!r}")
+    rev_fmt = dataclasses.replace(prompt_format(), attempt_template=ATTEMPT_VIEWS[recipe.attempt_view])
     counts: dict[int, int] = {}
     batches = bucketed(
         examples(tokenizer, rev_fmt, trajs, recipe.seed, recipe.plain_share, counts), recipe.batch, seed=recipe.seed
@@ -356,7 +365,8 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
         "wall_seconds": time.time() - started,
         "load_average_start": load_start, "load_average": _loadavg(),
     }
-    files = save_checkpoint(model, tokenizer, out, arith.PromptSpec().ponder_json(), summary)
+    spec = {**arith.PromptSpec().ponder_json(), "attempt_template": rev_fmt.attempt_template}
+    files = save_checkpoint(model, tokenizer, out, spec, summary)
     manifest.update(out.parent, out.name, files, command)
     return summary
 
@@ -373,6 +383,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--context", choices=CONTEXTS, default=d.context)
     p.add_argument("--order", choices=ORDERS, default=d.order)
+    p.add_argument("--attempt-view", choices=tuple(ATTEMPT_VIEWS), default=d.attempt_view,
+                   help="how earlier attempts appear in the reviser's prompt (saved to its ponder.json)")
     p.add_argument("--per-question", type=int, default=d.per_question)
     p.add_argument("--plain-share", type=float, default=d.plain_share)
     p.add_argument("--steps", type=int, default=d.steps)

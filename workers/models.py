@@ -37,7 +37,12 @@ DEFAULT_SYSTEM = (
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """How questions (and earlier attempts, for revisions) become model input."""
+    """How questions (and earlier attempts, for revisions) become model input.
+
+    ``attempt_template`` may use ``{index}``, ``{attempt}`` (the attempt's text), ``{answer}``
+    (its final answer, ``?`` when it has none) and ``{results}`` (what each of its steps computed,
+    comma-separated, without the working: the first number after the step's last ``=``, for
+    the steps that have one)."""
 
     prompt_template: str = "{question}\n\n"
     attempt_template: str = "Attempt {index}:\n{attempt}\n\n"
@@ -156,9 +161,7 @@ def format_prompt(tokenizer: Any, fmt: PromptFormat, question: str, attempts: tu
     if attempts:
         kept = attempts[-fmt.max_attempts_in_context :]
         start = len(attempts) - len(kept) + 1
-        block = "".join(
-            fmt.attempt_template.format(index=start + i, attempt=a.strip()) for i, a in enumerate(kept)
-        )
+        block = "".join(attempt_view(fmt, start + i, a) for i, a in enumerate(kept))
         body = fmt.revision_template.format(attempts=block, question=question)
     else:
         body = fmt.prompt_template.format(question=question)
@@ -169,6 +172,22 @@ def format_prompt(tokenizer: Any, fmt: PromptFormat, question: str, attempts: tu
         ]
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return body
+
+
+def attempt_view(fmt: PromptFormat, index: int, attempt: str) -> str:
+    """One earlier attempt as ``fmt.attempt_template`` shows it (see :class:`PromptFormat`)."""
+    import re
+
+    from ponder.workers.answers import extract_answer
+
+    text = attempt.strip()
+    fields = {"index": index, "attempt": text}
+    if "{answer}" in fmt.attempt_template:
+        fields["answer"] = extract_answer(text) or "?"
+    if "{results}" in fmt.attempt_template:
+        found = (re.search(r"-?\d+(?:\.\d+)?", step.rsplit("=", 1)[1]) for step in text.split(fmt.step_delimiter) if "=" in step)
+        fields["results"] = ", ".join(m.group(0) for m in found if m)
+    return fmt.attempt_template.format(**fields)
 
 
 def longest_token_chars(tokenizer: Any) -> int:
