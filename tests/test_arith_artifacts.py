@@ -45,7 +45,11 @@ def test_prompt_format_is_the_trained_one(path: Path) -> None:
     assert files.fmt.step_delimiter == "\n\n" and not files.fmt.use_chat_template
     q = "Compute 3 + 4."
     assert format_prompt(None, files.fmt, q) == "Compute 3 + 4.\n\n"
-    assert format_prompt(None, files.fmt, q, ("7",)) == "Attempt 1:\n7\n\nRevise: Compute 3 + 4.\n\n"
+    attempt = "3 + 4 = 7\n\nThe answer is \\boxed{7}."
+    # the policy shows an earlier attempt whole; the reviser was trained on what each step
+    # computed (ponder train revise --attempt-view results)
+    shown = {POLICY: f"Attempt 1:\n{attempt}\n\n", REVISER: "Attempt 1: 7\n"}[path]
+    assert format_prompt(None, files.fmt, q, (attempt,)) == shown + "Revise: Compute 3 + 4.\n\n"
     assert files.fmt.revision_template == spec.revision_template
 
 
