@@ -165,6 +165,7 @@ def usage_columns(recs: list[dict[str, Any]]) -> dict[str, Any]:
         "generations": [r["usage"]["generations"] if "usage" in r else 0 for r in recs],
         "flops": [r["usage"]["flops"] if "usage" in r else 0.0 for r in recs],
         "errors": sum("error" in r for r in recs),
+        "error_messages": list(dict.fromkeys(r["error"] for r in recs if "error" in r)),
     }
 
 
@@ -556,6 +557,12 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = 
             continue
         cells = [f"{pts[str(n)]['generations']:.1f} / {pts[str(n)]['flops'] / 1e9:.2f}" if str(n) in pts else "" for n in data["budgets"]]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    failed = [r for r in data["runs"] if r.get("errors")]
+    if failed:
+        lines += ["", "**Failed questions** (counted as wrong, with 0 generations, in every number on this page):", ""]
+        for r in failed:
+            why = "; ".join(r.get("error_messages") or []) or "the run did not record the messages (a run before they were kept)"
+            lines.append(f"- {r['label']} N={r['budget']}: {r['errors']} of {len(r['correct'])} questions failed: {why}")
     for kind in ("oracle", "predicted"):
         b = data["budgets"][min(1, len(data["budgets"]) - 1)]
         lines += ["", f"By {kind} difficulty at N={b} (bin 1 = easiest; {kind}: "

@@ -28,7 +28,7 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
     labels = {r["label"] for r in data["runs"]}
     assert {"beam M=4", "beam M=√N", "lookahead k=1", "lookahead k=3", "dvts M=4", "revision", "auto"} <= labels
     for r in data["runs"]:
-        assert len(r["correct"]) == 4 and r["errors"] == 0, r
+        assert len(r["correct"]) == 4 and r["errors"] == 0 and r["error_messages"] == [], r
         # no method spends more than its budget on average (auto: the batch's bank)
         assert sum(r["generations"]) <= 4 * r["budget"]
     assert all(len(p["candidates"]) == 8 for p in data["pool"])
