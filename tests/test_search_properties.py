@@ -303,3 +303,23 @@ def test_search_strategies_without_a_verifier() -> None:
         events, _ = run(ScriptedPolicy(), None, strategy=strategy, generations=4, seed=1)
         assert final(events).answer
         assert not any(e.step.HasField("score") for e in kind(events, "step"))
+
+
+def test_finished_samples_are_released_while_the_question_still_samples() -> None:
+    """Best-of-N waves free each finished sample's KV when it becomes a candidate, not when the
+    question ends, so widened questions do not hold every sample's cache at once."""
+    policy = ScriptedPolicy(StepScript(steps=2))
+    verifier = ScriptedVerifier()
+    events: list[pb.SolveEvent] = []
+    loop = SearchLoop(policy, verifier, sink=lambda _j, evs: events.extend(evs))
+    loop.submit("job", SolveConfig(question="q?", strategy="best_of_n", generations=16, budget_mode="adaptive",
+                                   min_generations=16, max_generations=16, seed=0))
+    freed_early: set[int] = set()
+    while not loop.idle:
+        loop.tick()
+        if not kind(events, "final"):
+            done = {e.candidate.node_id for e in kind(events, "candidate")}
+            freed_early |= done & set(policy.released) & set(verifier.released)
+    assert len(kind(events, "candidate")) == 16
+    assert len(freed_early) >= 4  # at least the first wave's samples, freed before the question ended
+    assert len(policy.released) == len(set(policy.released)) and set(policy.released) == set(verifier.released)

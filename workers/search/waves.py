@@ -52,6 +52,11 @@ def _finish(ctx: SearchContext, node: Node, out: list[Candidate]) -> None:
     cand = candidate_of(node, ctx)
     ctx.emit_candidate(node, cand.answer, cand.score)
     out.append(cand)
+    # A finished sample is a candidate by its text and score: its KV (the policy's blocks, a
+    # verifier's cache) goes now, not when the question ends. Widened waves otherwise hold every
+    # sample of every question in flight (auto N=64: 20 questions x up to 256 samples ran the
+    # arith policy's 16,384-block cache out).
+    ctx.release([node])
 
 
 def sample_waves(
