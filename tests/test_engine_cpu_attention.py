@@ -21,7 +21,7 @@ def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
     if request.param == "torch":
         monkeypatch.setenv(cpu_fused.ENV, "torch")
     else:
-        monkeypatch.delenv(cpu_fused.ENV, raising=False)
+        monkeypatch.setenv(cpu_fused.ENV, "fused")  # whatever the thread count
         if cpu_fused.kernel() is None:
             pytest.skip("the fused CPU attention kernel could not be built here (see the log)")
     yield request.param
@@ -247,6 +247,7 @@ def test_attend_picks_the_fused_kernel_when_it_builds(fresh_build: None, monkeyp
     if cpu_fused.kernel() is None:
         pytest.skip("the fused CPU attention kernel could not be built here (see the log)")
     assert cpu_fused.name() == "fused-cpp"
+    monkeypatch.setenv(cpu_fused.ENV, "fused")  # whatever the thread count (auto: one thread only)
     fused = _spy(monkeypatch, cpu_fused, "attention")
     torch_path = _spy(monkeypatch, cpu_attention, "_attend_torch")
     args = _arith_case()
@@ -310,3 +311,22 @@ def test_fused_kernel_rejects_bad_indices(impl: str) -> None:
         cpu_fused.attention(fn, q, k, v, st, sl + 16 * st.shape[1], pt, pl, sg, 0.2)
     with pytest.raises(IndexError, match="seq_group"):
         cpu_fused.attention(fn, q, k, v, st, sl, pt, pl, sg + 5, 0.2)
+
+
+def test_auto_takes_the_kernel_at_one_thread_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset (auto): the kernel at one torch thread, where it measured faster; the torch path
+    at more, where it measured slower. ``fused`` and ``torch`` override the thread count."""
+    monkeypatch.delenv(cpu_fused.ENV, raising=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert cpu_fused.wanted()
+        torch.set_num_threads(2)
+        assert not cpu_fused.wanted()
+        monkeypatch.setenv(cpu_fused.ENV, "fused")
+        assert cpu_fused.wanted()
+        monkeypatch.setenv(cpu_fused.ENV, "torch")
+        torch.set_num_threads(1)
+        assert not cpu_fused.wanted()
+    finally:
+        torch.set_num_threads(threads)

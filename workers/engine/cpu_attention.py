@@ -234,8 +234,9 @@ def _add_prefix_values(out: torch.Tensor, p: torch.Tensor, v_cache: torch.Tensor
 
 def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan, scale: float) -> torch.Tensor:
     """q (S, H_q, D) over the cache as planned → (S, H_q, D) in q's dtype. fp32 tensors take
-    the fused kernel (:mod:`.cpu_fused`) when it is built; everything else the torch path."""
-    if cpu_fused.usable(q, k_cache, v_cache):
+    the fused kernel (:mod:`.cpu_fused`) when it is built and wanted (:func:`.cpu_fused.wanted`:
+    at one torch thread unless the environment says otherwise); everything else the torch path."""
+    if cpu_fused.usable(q, k_cache, v_cache) and cpu_fused.wanted():
         fn = cpu_fused.kernel()
         if fn is not None:
             return cpu_fused.attention(fn, q, k_cache, v_cache, plan.suffix_tables, plan.suffix_lens,
