@@ -89,8 +89,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ratios", default="", help="R = D_inference / D_pretrain values of the exchange "
                     "(default: those of ponder flops, 0.16,1,22)")
     ap.add_argument("--extend", default="",
-                    help="a JSON written by --out: run only what it lacks (the larger model's samples), then analyse; "
-                         "write the merged data to --out")
+                    help="a JSON written by --out: run only what it lacks (runs that lost questions to errors, "
+                         "the larger model's samples), then analyse; write the merged data to --out")
     a = ap.parse_args(argv)
     if a.quick:
         # budgets 4 and 8: revisions and the hybrid at 16 took 7 of the 12 minutes a quick run
@@ -102,27 +102,35 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 # -- running -----------------------------------------------------------------------------------
 
 
-def run_all(a: argparse.Namespace) -> dict[str, Any]:
-    from ponder.evaluation.evaluate import evaluate, load_dataset
+def _searcher(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """The policy, the verifier and the evaluate() options every method of a run shares."""
     from ponder.workers.runtime import build_plan, build_policy, build_reviser, build_verifier, set_threads
 
-    started = time.time()
-    items = load_dataset(a.dataset)
     policy = build_policy(a.model, "auto", a.device, a.dtype)
     set_threads(0, policy)
     verifier = build_verifier(a.verifier, policy, a.model)
-    reviser = build_reviser("auto", a.model)
     plan = build_plan("auto", a.model, verifier)
+    common = dict(seed=a.seed, concurrency=a.concurrency, max_rows=max(256, a.pool), progress=not a.json,
+                  plan=plan, reviser=build_reviser("auto", a.model))
+    return policy, verifier, common
+
+
+def per_question(res: Any) -> dict[str, Any]:
+    return {"correct": [bool(r.get("correct")) for r in res.answers], **usage_columns(res.answers), "wall_s": res.wall_s}
+
+
+def run_all(a: argparse.Namespace) -> dict[str, Any]:
+    from ponder.evaluation.evaluate import evaluate, load_dataset
+
+    started = time.time()
+    items = load_dataset(a.dataset)
+    policy, verifier, common = _searcher(a)
+    plan = common["plan"]
     small = {int(b) for b in a.budgets.split(",") if b.strip()}
     large = {int(b) for b in a.large.split(",") if b.strip()} - small
     budgets = sorted(small | large)
     wanted = {m for m in a.methods.split(",") if m}
     large_methods = {m for m in a.large_methods.split(",") if m}
-    common = dict(seed=a.seed, concurrency=a.concurrency, max_rows=max(256, a.pool), progress=not a.json,
-                  plan=plan, reviser=reviser)
-
-    def per_question(res: Any) -> dict[str, Any]:
-        return {"correct": [bool(r.get("correct")) for r in res.answers], **usage_columns(res.answers), "wall_s": res.wall_s}
 
     (pool_res,) = evaluate(policy, verifier, items, ["best_of_n"], [a.pool], budget_mode="fixed", **common)
     pool = [{"candidates": [{k: c[k] for k in ("answer", "score", "correct")} for c in r.get("candidates", [])],
@@ -141,7 +149,8 @@ def run_all(a: argparse.Namespace) -> dict[str, Any]:
             runs.append({"label": label, "strategy": strategy, "budget": budget, "options": options, **per_question(res)})
     return {
         "large": run_large(a, items), "ratios": ratios_arg(a),
-        "model": policy.name, "verifier": verifier.name if verifier else "none", "dataset": a.dataset,
+        "model": policy.name, "verifier": verifier.name if verifier else "none", "verifier_spec": a.verifier,
+        "dataset": a.dataset,
         "questions": [{"question": it.question, "gold": it.gold} for it in items],
         "pool_size": a.pool, "budgets": budgets, "seed": a.seed, "plan": plan.summary(),
         "pool": pool, "pool_wall_s": pool_res.wall_s, "runs": runs, "wall_s": time.time() - started,
@@ -208,18 +217,38 @@ def run_large(a: argparse.Namespace, items: list[Any]) -> dict[str, Any] | None:
 
 
 def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
-    """Add what an earlier run lacks (the larger model's samples) to its data."""
-    from ponder.evaluation.evaluate import load_dataset
+    """Add what an earlier run lacks to its data: every run that lost questions to errors is run
+    again (same model, verifier, plan and seed; the failed attempt is kept under ``reruns``),
+    and the larger model's samples are added when a larger model is named and they are absent."""
+    from ponder.evaluation.evaluate import evaluate, load_dataset
 
     items = load_dataset(data["dataset"])
     if [it.question for it in items] != [q["question"] for q in data["questions"]]:
         raise SystemExit(f"ponder bench scaling: INVALID_ARGUMENT: extend: {data['dataset']} no longer gives the run's questions")
-    a.model, a.seed = data["model"], data.get("seed", a.seed)
+    a.model, a.seed, a.pool = data["model"], data.get("seed", a.seed), data["pool_size"]
+    if a.verifier == "auto":  # the run's own verifier (its spec; older runs recorded only the name)
+        a.verifier = data.get("verifier_spec") or data.get("verifier") or "auto"
     started = time.time()
-    data["large"] = run_large(a, items)
-    data["ratios"] = ratios_arg(a)
-    data["large_command"] = "python benchmarks/scaling.py " + " ".join(a.argv)
-    data["large_wall_s"] = time.time() - started
+    failed = [r for r in data["runs"] if r["errors"]]
+    if failed:
+        policy, verifier, common = _searcher(a)
+        done: set[int] = set()
+        for run in failed:
+            if id(run) in done:
+                continue
+            same = [r for r in data["runs"] if r is not run and r["strategy"] == run["strategy"]
+                    and r["budget"] == run["budget"] and r["options"] == run["options"]]
+            before = {k: run[k] for k in ("errors", "error_messages", "wall_s") if k in run}
+            (res,) = evaluate(policy, verifier, items, [run["strategy"]], [run["budget"]], **run["options"], **common)
+            for r in [run, *same]:  # runs shared under two labels stay one run
+                done.add(id(r))
+                r.update(per_question(res))
+                r.setdefault("reruns", []).append(before)
+    if data.get("large") is None and large_model_name(a):
+        data["large"] = run_large(a, items)
+        data["ratios"] = ratios_arg(a)
+    data.setdefault("extend_commands", []).append("python benchmarks/scaling.py " + " ".join(a.argv))
+    data["extend_wall_s"] = time.time() - started
     return data
 
 
@@ -301,24 +330,31 @@ def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
     compare("Sequential revisions beat parallel sampling at equal budget", "revisions > best-of-N (Fig. 6 left)",
             "revision", "best_of_n weighted", mid, None, True)
     findings.append(ratio_finding(col, mid, oracle, boot, rng))
-    # compute-optimal: auto's budget ratio against weighted best-of-N (the paper's 4x)
-    auto = next((r for r in runs if r["label"] == "auto" and r["budget"] == mid), None)
+    # compute-optimal: auto's budget ratio against weighted best-of-N (the paper's 4x), at every
+    # budget auto ran; the finding is decided at the middle budget
+    def budget_ratio(run: dict[str, Any]) -> dict[str, Any]:
+        c, g = np.array(run["correct"], dtype=float), np.array(run["generations"], dtype=float)
+        ratios = [matched_budget(weighted[ix].mean(axis=0), grid, float(c[ix].mean())) / float(g[ix].mean())
+                  for ix in [np.arange(q), *boots]]
+        return {"budget": run["budget"], "accuracy": float(c.mean()), "generations": float(g.mean()),
+                "matched": ratios[0] * float(g.mean()), "ratio": ratios[0], "ci": interval(ratios[1:])}
+
+    auto_ratios = [budget_ratio(r) for r in runs if r["label"] == "auto"]
+    auto = next((r for r in auto_ratios if r["budget"] == mid), None)
     if auto is None:
         findings.append({"finding": "Compute-optimal scaling matches best-of-N with 4× less compute", "paper": "4× (16 vs 64 generations)",
                          "verdict": "not run", "measured": "auto was not run"})
     else:
-        c, g = np.array(auto["correct"], dtype=float), np.array(auto["generations"], dtype=float)
-        ratios = [matched_budget(weighted[ix].mean(axis=0), grid, float(c[ix].mean())) / float(g[ix].mean())
-                  for ix in [np.arange(q), *boots]]
-        ci = interval(ratios[1:])
+        ci = auto["ci"]
         v = "reproduced" if ci[0] >= 4 else ("reversed" if ci[1] < 1 else "not reproduced")
         findings.append({"finding": "Compute-optimal scaling matches best-of-N with 4× less compute", "paper": "4× (16 vs 64 generations)",
-                         "verdict": v, "delta": ratios[0], "ci": ci, "questions": q,
-                         "measured": f"auto at N={mid}: accuracy {c.mean():.3f} with {g.mean():.1f} generations; weighted best-of-N "
-                                     f"needs {ratios[0] * g.mean():.1f} for it: budget ratio {ratios[0]:.2f}"})
+                         "verdict": v, "delta": auto["ratio"], "ci": ci, "questions": q,
+                         "measured": f"auto at N={mid}: accuracy {auto['accuracy']:.3f} with {auto['generations']:.1f} generations; "
+                                     f"weighted best-of-N needs {auto['matched']:.1f} for it: budget ratio {auto['ratio']:.2f}"})
     swap = exchange(data, oracle, flops_per_gen, boot, rng)
     findings.append(swap["finding"])
     return {"grid": grid, "curves": curves, "findings": findings, "flops_per_generation": flops_per_gen, "exchange": swap["rows"],
+            "auto_ratios": auto_ratios,
             "exchange_sizes": swap["sizes"],
             "questions": q, "failed_runs": {f"{r['label']} N={r['budget']}": r["errors"] for r in runs if r["errors"]}}
 
@@ -443,7 +479,8 @@ def figures(data: dict[str, Any], res: dict[str, Any], folder: Path, stem: str =
             ax.set_xscale("log", base=log_base)
         ax.set(xlabel=xlabel, ylabel="accuracy", title=title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a panel with nothing measured gets no empty legend
+            ax.legend(fontsize=7)
 
     def line(ax: Any, label: str, key: str = "generations", **kw: Any) -> None:
         pts = sorted(curves.get(label, {}).values(), key=lambda p: p[key])
@@ -525,10 +562,11 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = 
         f"Produced by `{command}` — model `{data['model']}`, verifier `{data['verifier']}`, {res['questions']} questions of "
         f"`{data['dataset']}`, a best-of-{data['pool_size']} pool per question, budgets {', '.join(map(str, data['budgets']))} "
         f"for the searches; {data['wall_s'] / 60:.0f} min on this machine (load average at the end {data['load_average']}). "
-        "Every number on this page is written by that command; `--from docs/scaling.json` regenerates the page and figures "
+        f"Every number on this page is written by that command; `--from docs/{stem}.json` regenerates the page and figures "
         "without re-running. Intervals: 95% bootstrap over questions (paired for comparisons)."
         + (f" The larger model's samples were added by `{data['large_command']}` ({data.get('large_wall_s', 0) / 60:.0f} min)."
-           if data.get("large_command") else ""),
+           if data.get("large_command") else "")
+        + "".join(f" Then `{c}` added what the run lacked." for c in data.get("extend_commands", [])),
         "",
         "## Findings",
         "",
@@ -542,6 +580,14 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = 
         if f["finding"] == EXCHANGE and f.get("hard_ci"):
             diff = f"bins 1–3: {f['delta']:+.3f} {_ci(f['ci'])}; bins 4–5: {f['hard_delta']:+.3f} {_ci(f['hard_ci'])}"
         lines.append(f"| {f['finding']} ({f['paper']}) | **{f['verdict']}** | {f['measured']} | {diff} |")
+    if len(res.get("auto_ratios", [])) > 1:
+        lines += ["", "`auto`'s budget ratio at every budget it ran (weighted best-of-N's generations for `auto`'s accuracy, "
+                  "over `auto`'s generations; the finding above is decided at the middle budget; where the best-of-N curve is flat, "
+                  "a question more or less moves the ratio a lot, so read the interval):", "",
+                  "| N | auto accuracy | auto generations | best-of-N needs | ratio [95% interval] |", "|---|---|---|---|---|"]
+        for r in res["auto_ratios"]:
+            lines.append(f"| {r['budget']} | {r['accuracy']:.3f} | {r['generations']:.1f} | {r['matched']:.1f} | "
+                         f"{r['ratio']:.2f}× {_ci(r['ci'])} |")
     lines += ["", "## Accuracy against generations", "",
               "| method | " + " | ".join(f"N={n}" for n in grid) + " |", "|---|" + "---|" * len(grid)]
     for label, pts in curves.items():
@@ -563,6 +609,13 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = 
         for r in failed:
             why = "; ".join(r.get("error_messages") or []) or "the run did not record the messages (a run before they were kept)"
             lines.append(f"- {r['label']} N={r['budget']}: {r['errors']} of {len(r['correct'])} questions failed: {why}")
+    rerun = [r for r in data["runs"] if r.get("reruns")]
+    if rerun:
+        lines += ["", "**Runs run again by `--extend`** (their numbers above are from the last attempt):", ""]
+        for r in rerun:
+            tries = "; ".join(f"{t.get('errors', 0)} failed ({'; '.join(t.get('error_messages') or []) or 'messages not recorded'})"
+                              for t in r["reruns"])
+            lines.append(f"- {r['label']} N={r['budget']}: earlier attempt(s): {tries}; now {r['errors']} failed")
     for kind in ("oracle", "predicted"):
         b = data["budgets"][min(1, len(data["budgets"]) - 1)]
         lines += ["", f"By {kind} difficulty at N={b} (bin 1 = easiest; {kind}: "

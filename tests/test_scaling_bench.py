@@ -18,8 +18,9 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
     doc = tmp_path / "scaling.md"
     doc.write_text("old results\n" + bench.NOTES_MARKER + "\nnotes kept\n")
     out = tmp_path / "scaling.json"
-    # the built-in small model stands in for the larger one of the exchange (M = 1): the path, not the finding
-    first = bench.main(["--dataset", "arith:test:4", "--pool", "8", "--budgets", "4", "--boot", "20",
+    # the built-in small model stands in for the larger one of the exchange (M = 1): the path, not the finding;
+    # --large 8, not the default 64: auto at N=64 alone took 45 s of a 94 s smoke run
+    first = bench.main(["--dataset", "arith:test:4", "--pool", "8", "--budgets", "4", "--large", "8", "--boot", "20",
                         "--large-model", "arith", "--large-samples", "2",
                         "--json", "--out", str(out), "--doc", str(doc)])
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -54,6 +55,21 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert sorted(p.name for p in tmp_path.glob("scaling_other_*.png")) == [
         "scaling_other_compute_optimal.png", "scaling_other_exchange.png", "scaling_other_revisions.png", "scaling_other_search.png"]
     assert "](scaling_other_search.png)" in other.read_text() and "](scaling_search.png)" in doc.read_text()
+    # --extend runs again what lost questions to errors (here: auto, marked failed by hand), and nothing else
+    broken = json.loads(out.read_text())
+    auto = next(r for r in broken["runs"] if r["label"] == "auto")
+    auto.update(errors=1, error_messages=["KV cache exhausted (injected)"], wall_s=-1.0)
+    kept = {r["label"]: r["wall_s"] for r in broken["runs"] if r["label"] != "auto"}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    fixed = bench.main(["--extend", str(tmp_path / "broken.json"), "--large-model", "none", "--boot", "20", "--json",
+                        "--out", str(tmp_path / "fixed.json"), "--doc", str(doc)])["data"]
+    again_auto = next(r for r in fixed["runs"] if r["label"] == "auto")
+    assert again_auto["errors"] == 0 and again_auto["wall_s"] > 0 and len(again_auto["correct"]) == 4
+    assert again_auto["reruns"] == [{"errors": 1, "error_messages": ["KV cache exhausted (injected)"], "wall_s": -1.0}]
+    assert {r["label"]: r["wall_s"] for r in fixed["runs"] if r["label"] != "auto"} == kept
+    assert fixed["large"] == first["data"]["large"]  # present already: not sampled again
+    assert json.loads((tmp_path / "fixed.json").read_text())["extend_commands"][0].startswith("python benchmarks/scaling.py --extend")
+    assert "**Runs run again by `--extend`**" in doc.read_text() and "KV cache exhausted (injected)" in doc.read_text()
 
 
 def _exchange_data(small_pass: list[float], large_pass: list[float], m: float) -> dict:
