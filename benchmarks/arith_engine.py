@@ -46,7 +46,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the eval's auto for arith: 1)")
     ap.add_argument("--skip-hf", action="store_true", help="run only the engine (no speedup)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
-                    help="profile the engine side with cProfile and print its top N functions")
+                    help="profile the engine side with cProfile and print its top N functions "
+                         "(with PONDER_PROFILE_OUT=FILE set, also dump the stats to FILE for pstats)")
     args = ap.parse_args(argv)
     full = dict(questions=16, budget=16, concurrency=16, max_rows=256)
     quick = dict(questions=4, budget=8, concurrency=4, max_rows=32)
@@ -104,6 +105,8 @@ def run_side(policy: Any, verifier: Any, plan: Any, args: argparse.Namespace, pr
         prof.disable()
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(profile)
+        if os.environ.get("PONDER_PROFILE_OUT"):
+            prof.dump_stats(os.environ["PONDER_PROFILE_OUT"])
         print(buf.getvalue(), file=sys.stderr)
     decoded = res.decode_tokens * (res.questions - res.failed)  # Result keeps means per question
     return {

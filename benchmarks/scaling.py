@@ -257,7 +257,8 @@ def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
 
 def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
     from ponder.evaluation.curves import (
-        bootstrap_indices, interval, matched_budget, paired_delta, pass_at_1, pool_curve, quintile_bins, verdict,
+        best_allocation, bootstrap_indices, interval, matched_budget, paired_delta, pass_at_1, pool_curve, quintile_bins,
+        verdict,
     )
 
     rng = random.Random(seed)
@@ -351,10 +352,25 @@ def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
                          "verdict": v, "delta": auto["ratio"], "ci": ci, "questions": q,
                          "measured": f"auto at N={mid}: accuracy {auto['accuracy']:.3f} with {auto['generations']:.1f} generations; "
                                      f"weighted best-of-N needs {auto['matched']:.1f} for it: budget ratio {auto['ratio']:.2f}"})
+    # the ceiling of moving budget between difficulty bins: weighted best-of-N in every bin, the
+    # best N per bin chosen on these very questions (so an upper bound, not a method)
+    def ceiling(kind: str, bins: np.ndarray, budget: int) -> dict[str, Any]:
+        def one(ix: np.ndarray) -> tuple[float, float, list[int], float]:
+            b, m = bins[ix], weighted[ix]
+            w = np.array([(b == k).mean() for k in range(1, 6)])
+            c = np.array([m[b == k].mean(axis=0) if (b == k).any() else np.zeros(len(grid)) for k in range(1, 6)])
+            a, spent, ns = best_allocation(c, w, grid, budget)
+            return a, spent, ns, matched_budget(m.mean(axis=0), grid, a) / spent
+        a, spent, ns, r = one(np.arange(q))
+        ci = interval([one(ix)[3] for ix in boots[: max(50, boot // 5)]])
+        return {"bins": kind, "budget": budget, "accuracy": a, "generations": spent, "n_per_bin": ns, "ratio": r, "ci": ci}
+
+    ceilings = [ceiling(kind, bins, b) for kind, bins in (("oracle", oracle), ("predicted", predicted))
+                for b in data["budgets"] if b <= data["pool_size"]]
     swap = exchange(data, oracle, flops_per_gen, boot, rng)
     findings.append(swap["finding"])
     return {"grid": grid, "curves": curves, "findings": findings, "flops_per_generation": flops_per_gen, "exchange": swap["rows"],
-            "auto_ratios": auto_ratios,
+            "auto_ratios": auto_ratios, "ceilings": ceilings,
             "exchange_sizes": swap["sizes"],
             "questions": q, "failed_runs": {f"{r['label']} N={r['budget']}": r["errors"] for r in runs if r["errors"]}}
 
@@ -588,6 +604,18 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = 
         for r in res["auto_ratios"]:
             lines.append(f"| {r['budget']} | {r['accuracy']:.3f} | {r['generations']:.1f} | {r['matched']:.1f} | "
                          f"{r['ratio']:.2f}× {_ci(r['ci'])} |")
+    if res.get("ceilings"):
+        lines += ["", "How much moving budget between difficulty bins could give at best: weighted best-of-N in every bin, "
+                  "with the N of each bin chosen on these same questions to maximise accuracy at the average budget (an upper "
+                  "bound for any allocation by bin, not a method; with oracle bins it also knows each question's pass rate):", "",
+                  "| bins | N | accuracy | generations | N per bin (1 = easiest) | best-of-N needs | ratio [95% interval] |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in res["ceilings"]:
+            needs, ratio = f"{c['ratio'] * c['generations']:.1f}", f"{c['ratio']:.2f}×"
+            if not math.isfinite(c["ratio"]):  # above the whole pool's accuracy
+                needs, ratio = f"> {grid[-1]} (the pool)", f"> {grid[-1] / c['generations']:.1f}×"
+            lines.append(f"| {c['bins']} | {c['budget']} | {c['accuracy']:.3f} | {c['generations']:.1f} | "
+                         f"{', '.join(map(str, c['n_per_bin']))} | {needs} | {ratio} {_ci(c['ci'])} |")
     lines += ["", "## Accuracy against generations", "",
               "| method | " + " | ".join(f"N={n}" for n in grid) + " |", "|---|" + "---|" * len(grid)]
     for label, pts in curves.items():

@@ -69,6 +69,23 @@ def quintile_bins(values: np.ndarray, higher_is_easier: bool = True) -> np.ndarr
     return (5 - above) if higher_is_easier else (1 + above)
 
 
+def best_allocation(curves: np.ndarray, weights: np.ndarray, grid: Sequence[int], budget: float) -> tuple[float, float, list[int]]:
+    """The best split of an average ``budget`` between groups of questions: ``curves`` (groups,
+    len(grid)) is each group's accuracy at each N of ``grid``, ``weights`` (groups,) each
+    group's share of the questions. Every combination of one N per group is tried; returns the
+    best accuracy whose average spend is <= ``budget``, that spend, and the N of each group.
+    A group with weight 0 gets N = grid[0]."""
+    g = len(grid)
+    if curves.shape != (len(weights), g):
+        raise ValueError(f"curves {curves.shape} must be (groups, len(grid)) = ({len(weights)}, {g})")
+    combos = np.array(np.meshgrid(*[np.arange(g)] * len(weights), indexing="ij")).reshape(len(weights), -1).T  # (g^k, k)
+    spend = (np.asarray(grid, dtype=float)[combos] * weights).sum(axis=1)
+    acc = (curves[np.arange(len(weights)), combos] * weights).sum(axis=1)
+    acc = np.where(spend <= budget + 1e-9, acc, -np.inf)
+    best = int(np.argmax(acc - 1e-12 * spend))  # ties: the cheaper split
+    return float(acc[best]), float(spend[best]), [int(grid[j]) for j in combos[best]]
+
+
 def matched_budget(curve: np.ndarray, budgets: Sequence[float], accuracy: float) -> float:
     """The smallest budget at which ``curve`` (made monotone) reaches ``accuracy``, interpolated
     on a log scale; inf when it never does. Below the first point it scales linearly."""

@@ -44,6 +44,10 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert all(len(c) == 2 for c in data["large"]["correct"]) and res["exchange_sizes"]["M"] == pytest.approx(1.0)
     assert [row["N"] for row in res["exchange"]] == [1, 1, 1]  # X = M when M = 1, whatever R
     assert "## Exchanging pretraining for test-time compute" in text
+    # the ceiling of moving budget between bins: one row per bin kind and budget, never over budget
+    assert {(c["bins"], c["budget"]) for c in res["ceilings"]} == {(k, b) for k in ("oracle", "predicted") for b in (4, 8)}
+    assert all(c["generations"] <= c["budget"] + 1e-9 and len(c["n_per_bin"]) == 5 for c in res["ceilings"])
+    assert "How much moving budget between difficulty bins could give at best" in text
     # re-render from the JSON alone: same findings, nothing run
     doc.write_text("stale\n" + bench.NOTES_MARKER + "\nnotes kept\n")
     again = bench.main(["--from", str(out), "--boot", "20", "--json", "--doc", str(doc)])
