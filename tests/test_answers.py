@@ -55,6 +55,15 @@ def test_not_equivalent(a: str, b: str) -> None:
     assert not equivalent(a, b)
 
 
+@pytest.mark.parametrize("a,b", [("277", "13"), ("7", "007"), ("+5", "5"), ("0", "-0"), ("12", "-12"), ("10", "10.0"),
+                                 ("1000", "1,000"), ("3", "3.0000001")])
+def test_plain_integers_agree_with_math_verify(a: str, b: str) -> None:
+    """Two plain integers are compared by value without math-verify; the verdict is its verdict."""
+    from math_verify import parse, verify
+
+    assert equivalent(a, b) == bool(verify(parse(f"${a}$"), parse(f"${b}$")))
+
+
 def test_is_correct() -> None:
     assert is_correct("0.5", "\\frac{1}{2}")
     assert not is_correct(None, "1")

@@ -110,10 +110,10 @@ class StepStopper:
         vocab_size = len(tokenizer)
         pieces = tokenizer.batch_decode([[i] for i in range(vocab_size)])
         # Only tokens that can complete the delimiter trigger a decode of the step so far.
-        self._may_end = torch.tensor([last in p for p in pieces], dtype=torch.bool)
+        self._may_end = [last in p for p in pieces]  # a list: asked once per sampled token
 
     def may_end(self, token_id: int) -> bool:
-        return 0 <= token_id < self._may_end.numel() and bool(self._may_end[token_id])
+        return 0 <= token_id < len(self._may_end) and self._may_end[token_id]
 
     def ended(self, step_tokens: list[int]) -> bool:
         """True when the step's text has content followed by the delimiter."""

@@ -22,6 +22,8 @@ of block ids plus its tokens; every block it lists holds one reference.
 
 from __future__ import annotations
 
+import math
+import mmap
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -71,6 +73,19 @@ class CacheStats:
         return self.referenced_blocks * self.bytes_per_block
 
 
+def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> tuple[torch.Tensor, bool]:
+    """Storage of ``shape`` whose pages are committed on first write, and whether it is known to
+    read as zeros: anonymous mmap memory on the CPU (zero pages from the OS), torch.empty
+    elsewhere (contents undefined)."""
+    if torch.device(device).type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device), False
+    count = math.prod(shape)
+    nbytes = count * torch.empty((), dtype=dtype).element_size()
+    buf = mmap.mmap(-1, max(1, nbytes))  # anonymous and private: zero-filled, reserved lazily
+    # frombuffer holds a reference to the mmap: it is unmapped when the tensor is freed
+    return torch.frombuffer(buf, dtype=dtype, count=count).view(shape), True
+
+
 class BlockPool:
     def __init__(
         self,
@@ -93,15 +108,17 @@ class BlockPool:
             )
         self.num_blocks = num_blocks
         shape = (n_layers, num_blocks, block_size, n_kv_heads, head_dim)
-        # torch.empty: pages are committed by the OS on first write, so the cap costs nothing
-        # until blocks are used.
-        self.k = torch.empty(shape, dtype=dtype, device=device)  # (L, NB, BS, H_kv, D)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
-        # A block is zeroed the first time it is handed out (and block 0, the padding entry of
-        # block tables, now): never-written memory may hold NaN, and a masked slot's value
-        # times probability 0 must stay 0 in the attention products.
-        self._clean = bytearray(num_blocks)
-        self._zero([0])
+        # Pages are committed on first write, so the cap costs nothing until blocks are used.
+        # Every block must read as zeros the first time it is handed out (block 0, the padding
+        # entry of block tables, from the start): never-written memory may hold NaN, and a
+        # masked slot's value times probability 0 must stay 0 in the attention products. On the
+        # CPU the storage is anonymous mmap memory, which the OS hands out as zero pages, so no
+        # block needs zeroing; elsewhere (torch.empty) each block is zeroed on first use.
+        self.k, zeroed = _lazy_zeros(shape, dtype, device)  # (L, NB, BS, H_kv, D)
+        self.v, _ = _lazy_zeros(shape, dtype, device)
+        self._clean = bytearray(b"\x01" * num_blocks) if zeroed else bytearray(num_blocks)
+        if not zeroed:
+            self._zero([0])
         self.ref = [0] * num_blocks
         self._free = list(range(num_blocks - 1, -1, -1))  # a stack: low ids first
         self._cached: OrderedDict[int, None] = OrderedDict()  # unreferenced, indexed; LRU first
