@@ -119,43 +119,112 @@ def per_question(res: Any) -> dict[str, Any]:
     return {"correct": [bool(r.get("correct")) for r in res.answers], **usage_columns(res.answers), "wall_s": res.wall_s}
 
 
-def run_all(a: argparse.Namespace) -> dict[str, Any]:
-    from ponder.evaluation.evaluate import evaluate, load_dataset
+POOL_CHUNK = 25  # questions of the pool sampled between two checkpoints of --out
 
-    started = time.time()
-    items = load_dataset(a.dataset)
-    policy, verifier, common = _searcher(a)
-    plan = common["plan"]
+
+def intended(a: argparse.Namespace) -> list[list[Any]]:
+    """[label, budget] of every search run the arguments ask for, in run order."""
     small = {int(b) for b in a.budgets.split(",") if b.strip()}
     large = {int(b) for b in a.large.split(",") if b.strip()} - small
-    budgets = sorted(small | large)
     wanted = {m for m in a.methods.split(",") if m}
     large_methods = {m for m in a.large_methods.split(",") if m}
+    return [[label, budget] for budget in sorted(small | large) for label, _, _ in methods(budget)
+            if not ((wanted and label not in wanted) or (budget in large and label not in large_methods))]
 
-    (pool_res,) = evaluate(policy, verifier, items, ["best_of_n"], [a.pool], budget_mode="fixed", **common)
-    pool = [{"candidates": [{k: c[k] for k in ("answer", "score", "correct")} for c in r.get("candidates", [])],
-             "flops": r["usage"]["flops"] if "usage" in r else 0.0, "generations": r["usage"]["generations"] if "usage" in r else 0}
-            for r in pool_res.answers]
-    runs: list[dict[str, Any]] = []
-    for budget in budgets:
-        for label, strategy, options in methods(budget):
-            if (wanted and label not in wanted) or (budget in large and label not in large_methods):
-                continue
-            same = next((r for r in runs if r["budget"] == budget and r["strategy"] == strategy and r["options"] == options), None)
-            if same is not None:  # beam M=√N is beam M=4 at N=16: the same run, not run twice
-                runs.append({**same, "label": label})
-                continue
-            (res,) = evaluate(policy, verifier, items, [strategy], [budget], **options, **common)
-            runs.append({"label": label, "strategy": strategy, "budget": budget, "options": options, **per_question(res)})
-    return {
-        "large": run_large(a, items), "ratios": ratios_arg(a),
-        "model": policy.name, "verifier": verifier.name if verifier else "none", "verifier_spec": a.verifier,
-        "dataset": a.dataset,
-        "questions": [{"question": it.question, "gold": it.gold} for it in items],
-        "pool_size": a.pool, "budgets": budgets, "seed": a.seed, "plan": plan.summary(),
-        "pool": pool, "pool_wall_s": pool_res.wall_s, "runs": runs, "wall_s": time.time() - started,
-        "load_average": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]],
+
+def run_all(a: argparse.Namespace) -> dict[str, Any]:
+    from ponder.evaluation.evaluate import load_dataset
+
+    items = load_dataset(a.dataset)
+    plan = intended(a)
+    data: dict[str, Any] = {
+        "large": None, "ratios": ratios_arg(a), "model": a.model, "verifier": "", "verifier_spec": a.verifier,
+        "dataset": a.dataset, "questions": [{"question": it.question, "gold": it.gold} for it in items],
+        "pool_size": a.pool, "budgets": sorted({b for _, b in plan}), "seed": a.seed, "plan": "",
+        "pool": [], "pool_wall_s": 0.0, "runs": [], "intended": plan, "wall_s": 0.0, "concurrency": a.concurrency,
+        "command": "python benchmarks/scaling.py " + " ".join(a.argv), "complete": False,
     }
+    return complete(a, data, items, large=True)
+
+
+def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any], large: bool) -> dict[str, Any]:
+    """Run whatever ``data`` lacks, writing it to ``--out`` after every piece (so an interrupted
+    run loses at most the piece in progress, and ``--extend`` goes on from there): the pool's
+    questions not sampled yet (in chunks of :data:`POOL_CHUNK`, question i always with seed
+    SEED + i), the intended runs not run yet, every run that lost questions to errors (the
+    failed attempt kept under ``reruns``), and, when ``large``, the larger model's samples if
+    they are absent."""
+    from ponder.evaluation.evaluate import evaluate
+
+    started = time.time()
+    spent_before = data.get("wall_s", 0.0)
+    searcher: tuple[Any, Any, dict[str, Any]] | None = None
+
+    def setup() -> tuple[Any, Any, dict[str, Any]]:
+        nonlocal searcher
+        if searcher is None:
+            searcher = _searcher(a)
+            policy, verifier, common = searcher
+            data["model"], data["verifier"], data["plan"] = policy.name, verifier.name if verifier else "none", common["plan"].summary()
+        return searcher
+
+    def checkpoint() -> None:
+        data["wall_s"] = spent_before + time.time() - started
+        data["load_average"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+        if a.out:
+            tmp = Path(a.out).with_suffix(".partial")
+            tmp.write_text(json.dumps(data) + "\n")
+            tmp.replace(a.out)  # never a half-written file
+
+    while len(data["pool"]) < len(items):
+        policy, verifier, common = setup()
+        lo = len(data["pool"])
+        chunk = items[lo : lo + POOL_CHUNK]
+        if not a.json:
+            print(f"pool: questions {lo + 1}-{lo + len(chunk)} of {len(items)}", file=sys.stderr)
+        (res,) = evaluate(policy, verifier, chunk, ["best_of_n"], [data["pool_size"]], budget_mode="fixed",
+                          **{**common, "seed": data["seed"] + lo})
+        data["pool"] += [{"candidates": [{k: c[k] for k in ("answer", "score", "correct")} for c in r.get("candidates", [])],
+                          "flops": r["usage"]["flops"] if "usage" in r else 0.0,
+                          "generations": r["usage"]["generations"] if "usage" in r else 0} for r in res.answers]
+        data["pool_wall_s"] = data.get("pool_wall_s", 0.0) + res.wall_s
+        checkpoint()
+    runs = data["runs"]
+    for label, budget in data.get("intended", []):
+        if any(r["label"] == label and r["budget"] == budget for r in runs):
+            continue
+        match = [(strategy, options) for lab, strategy, options in methods(budget) if lab == label]
+        if not match:
+            raise SystemExit(f"ponder bench scaling: INVALID_ARGUMENT: methods: unknown method {label!r}")
+        strategy, options = match[0]
+        same = next((r for r in runs if r["budget"] == budget and r["strategy"] == strategy and r["options"] == options), None)
+        if same is not None:  # beam M=√N is beam M=4 at N=16: the same run, not run twice
+            runs.append({**same, "label": label})
+            continue
+        policy, verifier, common = setup()
+        (res,) = evaluate(policy, verifier, items, [strategy], [budget], **options, **common)
+        runs.append({"label": label, "strategy": strategy, "budget": budget, "options": options, **per_question(res)})
+        checkpoint()
+    done: set[int] = set()
+    for run in [r for r in runs if r["errors"]]:
+        if id(run) in done:
+            continue
+        policy, verifier, common = setup()
+        same = [r for r in runs if r is not run and r["strategy"] == run["strategy"]
+                and r["budget"] == run["budget"] and r["options"] == run["options"]]
+        before = {k: run[k] for k in ("errors", "error_messages", "wall_s") if k in run}
+        (res,) = evaluate(policy, verifier, items, [run["strategy"]], [run["budget"]], **run["options"], **common)
+        for r in [run, *same]:  # runs shared under two labels stay one run
+            done.add(id(r))
+            r.update(per_question(res))
+            r.setdefault("reruns", []).append(before)
+        checkpoint()
+    if large and data.get("large") is None and large_model_name(a):
+        data["large"] = run_large(a, items)
+        data["ratios"] = ratios_arg(a)
+    data["complete"] = True
+    checkpoint()
+    return data
 
 
 def ratios_arg(a: argparse.Namespace) -> list[float]:
@@ -217,10 +286,9 @@ def run_large(a: argparse.Namespace, items: list[Any]) -> dict[str, Any] | None:
 
 
 def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
-    """Add what an earlier run lacks to its data: every run that lost questions to errors is run
-    again (same model, verifier, plan and seed; the failed attempt is kept under ``reruns``),
-    and the larger model's samples are added when a larger model is named and they are absent."""
-    from ponder.evaluation.evaluate import evaluate, load_dataset
+    """Go on with an earlier run's data (see :func:`complete`): what an interrupted run did not
+    reach, the runs that lost questions to errors, the larger model's samples."""
+    from ponder.evaluation.evaluate import load_dataset
 
     items = load_dataset(data["dataset"])
     if [it.question for it in items] != [q["question"] for q in data["questions"]]:
@@ -228,28 +296,10 @@ def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     a.model, a.seed, a.pool = data["model"], data.get("seed", a.seed), data["pool_size"]
     if a.verifier == "auto":  # the run's own verifier (its spec; older runs recorded only the name)
         a.verifier = data.get("verifier_spec") or data.get("verifier") or "auto"
-    started = time.time()
-    failed = [r for r in data["runs"] if r["errors"]]
-    if failed:
-        policy, verifier, common = _searcher(a)
-        done: set[int] = set()
-        for run in failed:
-            if id(run) in done:
-                continue
-            same = [r for r in data["runs"] if r is not run and r["strategy"] == run["strategy"]
-                    and r["budget"] == run["budget"] and r["options"] == run["options"]]
-            before = {k: run[k] for k in ("errors", "error_messages", "wall_s") if k in run}
-            (res,) = evaluate(policy, verifier, items, [run["strategy"]], [run["budget"]], **run["options"], **common)
-            for r in [run, *same]:  # runs shared under two labels stay one run
-                done.add(id(r))
-                r.update(per_question(res))
-                r.setdefault("reruns", []).append(before)
-    if data.get("large") is None and large_model_name(a):
-        data["large"] = run_large(a, items)
-        data["ratios"] = ratios_arg(a)
+    a.concurrency = data.get("concurrency", a.concurrency)
+    data.setdefault("intended", [[r["label"], r["budget"]] for r in data["runs"]])  # runs before it was recorded
     data.setdefault("extend_commands", []).append("python benchmarks/scaling.py " + " ".join(a.argv))
-    data["extend_wall_s"] = time.time() - started
-    return data
+    return complete(a, data, items, large=True)
 
 
 # -- analysis ----------------------------------------------------------------------------------
@@ -582,7 +632,10 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = 
         "without re-running. Intervals: 95% bootstrap over questions (paired for comparisons)."
         + (f" The larger model's samples were added by `{data['large_command']}` ({data.get('large_wall_s', 0) / 60:.0f} min)."
            if data.get("large_command") else "")
-        + "".join(f" Then `{c}` added what the run lacked." for c in data.get("extend_commands", [])),
+        + "".join(f" Then `{c}` added what the run lacked." for c in data.get("extend_commands", []))
+        + ("" if data.get("complete", True) else
+           f" **This run is incomplete** ({len(data['pool'])} of {len(data['questions'])} questions pooled, "
+           f"{len(data['runs'])} of {len(data.get('intended', []))} runs done): `--extend` on its JSON goes on from there."),
         "",
         "## Findings",
         "",
@@ -701,15 +754,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a.argv = list(argv or [])
     if a.source:
         data = json.loads(Path(a.source).read_text())
-    elif a.extend:
+    elif a.extend:  # both write --out after every piece (complete())
         data = extend(a, json.loads(Path(a.extend).read_text()))
-        if a.out:
-            Path(a.out).write_text(json.dumps(data) + "\n")
     else:
         data = run_all(a)
-        data["command"] = "python benchmarks/scaling.py " + " ".join(argv or [])
-        if a.out:
-            Path(a.out).write_text(json.dumps(data) + "\n")
     res = analyse(data, a.boot, a.seed)
     if a.doc:
         doc = Path(a.doc)

@@ -59,20 +59,37 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert sorted(p.name for p in tmp_path.glob("scaling_other_*.png")) == [
         "scaling_other_compute_optimal.png", "scaling_other_exchange.png", "scaling_other_revisions.png", "scaling_other_search.png"]
     assert "](scaling_other_search.png)" in other.read_text() and "](scaling_search.png)" in doc.read_text()
-    # --extend runs again what lost questions to errors (here: auto, marked failed by hand), and nothing else
+    # --extend goes on from an interrupted run: here the JSON as a run of two methods leaves it
+    # when stopped after the pool's first 2 questions
+    saved = json.loads(out.read_text())
+    assert saved["complete"] and saved["intended"] and saved["concurrency"] == 32
+    cut = {**saved, "pool": saved["pool"][:2], "runs": [], "large": None, "complete": False,
+           "intended": [["dvts M=4", 4], ["auto", 4]]}
+    (tmp_path / "cut.json").write_text(json.dumps(cut))
+    bench.main(["--from", str(tmp_path / "cut.json"), "--boot", "20", "--json", "--doc", str(doc)])
+    assert "**This run is incomplete** (2 of 4 questions pooled, 0 of 2 runs done)" in doc.read_text()
+    resumed = bench.main(["--extend", str(tmp_path / "cut.json"), "--large-model", "none", "--boot", "20", "--json",
+                          "--out", str(tmp_path / "resumed.json")])["data"]
+    assert resumed["complete"] and resumed == json.loads((tmp_path / "resumed.json").read_text())
+    # the resumed questions are sampled with the seeds an uninterrupted run gives them
+    assert [[c["answer"] for c in q["candidates"]] for q in resumed["pool"]] == [[c["answer"] for c in q["candidates"]] for q in saved["pool"]]
+    assert [(r["label"], r["budget"], len(r["correct"])) for r in resumed["runs"]] == [("dvts M=4", 4, 4), ("auto", 4, 4)]
+    # ... and runs again what lost questions to errors (auto, marked failed by hand), nothing else
     broken = json.loads(out.read_text())
-    auto = next(r for r in broken["runs"] if r["label"] == "auto")
+    auto = next(r for r in broken["runs"] if r["label"] == "auto" and r["budget"] == 4)
     auto.update(errors=1, error_messages=["KV cache exhausted (injected)"], wall_s=-1.0)
-    kept = {r["label"]: r["wall_s"] for r in broken["runs"] if r["label"] != "auto"}
+    kept = {(r["label"], r["budget"]): r["wall_s"] for r in broken["runs"] if r is not auto}
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     fixed = bench.main(["--extend", str(tmp_path / "broken.json"), "--large-model", "none", "--boot", "20", "--json",
                         "--out", str(tmp_path / "fixed.json"), "--doc", str(doc)])["data"]
-    again_auto = next(r for r in fixed["runs"] if r["label"] == "auto")
+    again_auto = next(r for r in fixed["runs"] if r["label"] == "auto" and r["budget"] == 4)
     assert again_auto["errors"] == 0 and again_auto["wall_s"] > 0 and len(again_auto["correct"]) == 4
     assert again_auto["reruns"] == [{"errors": 1, "error_messages": ["KV cache exhausted (injected)"], "wall_s": -1.0}]
-    assert {r["label"]: r["wall_s"] for r in fixed["runs"] if r["label"] != "auto"} == kept
+    assert {(r["label"], r["budget"]): r["wall_s"] for r in fixed["runs"] if r is not again_auto} == kept
     assert fixed["large"] == first["data"]["large"]  # present already: not sampled again
-    assert json.loads((tmp_path / "fixed.json").read_text())["extend_commands"][0].startswith("python benchmarks/scaling.py --extend")
+    assert fixed["extend_commands"] == ["python benchmarks/scaling.py --extend " + str(tmp_path / "broken.json")
+                                        + " --large-model none --boot 20 --json --out " + str(tmp_path / "fixed.json")
+                                        + " --doc " + str(doc)]
     assert "**Runs run again by `--extend`**" in doc.read_text() and "KV cache exhausted (injected)" in doc.read_text()
 
 
