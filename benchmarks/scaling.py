@@ -144,16 +144,21 @@ def run_all(a: argparse.Namespace) -> dict[str, Any]:
         "pool": [], "pool_wall_s": 0.0, "runs": [], "intended": plan, "wall_s": 0.0, "concurrency": a.concurrency,
         "command": "python benchmarks/scaling.py " + " ".join(a.argv), "complete": False,
     }
-    return complete(a, data, items, large=True)
+    return complete(a, data, items)
 
 
-def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any], large: bool) -> dict[str, Any]:
+def _same_run(r: dict[str, Any], strategy: str, budget: int, options: dict[str, Any]) -> bool:
+    """Whether ``r`` is the run of these settings (beam M=√N is beam M=4 at N=16: one run, two labels)."""
+    return r["strategy"] == strategy and r["budget"] == budget and r["options"] == options
+
+
+def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any]) -> dict[str, Any]:
     """Run whatever ``data`` lacks, writing it to ``--out`` after every piece (so an interrupted
     run loses at most the piece in progress, and ``--extend`` goes on from there): the pool's
     questions not sampled yet (in chunks of :data:`POOL_CHUNK`, question i always with seed
     SEED + i), the intended runs not run yet, every run that lost questions to errors (the
-    failed attempt kept under ``reruns``), and, when ``large``, the larger model's samples if
-    they are absent."""
+    failed attempt kept under ``reruns``), and the larger model's samples if they are absent
+    and a larger model is named."""
     from ponder.evaluation.evaluate import evaluate
 
     started = time.time()
@@ -197,8 +202,8 @@ def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any], larg
         if not match:
             raise SystemExit(f"ponder bench scaling: INVALID_ARGUMENT: methods: unknown method {label!r}")
         strategy, options = match[0]
-        same = next((r for r in runs if r["budget"] == budget and r["strategy"] == strategy and r["options"] == options), None)
-        if same is not None:  # beam M=√N is beam M=4 at N=16: the same run, not run twice
+        same = next((r for r in runs if _same_run(r, strategy, budget, options)), None)
+        if same is not None:  # not run twice
             runs.append({**same, "label": label})
             continue
         policy, verifier, common = setup()
@@ -210,8 +215,7 @@ def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any], larg
         if id(run) in done:
             continue
         policy, verifier, common = setup()
-        same = [r for r in runs if r is not run and r["strategy"] == run["strategy"]
-                and r["budget"] == run["budget"] and r["options"] == run["options"]]
+        same = [r for r in runs if r is not run and _same_run(r, run["strategy"], run["budget"], run["options"])]
         before = {k: run[k] for k in ("errors", "error_messages", "wall_s") if k in run}
         (res,) = evaluate(policy, verifier, items, [run["strategy"]], [run["budget"]], **run["options"], **common)
         for r in [run, *same]:  # runs shared under two labels stay one run
@@ -219,7 +223,7 @@ def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any], larg
             r.update(per_question(res))
             r.setdefault("reruns", []).append(before)
         checkpoint()
-    if large and data.get("large") is None and large_model_name(a):
+    if data.get("large") is None and large_model_name(a):
         data["large"] = run_large(a, items)
         data["ratios"] = ratios_arg(a)
     data["complete"] = True
@@ -299,7 +303,7 @@ def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     a.concurrency = data.get("concurrency", a.concurrency)
     data.setdefault("intended", [[r["label"], r["budget"]] for r in data["runs"]])  # runs before it was recorded
     data.setdefault("extend_commands", []).append("python benchmarks/scaling.py " + " ".join(a.argv))
-    return complete(a, data, items, large=True)
+    return complete(a, data, items)
 
 
 # -- analysis ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -69,20 +70,31 @@ def quintile_bins(values: np.ndarray, higher_is_easier: bool = True) -> np.ndarr
     return (5 - above) if higher_is_easier else (1 + above)
 
 
+@lru_cache(maxsize=8)
+def _combinations(g: int, k: int) -> np.ndarray:
+    """Every choice of one of ``g`` options for each of ``k`` groups, (g^k, k); cached: the
+    bootstrap asks for the same shape hundreds of times."""
+    out = np.array(np.meshgrid(*[np.arange(g)] * k, indexing="ij")).reshape(k, -1).T
+    out.setflags(write=False)
+    return out
+
+
 def best_allocation(curves: np.ndarray, weights: np.ndarray, grid: Sequence[int], budget: float) -> tuple[float, float, list[int]]:
     """The best split of an average ``budget`` between groups of questions: ``curves`` (groups,
     len(grid)) is each group's accuracy at each N of ``grid``, ``weights`` (groups,) each
     group's share of the questions. Every combination of one N per group is tried; returns the
     best accuracy whose average spend is <= ``budget``, that spend, and the N of each group.
     A group with weight 0 gets N = grid[0]."""
-    g = len(grid)
-    if curves.shape != (len(weights), g):
-        raise ValueError(f"curves {curves.shape} must be (groups, len(grid)) = ({len(weights)}, {g})")
-    combos = np.array(np.meshgrid(*[np.arange(g)] * len(weights), indexing="ij")).reshape(len(weights), -1).T  # (g^k, k)
-    spend = (np.asarray(grid, dtype=float)[combos] * weights).sum(axis=1)
-    acc = (curves[np.arange(len(weights)), combos] * weights).sum(axis=1)
+    g, k = len(grid), len(weights)
+    if curves.shape != (k, g):
+        raise ValueError(f"curves {curves.shape} must be (groups, len(grid)) = ({k}, {g})")
+    combos = _combinations(g, k)  # (g^k, k): one index into grid per group
+    spend = np.asarray(grid, dtype=float)[combos] @ weights
+    # flat index of (group, choice) into curves: one gather instead of a fancy index per call
+    acc = (curves.ravel()[combos + g * np.arange(k)]) @ weights
     acc = np.where(spend <= budget + 1e-9, acc, -np.inf)
-    best = int(np.argmax(acc - 1e-12 * spend))  # ties: the cheaper split
+    # ties (equal to rounding): the cheaper split
+    best = int(np.argmax(np.round(acc, 10) - 1e-12 * spend))
     return float(acc[best]), float(spend[best]), [int(grid[j]) for j in combos[best]]
 
 
