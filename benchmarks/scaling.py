@@ -8,7 +8,7 @@ compute for every search method, overall and by difficulty, and a verdict on eac
 What runs (through the real search loop, ``ponder.evaluation.evaluate``):
 
 - a **pool**: best-of-N at the largest budget (``--pool``, default 256) per question. Best-of-N
-  majority and verifier-weighted at every N ≤ pool are resampled from it (``evaluation/curves.py``),
+  majority, verifier-weighted and best-scored (the single highest score) at every N ≤ pool are resampled from it (``evaluation/curves.py``),
   as the paper draws its best-of-N curves (not a new run per N).
 - **tree searches and revisions**, one real run per method and budget (``--budgets``): beam
   search with M = 4 and M = √N, lookahead k = 1 and k = 3 (M = 4), DVTS (M = 4), sequential
@@ -321,25 +321,31 @@ def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
     grid = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if n <= data["pool_size"]]
     weighted = pool_curve(pool, grid, 32, rng, weighted=True)
     majority = pool_curve(pool, grid, 32, rng, weighted=False)
+    # the single highest-scored sample, on its own generator (draws and intervals), so every
+    # other number keeps the draws it had before this curve was added
+    rng_best = random.Random(seed + 1)
+    best = pool_curve(pool, grid, 32, rng_best, selection="best")
     oracle = quintile_bins(pass_at_1(pool))
     predicted = quintile_bins(np.array([np.mean([c["score"] or 0.0 for c in r["candidates"]]) if r["candidates"] else 0.0 for r in pool]))
     flops_per_gen = float(np.mean([r["flops"] / max(1, r["generations"]) for r in pool]))
     boots = bootstrap_indices(q, boot, rng)
 
-    def acc(x: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
+    def acc(x: np.ndarray, mask: np.ndarray | None = None, r: random.Random = rng) -> dict[str, Any]:
         x = x if mask is None else x[mask]
         if not len(x):
             return {"accuracy": None, "ci": [None, None], "questions": 0}
-        b = bootstrap_indices(len(x), max(50, boot // 5), rng)
+        b = bootstrap_indices(len(x), max(50, boot // 5), r)
         return {"accuracy": float(x.mean()), "ci": interval([float(x[i].mean()) for i in b]), "questions": int(len(x))}
 
-    def by_bins(x: np.ndarray, bins: np.ndarray) -> dict[str, Any]:
-        return {str(b): acc(x, bins == b) for b in range(1, 6)}
+    def by_bins(x: np.ndarray, bins: np.ndarray, r: random.Random = rng) -> dict[str, Any]:
+        return {str(b): acc(x, bins == b, r) for b in range(1, 6)}
 
     curves = {}
-    for name, mat in (("best_of_n weighted", weighted), ("best_of_n majority", majority)):
-        curves[name] = {str(n): {**acc(mat[:, j]), "generations": n, "flops": n * flops_per_gen,
-                                 "oracle_bins": by_bins(mat[:, j], oracle), "predicted_bins": by_bins(mat[:, j], predicted)}
+    by_selection = {"best_of_n weighted": weighted, "best_of_n majority": majority, "best_of_n best": best}
+    for name, mat in by_selection.items():
+        r = rng_best if name == "best_of_n best" else rng
+        curves[name] = {str(n): {**acc(mat[:, j], None, r), "generations": n, "flops": n * flops_per_gen,
+                                 "oracle_bins": by_bins(mat[:, j], oracle, r), "predicted_bins": by_bins(mat[:, j], predicted, r)}
                         for j, n in enumerate(grid)}
     for run in runs:
         c = np.array(run["correct"], dtype=float)
@@ -349,8 +355,8 @@ def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
         }
 
     def col(label: str, budget: int) -> np.ndarray | None:
-        if label.startswith("best_of_n"):
-            mat = weighted if label.endswith("weighted") else majority
+        if label in by_selection:
+            mat = by_selection[label]
             return mat[:, grid.index(budget)] if budget in grid else None
         run = next((r for r in runs if r["label"] == label and r["budget"] == budget), None)
         return None if run is None else np.array(run["correct"], dtype=float)
@@ -559,7 +565,8 @@ def figures(data: dict[str, Any], res: dict[str, Any], folder: Path, stem: str =
 
     # Fig. 3: search methods against generations, overall and by oracle bin
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4))
-    for label in ("best_of_n weighted", "best_of_n majority", "beam M=4", "beam M=√N", "lookahead k=1", "lookahead k=3", "dvts M=4"):
+    for label in ("best_of_n weighted", "best_of_n majority", "best_of_n best", "beam M=4", "beam M=√N", "lookahead k=1",
+                  "lookahead k=3", "dvts M=4"):
         line(ax, label)
     style(ax, "generations per question", "search methods (cf. paper Fig. 3 left)")
     budgets = [b for b in data["budgets"] if str(b) in curves.get("beam M=4", {})]
@@ -578,6 +585,7 @@ def figures(data: dict[str, Any], res: dict[str, Any], folder: Path, stem: str =
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for ax, key in zip(axes, ("generations", "flops")):
         line(ax, "best_of_n weighted", key)
+        line(ax, "best_of_n best", key, linestyle="--")
         line(ax, "beam M=4", key)
         line(ax, "auto", key, linewidth=2.5)
         style(ax, f"{key} per question", f"compute-optimal vs best-of-N ({key}; cf. Fig. 4)", 2 if key == "generations" else 10)

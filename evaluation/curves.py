@@ -23,20 +23,36 @@ def norm(answer: str | None) -> str | None:
     return None if answer is None else answer.strip().rstrip(".").replace(" ", "")
 
 
-def vote(cands: Sequence[dict[str, Any]], weighted: bool = True) -> str | None:
-    """The winner of a verifier-weighted (or majority) vote; ties to the larger score sum /
-    count, then to the earlier answer."""
-    tot: dict[str, list[float]] = {}
-    for c in cands:
-        a = norm(c["answer"])
+def winner(answers: Sequence[str | None], scores: Sequence[float | None], selection: str = "weighted") -> str | None:
+    """The answer a selection rule picks among samples (answers compared by :func:`norm`), as
+    :func:`ponder.workers.answers.select` does in the search loop: ``weighted`` the largest
+    score sum, ``majority`` the most samples, ``best`` the single highest score. Ties go to the
+    larger score sum / count, then to the earlier answer."""
+    if selection not in ("weighted", "majority", "best"):
+        raise ValueError(f"unknown selection {selection!r}")
+    tot: dict[str, list[float]] = {}  # answer -> [score sum, count, best score]
+    for a, s in zip(answers, scores):
+        a = norm(a)
         if a is not None:
-            t = tot.setdefault(a, [0.0, 0.0])
-            t[0] += c["score"] or 0.0
+            s = s or 0.0
+            t = tot.setdefault(a, [0.0, 0.0, s])
+            t[0] += s
             t[1] += 1
+            t[2] = max(t[2], s)
     if not tot:
         return None
-    key = (lambda kv: (kv[1][0], kv[1][1])) if weighted else (lambda kv: (kv[1][1], kv[1][0]))
-    return max(tot.items(), key=key)[0]
+    if selection == "weighted":
+        return max(tot.items(), key=lambda kv: (kv[1][0], kv[1][1]))[0]
+    if selection == "majority":
+        return max(tot.items(), key=lambda kv: (kv[1][1], kv[1][0]))[0]
+    return max(tot.items(), key=lambda kv: (kv[1][2], kv[1][0]))[0]
+
+
+def vote(cands: Sequence[dict[str, Any]], weighted: bool = True, selection: str | None = None) -> str | None:
+    """:func:`winner` over pool candidates (``answer``, ``score``): ``selection`` when given,
+    else the verifier-weighted vote (``weighted``) or majority voting."""
+    return winner([c["answer"] for c in cands], [c["score"] for c in cands],
+                  selection or ("weighted" if weighted else "majority"))
 
 
 def gold_answers(rec: dict[str, Any]) -> set[str | None]:
@@ -45,16 +61,18 @@ def gold_answers(rec: dict[str, Any]) -> set[str | None]:
 
 
 def pool_curve(
-    pool: Sequence[dict[str, Any]], budgets: Sequence[int], draws: int, rng: random.Random, weighted: bool = True
+    pool: Sequence[dict[str, Any]], budgets: Sequence[int], draws: int, rng: random.Random, weighted: bool = True,
+    selection: str | None = None,
 ) -> np.ndarray:
-    """(questions, budgets): expected correctness of best-of-n drawn from each question's pool."""
+    """(questions, budgets): expected correctness of best-of-n drawn from each question's pool,
+    selected by ``selection`` (default: weighted, or majority when ``weighted`` is False)."""
     out = np.zeros((len(pool), len(budgets)))
     for i, rec in enumerate(pool):
         cands, gold = rec["candidates"], gold_answers(rec)
         for j, n in enumerate(budgets):
             k = min(n, len(cands))
             reps = 1 if k == len(cands) else draws
-            out[i, j] = sum(vote(rng.sample(cands, k), weighted) in gold for _ in range(reps)) / reps
+            out[i, j] = sum(vote(rng.sample(cands, k), weighted, selection) in gold for _ in range(reps)) / reps
     return out
 
 

@@ -662,6 +662,20 @@ def test_auto_bins_by_pilot_mean_score(mean: float, expected_bin: int) -> None:
     assert final(events).usage.generations == 4
 
 
+@pytest.mark.parametrize("selection,expected", [("best", "9"), ("weighted", "7"), ("majority", "7")])
+def test_auto_answers_with_the_plans_selection(selection: str, expected: str) -> None:
+    """A plan cell's selection decides auto's answer: "best" takes the single highest-scored
+    sample (a 9 at 0.9) over the answer with more votes and the larger score sum (six 7s at 0.5)."""
+    b = Behaviour(answers={"q": alternating("7", "7", "7", "9")}, scores={})
+    verifier = ScriptedVerifier(answer_scores={"7": 0.5, "9": 0.9}, score_fn=None)
+    loop = SearchLoop(ScriptedPolicy(step_fn=b.step), verifier, plan=table_with(StrategyPlan("best_of_n", selection=selection)))
+    events = run_batch(loop, {"q": SolveConfig("q", strategy="auto", budget_mode="fixed", generations=8, seed=0)})["q"]
+    f = final(events)
+    assert decisions(events, "plan")[0].plan == f"best_of_n selection={selection}"
+    assert {v.answer: v.count for v in f.votes} == {"7": 6, "9": 2}
+    assert f.answer == expected
+
+
 def test_auto_without_a_verifier_falls_back_to_majority_best_of_n() -> None:
     answers = iter(["9", "7", "7", "9", "7", "7", "7", "9"])
 

@@ -43,3 +43,27 @@ def test_matched_budget_reads_the_monotone_curve_on_a_log_scale() -> None:
     assert matched_budget(curve, GRID, 0.4) == pytest.approx(2.0)
     assert matched_budget(curve, GRID, 0.5) == pytest.approx(math.exp((math.log(4) + math.log(8)) / 2))
     assert matched_budget(curve, GRID, 0.7) == math.inf
+
+
+def test_the_three_selection_rules_agree_with_the_search_loops() -> None:
+    """winner (the pools' selection) picks what workers.answers.select picks in the loop: the
+    most votes, the largest score sum, or the single highest score."""
+    from ponder.evaluation.curves import vote, winner
+    from ponder.workers.answers import Candidate, select
+
+    answers = ["7", "7", "7", "9", "9", "12", None]
+    scores = [0.2, 0.2, 0.2, 0.4, 0.4, 0.7, 0.99]
+    assert winner(answers, scores, "majority") == "7"  # 3 votes
+    assert winner(answers, scores, "weighted") == "9"  # a score sum of 0.8 against 0.6 and 0.7
+    assert winner(answers, scores, "best") == "12"  # one sample at 0.7; the unparsed 0.99 does not count
+    cands = [Candidate(solution=f"s{i}", answer=a, score=s) for i, (a, s) in enumerate(zip(answers, scores))]
+    for rule in ("majority", "weighted", "best"):
+        assert winner(answers, scores, rule) == select(cands, rule).answer
+        assert vote([{"answer": a, "score": s} for a, s in zip(answers, scores)], selection=rule) == winner(answers, scores, rule)
+    # ties: majority breaks a tie in votes by the score sum, best a tie in top score by the sum
+    assert winner(["1", "2", "2"], [0.5, 0.3, 0.3], "majority") == "2"
+    assert winner(["1", "1", "2"], [0.4, 0.1, 0.4], "best") == "1"
+    assert winner(["1", "2"], [0.5, 0.5], "weighted") == "1"  # full tie: the earlier answer
+    assert winner([None, None], [0.9, 0.1], "best") is None
+    with pytest.raises(ValueError):
+        winner(["1"], [1.0], "loudest")

@@ -16,14 +16,17 @@ from ponder.workers.search.plan import PlanTable
 from ponder.training import plan as fitplan
 
 
-def _pool(path: Path, n_questions: int = 30, samples: int = 32, seed: int = 0) -> Path:
+def _pool(path: Path, n_questions: int = 30, samples: int = 32, seed: int = 0, kinds: tuple[str, ...] = ("easy", "medium", "hard")) -> Path:
     rng = random.Random(seed)
     answers = []
     for i in range(n_questions):
-        kind = ("easy", "medium", "hard")[i % 3]
+        kind = kinds[i % len(kinds)]
         cands = []
         for _ in range(samples):
-            if kind == "easy":
+            if kind == "tricky":  # one wrong answer most of the time; the rare right one scores highest
+                ok = rng.random() < 0.25
+                a, s = ("2", rng.uniform(0.9, 0.95)) if ok else ("5", rng.uniform(0.5, 0.6))
+            elif kind == "easy":
                 a, ok, s = "1", True, rng.uniform(0.8, 0.95)
             elif kind == "medium":
                 ok = rng.random() < 0.6
@@ -58,6 +61,28 @@ def test_fit_finds_bins_plans_and_a_controller_that_saves(tmp_path: Path) -> Non
     # easy questions have the highest pilot scores: bin 1
     easy = np.median(fitplan.Trajectories(qs[:1], 4, 4, 0).pilot_mean[0])
     assert table.bin_of(float(easy)) == 1
+
+
+def test_the_best_scored_sample_wins_a_cell_where_it_beats_the_vote(tmp_path: Path) -> None:
+    """"best_of_n best" is a candidate of every cell: on questions where a frequent wrong answer
+    outvotes a rare right one that the verifier scores highest, the table picks it."""
+    qs = fitplan.load_pool(_pool(tmp_path / "pool.json", n_questions=40, kinds=("easy", "tricky", "hard", "tricky")))
+    scores = fitplan.cell_scores(qs, 16, draws=16, seed=0)
+    assert set(scores) == {"best_of_n weighted", "best_of_n majority", "best_of_n best"}
+    tricky = np.array([i % 2 == 1 for i in range(len(qs))])
+    assert scores["best_of_n best"][tricky].mean() > 0.9 and scores["best_of_n weighted"][tricky].mean() < 0.4
+    table = fitplan.fit(qs, [4, 16], pilot=4, draws=16, seed=1)
+    traj = fitplan.Trajectories(qs, 4, fitplan.PERMUTATIONS, 1)  # the fit's own pilots
+    bins = np.array([table.bin_of(float(np.median(traj.pilot_mean[i]))) for i in range(len(qs))])
+    most = int(np.bincount(bins[tricky]).argmax())  # the bin holding most tricky questions
+    assert (bins[tricky] == most).mean() > 0.6
+    for n in (4, 16):
+        plan = table.lookup(most, n)
+        assert (plan.strategy, plan.selection) == ("best_of_n", "best")
+        assert table.fit["cells"][str(most)][str(n)] == "best_of_n best"
+    # the easy questions' bin and the hopeless ones' keep the weighted vote
+    assert table.lookup(1, 16).selection == table.lookup(5, 16).selection == "weighted"
+    assert set(bins[~tricky]) <= {1, 2, 4, 5} and most not in (1, 5)
 
 
 def test_trajectories_match_a_direct_vote(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ponder.evaluation.curves import norm, winner
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.search.controller import ControllerConfig, min_votes
 from ponder.workers.search.plan import N_BINS, PlanTable, StrategyPlan, plan_file
@@ -109,26 +110,6 @@ def load_pool(pool: Path, runs: Sequence[Path] = ()) -> list[Question]:
 # -- simulation on the pool ---------------------------------------------------------------------
 
 
-def _norm(answer: str | None) -> str | None:
-    return None if answer is None else answer.strip().rstrip(".").replace(" ", "")
-
-
-def weighted_pick(answers: Sequence[str | None], scores: Sequence[float] | np.ndarray, weighted: bool = True) -> str | None:
-    """The winner of a (weighted) vote; ties to the larger score sum, then to the earlier."""
-    tot: dict[str, list[float]] = {}
-    for a, s in zip(answers, scores):
-        a = _norm(a)
-        if a is None:
-            continue
-        t = tot.setdefault(a, [0.0, 0.0])
-        t[0] += s
-        t[1] += 1
-    if not tot:
-        return None
-    key = (lambda kv: (kv[1][0], kv[1][1])) if weighted else (lambda kv: (kv[1][1], kv[1][0]))
-    return max(tot.items(), key=key)[0]
-
-
 class Trajectories:
     """Per question and random order: the vote statistics after each wave of samples."""
 
@@ -149,8 +130,8 @@ class Trajectories:
         self.orders: list[list[list[int]]] = []  # [question][permutation] -> sample order
         for i, q in enumerate(qs):
             self.orders.append([])
-            gold = {_norm(a) for a, c in zip(q.answers, q.correct) if c}
-            full = weighted_pick(q.answers[:size], q.scores[:size])
+            gold = {norm(a) for a, c in zip(q.answers, q.correct) if c}
+            full = winner(q.answers[:size], [float(x) for x in q.scores[:size]])
             self.full_correct[i] = full in gold
             for p in range(perms):
                 order = list(range(size))
@@ -160,7 +141,7 @@ class Trajectories:
                 counts: dict[str, int] = {}
                 leader, stable, total = None, 0, 0.0
                 for k, j in enumerate(order):
-                    a, s = _norm(q.answers[j]), float(q.scores[j])
+                    a, s = norm(q.answers[j]), float(q.scores[j])
                     total += s
                     if a is not None:
                         weights[a] = weights.get(a, 0.0) + s
@@ -238,14 +219,14 @@ def fit_controller(traj: Trajectories, budget: int, idx: np.ndarray, wave: int) 
     return ControllerConfig(**(cfg.as_dict() | {"widen_min_score": cfg.abandon_score})), r, tried
 
 
-def bestof_accuracy(q: Question, n: int, weighted: bool, draws: int, rng: random.Random) -> float:
-    """Expected accuracy of best-of-n on ``q`` over random draws from its pool."""
-    gold = {_norm(a) for a, c in zip(q.answers, q.correct) if c}
+def bestof_accuracy(q: Question, n: int, selection: str, draws: int, rng: random.Random) -> float:
+    """Expected accuracy of best-of-n on ``q`` with ``selection`` over random draws from its pool."""
+    gold = {norm(a) for a, c in zip(q.answers, q.correct) if c}
     idx = list(range(len(q.answers)))
     hits = 0
     for _ in range(draws):
         pick = rng.sample(idx, min(n, len(idx)))
-        hits += weighted_pick([q.answers[j] for j in pick], [float(q.scores[j]) for j in pick], weighted) in gold
+        hits += winner([q.answers[j] for j in pick], [float(q.scores[j]) for j in pick], selection) in gold
     return hits / draws
 
 
@@ -256,8 +237,8 @@ def cell_scores(qs: list[Question], budget: int, draws: int, seed: int, pilot: i
     share too). No tree plan fits when the pilot takes the whole budget."""
     rng = random.Random(seed)
     out = {
-        "best_of_n weighted": np.array([bestof_accuracy(q, budget, True, draws, rng) for q in qs]),
-        "best_of_n majority": np.array([bestof_accuracy(q, budget, False, draws, rng) for q in qs]),
+        f"best_of_n {sel}": np.array([bestof_accuracy(q, budget, sel, draws, rng) for q in qs])
+        for sel in ("weighted", "majority", "best")
     }
     if budget <= pilot:
         return out
@@ -272,6 +253,7 @@ def cell_scores(qs: list[Question], budget: int, draws: int, seed: int, pilot: i
 PLAN_OF = {
     "best_of_n weighted": StrategyPlan("best_of_n", selection="weighted"),
     "best_of_n majority": StrategyPlan("best_of_n", selection="majority"),
+    "best_of_n best": StrategyPlan("best_of_n", selection="best"),
     "beam": StrategyPlan("beam", beam_width=4),
     "lookahead": StrategyPlan("lookahead", beam_width=4),
     "dvts": StrategyPlan("dvts", beam_width=4),
