@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -142,7 +143,7 @@ def run_all(a: argparse.Namespace) -> dict[str, Any]:
         "dataset": a.dataset, "questions": [{"question": it.question, "gold": it.gold} for it in items],
         "pool_size": a.pool, "budgets": sorted({b for _, b in plan}), "seed": a.seed, "plan": "",
         "pool": [], "pool_wall_s": 0.0, "runs": [], "intended": plan, "wall_s": 0.0, "concurrency": a.concurrency,
-        "command": "python benchmarks/scaling.py " + " ".join(a.argv), "complete": False,
+        "command": shlex.join(["python", "benchmarks/scaling.py", *a.argv]), "complete": False,
     }
     return complete(a, data, items)
 
@@ -302,7 +303,7 @@ def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
         a.verifier = data.get("verifier_spec") or data.get("verifier") or "auto"
     a.concurrency = data.get("concurrency", a.concurrency)
     data.setdefault("intended", [[r["label"], r["budget"]] for r in data["runs"]])  # runs before it was recorded
-    data.setdefault("extend_commands", []).append("python benchmarks/scaling.py " + " ".join(a.argv))
+    data.setdefault("extend_commands", []).append(shlex.join(["python", "benchmarks/scaling.py", *a.argv]))
     return complete(a, data, items)
 
 

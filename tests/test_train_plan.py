@@ -83,6 +83,19 @@ def test_the_best_scored_sample_wins_a_cell_where_it_beats_the_vote(tmp_path: Pa
     # the easy questions' bin and the hopeless ones' keep the weighted vote
     assert table.lookup(1, 16).selection == table.lookup(5, 16).selection == "weighted"
     assert set(bins[~tricky]) <= {1, 2, 4, 5} and most not in (1, 5)
+    # the table records why: every candidate's accuracy per budget and bin, and how many questions
+    acc = table.fit["cell_accuracy"]["16"]
+    assert acc["all"]["questions"] == len(qs) == sum(acc[str(b)]["questions"] for b in range(1, 6))
+    cell = acc[str(most)]
+    assert cell["questions"] == int((bins == most).sum())
+    assert cell["best_of_n best"] == pytest.approx(scores_in(qs, bins == most, "best"), abs=0.1)
+    assert cell["best_of_n best"] > cell["best_of_n weighted"] + 0.5
+
+
+def scores_in(qs: list[fitplan.Question], mask: np.ndarray, selection: str) -> float:
+    """Expected accuracy of best-of-16 with ``selection`` over the questions in ``mask`` (a direct estimate)."""
+    rng = random.Random(5)
+    return float(np.mean([fitplan.bestof_accuracy(q, 16, selection, 64, rng) for q, m in zip(qs, mask) if m]))
 
 
 def test_trajectories_match_a_direct_vote(tmp_path: Path) -> None:

@@ -281,8 +281,9 @@ def pick_cell(scores: dict[str, np.ndarray], mask: np.ndarray, base: str = "best
 
 def fit_table(
     qs: list[Question], traj: Trajectories, idx: np.ndarray, budgets: Sequence[int], pilot: int, draws: int, seed: int
-) -> tuple[tuple[float, ...], dict[int, dict[int, StrategyPlan]], dict[int, dict[int, str]]]:
-    """Bin edges and the best plan per (bin, budget), from the questions ``idx``."""
+) -> tuple[tuple[float, ...], dict[int, dict[int, StrategyPlan]], dict[int, dict[int, str]], dict[str, Any]]:
+    """Bin edges, the best plan per (bin, budget), its name, and every candidate's mean
+    accuracy per budget and bin (with the bin's question count), from the questions ``idx``."""
     means = traj.pilot_mean[idx].ravel()
     edges = tuple(float(e) for e in np.quantile(means, [0.2, 0.4, 0.6, 0.8]))
     table = PlanTable(pilot=pilot, edges=edges)
@@ -290,14 +291,18 @@ def fit_table(
     bins = np.array([table.bin_of(float(np.median(traj.pilot_mean[i]))) for i in idx])
     plans: dict[int, dict[int, StrategyPlan]] = {}
     names: dict[int, dict[int, str]] = {}
+    accuracy: dict[str, Any] = {}
     for budget in budgets:
         scores = cell_scores([qs[i] for i in idx], budget, draws, seed + budget, pilot)
+        accuracy[str(budget)] = {"all": {name: round(float(acc.mean()), 4) for name, acc in scores.items()} | {"questions": len(idx)}}
         for b in range(1, N_BINS + 1):
             mask = bins == b
-            winner = pick_cell(scores, mask)
-            plans.setdefault(b, {})[budget] = PLAN_OF.get(winner, StrategyPlan(winner))
-            names.setdefault(b, {})[budget] = winner
-    return edges, plans, names
+            chosen = pick_cell(scores, mask)
+            plans.setdefault(b, {})[budget] = PLAN_OF.get(chosen, StrategyPlan(chosen))
+            names.setdefault(b, {})[budget] = chosen
+            accuracy[str(budget)][str(b)] = {name: round(float(acc[mask].mean()), 4) if mask.any() else None
+                                             for name, acc in scores.items()} | {"questions": int(mask.sum())}
+    return edges, plans, names, accuracy
 
 
 def cross_validate(
@@ -311,7 +316,7 @@ def cross_validate(
     wave = pilot
     for f in range(2):
         fit_idx, test_idx = folds[1 - f], folds[f]
-        edges, plans, _ = fit_table(qs, traj, fit_idx, budgets, pilot, draws, seed)
+        edges, plans, _, _ = fit_table(qs, traj, fit_idx, budgets, pilot, draws, seed)
         table = PlanTable(pilot=pilot, edges=edges, plans=plans)
         bins = np.array([table.bin_of(float(np.median(traj.pilot_mean[i]))) for i in test_idx])
         for budget in budgets:
@@ -339,7 +344,7 @@ def fit(qs: list[Question], budgets: Sequence[int], pilot: int = 4, draws: int =
     traj = Trajectories(qs, pilot, PERMUTATIONS, seed)
     cv = cross_validate(qs, traj, budgets, pilot, draws, seed)
     everyone = np.arange(len(qs))
-    edges, plans, names = fit_table(qs, traj, everyone, budgets, pilot, draws, seed)
+    edges, plans, names, accuracy = fit_table(qs, traj, everyone, budgets, pilot, draws, seed)
     cfg, fitted, tried = fit_controller(traj, max(budgets), everyone, pilot)
     small = {str(b): traj.run(cfg, b) for b in budgets}
     return PlanTable(
@@ -349,6 +354,8 @@ def fit(qs: list[Question], budgets: Sequence[int], pilot: int = 4, draws: int =
             "permutations": PERMUTATIONS, "draws": draws, "budgets": list(budgets), "grid_points": tried,
             "targets": {"agreement": TARGET_AGREEMENT, "max_accuracy_loss": MAX_ACCURACY_LOSS},
             "cells": {str(b): {str(n): names[b][n] for n in row} for b, row in names.items()},
+            # every candidate's mean accuracy per budget and bin (tree runs at the budget less the pilot)
+            "cell_accuracy": accuracy,
             "controller_fit": fitted, "controller_by_budget": small, "cross_validation": cv,
         },
     )
