@@ -85,7 +85,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
     ap.add_argument("--large-model", default="auto",
                     help="the larger model of the exchange (paper §7): auto = 'arith-large' for --model arith when it is trained, "
-                         "'none' to skip")
+                         "'none' to skip; with --extend, auto = the run's own choice")
     ap.add_argument("--large-samples", type=int, default=16, help="samples per question of the larger model (its pass@1)")
     ap.add_argument("--ratios", default="", help="R = D_inference / D_pretrain values of the exchange "
                     "(default: those of ponder flops, 0.16,1,22)")
@@ -139,7 +139,8 @@ def run_all(a: argparse.Namespace) -> dict[str, Any]:
     items = load_dataset(a.dataset)
     plan = intended(a)
     data: dict[str, Any] = {
-        "large": None, "ratios": ratios_arg(a), "model": a.model, "verifier": "", "verifier_spec": a.verifier,
+        "large": None, "large_model_spec": a.large_model, "ratios": ratios_arg(a), "model": a.model, "verifier": "",
+        "verifier_spec": a.verifier,
         "dataset": a.dataset, "questions": [{"question": it.question, "gold": it.gold} for it in items],
         "pool_size": a.pool, "budgets": sorted({b for _, b in plan}), "seed": a.seed, "plan": "",
         "pool": [], "pool_wall_s": 0.0, "runs": [], "intended": plan, "wall_s": 0.0, "concurrency": a.concurrency,
@@ -302,6 +303,8 @@ def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     if a.verifier == "auto":  # the run's own verifier (its spec; older runs recorded only the name)
         a.verifier = data.get("verifier_spec") or data.get("verifier") or "auto"
     a.concurrency = data.get("concurrency", a.concurrency)
+    if a.large_model == "auto":  # not named on this command: the run's own choice (a run with none stays without)
+        a.large_model = data.get("large_model_spec", "auto")
     data.setdefault("intended", [[r["label"], r["budget"]] for r in data["runs"]])  # runs before it was recorded
     data.setdefault("extend_commands", []).append(shlex.join(["python", "benchmarks/scaling.py", *a.argv]))
     return complete(a, data, items)

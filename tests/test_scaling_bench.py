@@ -63,14 +63,17 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
     # when stopped after the pool's first 2 questions
     saved = json.loads(out.read_text())
     assert saved["complete"] and saved["intended"] and saved["concurrency"] == 32
+    # (as a run made with --large-model none: extending it without the flag adds no larger model)
+    assert saved["large_model_spec"] == "arith"
     cut = {**saved, "pool": saved["pool"][:2], "runs": [], "large": None, "complete": False,
-           "intended": [["dvts M=4", 4], ["auto", 4]]}
+           "intended": [["dvts M=4", 4], ["auto", 4]], "large_model_spec": "none"}
     (tmp_path / "cut.json").write_text(json.dumps(cut))
     bench.main(["--from", str(tmp_path / "cut.json"), "--boot", "20", "--json", "--doc", str(doc)])
     assert "**This run is incomplete** (2 of 4 questions pooled, 0 of 2 runs done)" in doc.read_text()
-    resumed = bench.main(["--extend", str(tmp_path / "cut.json"), "--large-model", "none", "--boot", "20", "--json",
+    resumed = bench.main(["--extend", str(tmp_path / "cut.json"), "--boot", "20", "--json",
                           "--out", str(tmp_path / "resumed.json")])["data"]
     assert resumed["complete"] and resumed == json.loads((tmp_path / "resumed.json").read_text())
+    assert resumed["large"] is None
     # the resumed questions are sampled with the seeds an uninterrupted run gives them
     assert [[c["answer"] for c in q["candidates"]] for q in resumed["pool"]] == [[c["answer"] for c in q["candidates"]] for q in saved["pool"]]
     assert [(r["label"], r["budget"], len(r["correct"])) for r in resumed["runs"]] == [("dvts M=4", 4, 4), ("auto", 4, 4)]
