@@ -10,8 +10,9 @@ What is fitted (everything by simulation on the pool, with random sample orders)
 - **Difficulty bins** (the paper's predicted difficulty): the mean verifier score of the
   ``pilot`` first samples; the edges are its 20/40/60/80% quantiles.
 - **Plan cells**: for each bin and budget, the strategy with the best accuracy on that bin's
-  questions: verifier-weighted or majority best-of-N (expected accuracy over random draws from
-  the pool), or a tree run at that budget (its recorded correctness). Anything other than
+  questions: verifier-weighted or majority best-of-N or the single best-scored sample (expected
+  accuracy over random draws from the pool), or a tree run at that budget (its recorded
+  correctness). Every candidate's accuracy per cell is kept in the table (``fit.cell_accuracy``). Anything other than
   weighted best-of-N must beat it significantly on the bin's questions (paired, one-sided 95%).
 - **Controller thresholds**: the grid point that spends the fewest generations at the largest
   budget while its answer agrees with the full-budget answer on >= 98% of the questions and its
@@ -23,7 +24,7 @@ The paper's 2-fold cross-validation: the questions are split in two; each half's
 on the other half and scored on it; the reported figures are those held-out scores. The table
 that ships is then fitted on all questions.
 
-    ponder train plan --model arith --dataset arith:validation:128:7
+    ponder train plan --model arith      # the committed table: 384 validation questions, hybrid and revisions
     ponder train plan --model arith --pool pool.json --runs trees.json --out plan.json
 """
 
@@ -368,11 +369,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ponder train plan", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="arith")
     p.add_argument("--verifier", default="auto")
-    p.add_argument("--dataset", default="arith:validation:128:7", help="fitting questions (not the test split)")
+    p.add_argument("--dataset", default="arith:validation:384:7", help="fitting questions (not the test split)")
     p.add_argument("--pool", default="", help="a best-of-N pool from `ponder eval --out` (default: draw one)")
     p.add_argument("--runs", default="", help="comma-separated `ponder eval --out` files of tree strategies")
     p.add_argument("--samples", type=int, default=64, help="pool samples per question when drawing one")
-    p.add_argument("--tree-strategies", default="beam,dvts,hybrid", help="tree strategies to run when drawing (none: '')")
+    p.add_argument("--tree-strategies", default="hybrid,revision", help="tree strategies to run when drawing (none: '')")
     p.add_argument("--budgets", default="4,16,64")
     p.add_argument("--pilot", type=int, default=4)
     p.add_argument("--draws", type=int, default=32, help="random draws per question for best-of-N accuracy")
