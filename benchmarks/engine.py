@@ -59,6 +59,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="weights/activations of both sides and of the GEMM probe (like for like)")
+    ap.add_argument("--hf-dtype", default="", choices=["", "float32", "bfloat16", "float16"],
+                    help="transformers' dtype when it differs from --dtype (each side in its fastest dtype: "
+                         "--dtype bfloat16 --hf-dtype float32 on this CPU); default: --dtype")
     ap.add_argument("--device", default="cpu", help="where both sides run: cpu, cuda, cuda:N")
     ap.add_argument("--skip-hf", action="store_true", help="run only our side (no ratios)")
     args = ap.parse_args(argv)
@@ -209,18 +212,21 @@ def main(argv: list[str] | None = None) -> int:
     from ponder.workers.runtime import resolve_placement
 
     args.device, _ = resolve_placement(args.device, args.dtype)
-    dtype = getattr(torch, args.dtype)
-    model = load_hf_model(files, dtype=dtype).to(args.device)
+    args.hf_dtype = args.hf_dtype or args.dtype
+    resolve_placement(args.device, args.hf_dtype)
+    dtype, hf_dtype = getattr(torch, args.dtype), getattr(torch, args.hf_dtype)
+    # one model in transformers' dtype; the engine makes its own fused copies in its dtype
+    model = load_hf_model(files, dtype=hf_dtype).to(args.device)
     policy = EnginePolicy(
         files, model=model, tokenizer=tokenizer,
         config=EngineConfig(block_size=args.block_size, dtype=dtype, device=args.device),
     )
-    hf_policy = HFPolicy(files, model=model, tokenizer=tokenizer, device=args.device, dtype=dtype)
+    hf_policy = HFPolicy(files, model=model, tokenizer=tokenizer, device=args.device, dtype=hf_dtype)
     P = policy.n_params
     ids = policy.encode(policy.format_prompt(Prompt(QUESTION)))
     res: dict[str, Any] = {
         "bench": "engine", "model": files.name, "non_embedding_params": P, "threads": torch.get_num_threads(),
-        "quick": args.quick, "dtype": args.dtype, "device": args.device, "prompt_tokens": len(ids),
+        "quick": args.quick, "dtype": args.dtype, "hf_dtype": args.hf_dtype, "device": args.device, "prompt_tokens": len(ids),
         "sides": "ours = ponder's paged-KV engine; hf = transformers (generate for sampling, HFPolicy for the tree)",
         "targets": TARGETS,
         # The machine is shared: the load average says how much the figures were disturbed.

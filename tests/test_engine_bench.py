@@ -26,6 +26,23 @@ def test_quick_benchmark_on_a_tiny_model(tiny_llama_dir: Path, capsys: pytest.Ca
     assert g["limit_tok_s"] > 0 and 0 < g["fraction"] and "met" not in res and res["device"] == "cpu"
 
 
+def test_each_side_in_its_own_dtype(tiny_llama_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--hf-dtype: the engine in bf16 against transformers in fp32 (each side's fastest dtype on
+    this CPU), on the same job; a dtype the device cannot run is refused before anything loads."""
+    bench = load_bench("engine")
+    rc = bench.main(["--quick", "--json", "--model", str(tiny_llama_dir), "--block-size", "4",
+                     "--dtype", "bfloat16", "--hf-dtype", "float32"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (res["dtype"], res["hf_dtype"]) == ("bfloat16", "float32")
+    assert res["sampling"]["ours_tokens"] == res["sampling"]["hf_tokens"] == 8 * 16
+    assert res["tree"]["ours_usage"]["steps"] > 0 and res["tree"]["hf_usage"]["steps"] > 0  # numerics differ: trees may too
+    from ponder.proto.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="float16"):
+        bench.main(["--quick", "--json", "--model", str(tiny_llama_dir), "--hf-dtype", "float16"])
+
+
 def test_arith_benchmark_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
     """benchmarks/arith_engine.py at its smallest: both sides of the arith eval job in one run,
     one JSON line naming each ratio once."""

@@ -12,8 +12,9 @@ What is fitted (everything by simulation on the pool, with random sample orders)
 - **Plan cells**: for each bin and budget, the strategy with the best accuracy on that bin's
   questions: verifier-weighted or majority best-of-N or the single best-scored sample (expected
   accuracy over random draws from the pool), or a tree run at that budget (its recorded
-  correctness). Every candidate's accuracy per cell is kept in the table (``fit.cell_accuracy``). Anything other than
-  weighted best-of-N must beat it significantly on the bin's questions (paired, one-sided 95%).
+  correctness). Anything other than weighted best-of-N must beat it significantly on the bin's
+  questions (paired, one-sided 95%). Every candidate's accuracy per cell is kept in the table
+  (``fit.cell_accuracy``).
 - **Controller thresholds**: the grid point that spends the fewest generations at the largest
   budget while its answer agrees with the full-budget answer on >= 98% of the questions and its
   accuracy stays within 0.5 point of the full budget's (controller.py). Agreement is measured
