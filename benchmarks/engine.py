@@ -9,7 +9,7 @@
     tokens/s of each and the ratio.
 (c) KV memory: bytes of KV blocks held by N beams forked from a P-token prompt after each
     decoded one token (copy-on-write done), against N unshared caches of P+1 tokens.
-(d) the machine's limit: measured fp32 GEMM GFLOP/s, the GEMM-bound tokens/s it implies
+(d) the machine's limit: measured GEMM GFLOP/s (in --dtype), the GEMM-bound tokens/s it implies
     (GFLOP/s ÷ 2·P per token, P = non-embedding parameters), and our sampling tokens/s as a
     fraction of it.
 
@@ -58,7 +58,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                    help="weights/activations of both sides and of the GEMM probe (like for like)")
+                    help="weights/activations of our side and of the GEMM probe, and of transformers' side "
+                         "unless --hf-dtype names another (like for like by default)")
     ap.add_argument("--hf-dtype", default="", choices=["", "float32", "bfloat16", "float16"],
                     help="transformers' dtype when it differs from --dtype (each side in its fastest dtype: "
                          "--dtype bfloat16 --hf-dtype float32 on this CPU); default: --dtype")

@@ -8,8 +8,9 @@ compute for every search method, overall and by difficulty, and a verdict on eac
 What runs (through the real search loop, ``ponder.evaluation.evaluate``):
 
 - a **pool**: best-of-N at the largest budget (``--pool``, default 256) per question. Best-of-N
-  majority, verifier-weighted and best-scored (the single highest score) at every N ≤ pool are resampled from it (``evaluation/curves.py``),
-  as the paper draws its best-of-N curves (not a new run per N).
+  majority, verifier-weighted and best-scored (the single highest score) at every N ≤ pool are
+  resampled from it (``evaluation/curves.py``), as the paper draws its best-of-N curves (not a
+  new run per N).
 - **tree searches and revisions**, one real run per method and budget (``--budgets``): beam
   search with M = 4 and M = √N, lookahead k = 1 and k = 3 (M = 4), DVTS (M = 4), sequential
   revisions, the sequential:parallel hybrid at ratios 0.25, 0.5, 0.75, and ``auto``.
@@ -323,12 +324,12 @@ def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
     pool, runs = data["pool"], data["runs"]
     q = len(pool)
     grid = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if n <= data["pool_size"]]
-    weighted = pool_curve(pool, grid, 32, rng, weighted=True)
-    majority = pool_curve(pool, grid, 32, rng, weighted=False)
+    weighted = pool_curve(pool, grid, 32, rng, "weighted")
+    majority = pool_curve(pool, grid, 32, rng, "majority")
     # the single highest-scored sample, on its own generator (draws and intervals), so every
     # other number keeps the draws it had before this curve was added
     rng_best = random.Random(seed + 1)
-    best = pool_curve(pool, grid, 32, rng_best, selection="best")
+    best = pool_curve(pool, grid, 32, rng_best, "best")
     oracle = quintile_bins(pass_at_1(pool))
     predicted = quintile_bins(np.array([np.mean([c["score"] or 0.0 for c in r["candidates"]]) if r["candidates"] else 0.0 for r in pool]))
     flops_per_gen = float(np.mean([r["flops"] / max(1, r["generations"]) for r in pool]))
@@ -470,7 +471,7 @@ def exchange(data: dict[str, Any], oracle: np.ndarray, pool_flops: float, boot: 
     for r in sorted(data.get("ratios") or DEFAULT_RATIOS):
         x = matched_generations(m, r)
         n = int(min(data["pool_size"], max(1, round(x))))
-        small = pool_curve(data["pool"], [n], 32, rng, weighted=True)[:, 0]
+        small = pool_curve(data["pool"], [n], 32, rng, "weighted")[:, 0]
         groups: dict[str, dict[str, Any]] = {}
         for name, mask in masks.items():
             idx = np.flatnonzero(mask)

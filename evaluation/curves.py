@@ -48,11 +48,9 @@ def winner(answers: Sequence[str | None], scores: Sequence[float | None], select
     return max(tot.items(), key=lambda kv: (kv[1][2], kv[1][0]))[0]
 
 
-def vote(cands: Sequence[dict[str, Any]], weighted: bool = True, selection: str | None = None) -> str | None:
-    """:func:`winner` over pool candidates (``answer``, ``score``): ``selection`` when given,
-    else the verifier-weighted vote (``weighted``) or majority voting."""
-    return winner([c["answer"] for c in cands], [c["score"] for c in cands],
-                  selection or ("weighted" if weighted else "majority"))
+def vote(cands: Sequence[dict[str, Any]], selection: str = "weighted") -> str | None:
+    """:func:`winner` over pool candidates (``answer``, ``score``)."""
+    return winner([c["answer"] for c in cands], [c["score"] for c in cands], selection)
 
 
 def gold_answers(rec: dict[str, Any]) -> set[str | None]:
@@ -61,18 +59,17 @@ def gold_answers(rec: dict[str, Any]) -> set[str | None]:
 
 
 def pool_curve(
-    pool: Sequence[dict[str, Any]], budgets: Sequence[int], draws: int, rng: random.Random, weighted: bool = True,
-    selection: str | None = None,
+    pool: Sequence[dict[str, Any]], budgets: Sequence[int], draws: int, rng: random.Random, selection: str = "weighted"
 ) -> np.ndarray:
     """(questions, budgets): expected correctness of best-of-n drawn from each question's pool,
-    selected by ``selection`` (default: weighted, or majority when ``weighted`` is False)."""
+    picked by ``selection`` (:func:`winner`)."""
     out = np.zeros((len(pool), len(budgets)))
     for i, rec in enumerate(pool):
         cands, gold = rec["candidates"], gold_answers(rec)
         for j, n in enumerate(budgets):
             k = min(n, len(cands))
             reps = 1 if k == len(cands) else draws
-            out[i, j] = sum(vote(rng.sample(cands, k), weighted, selection) in gold for _ in range(reps)) / reps
+            out[i, j] = sum(vote(rng.sample(cands, k), selection) in gold for _ in range(reps)) / reps
     return out
 
 

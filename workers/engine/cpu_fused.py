@@ -11,9 +11,9 @@ a gather, a product and a sum for the keys and an ``embedding_bag`` for the valu
 Taken by :func:`ponder.workers.engine.cpu_attention.attend` for fp32 CPU tensors (any number
 of query heads per kv head) when :func:`wanted` says so: at one torch thread by default.
 Falls back to the torch path, with one log line, when the environment sets
-``PONDER_CPU_ATTENTION=torch`` or when the build fails (no compiler, no ninja, any error). A cold build takes a few seconds (measured 6 s on this project's 2-core
-machine with the other core busy: one source, two CPU variants); later processes load the
-cached library in ~0.1 s.
+``PONDER_CPU_ATTENTION=torch`` or when the build fails (no compiler, no ninja, any error). A
+cold build takes a few seconds (measured 6 s on this project's 2-core machine with the other
+core busy: one source, two CPU variants); later processes load the cached library in ~0.1 s.
 """
 
 from __future__ import annotations
