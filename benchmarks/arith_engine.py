@@ -148,11 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             res["dtype"] = policy.dtype
             res["non_embedding_params"] = policy.n_params
             # which decode attention the engine runs: the fused C++ kernel or the torch ops
-            # (PONDER_CPU_ATTENTION=torch, a failed build, or a dtype other than float32)
+            # (PONDER_CPU_ATTENTION=torch, a failed build, or a dtype other than float32/bfloat16)
             from ponder.workers.engine import cpu_fused
 
             t0 = time.perf_counter()
-            res["cpu_attention"] = cpu_fused.name() if str(policy.dtype).endswith("float32") else "torch"
+            res["cpu_attention"] = (cpu_fused.name() if str(policy.dtype).rsplit(".", 1)[-1] in ("float32", "bfloat16")
+                                   else "torch")
             res["cpu_attention_load_s"] = time.perf_counter() - t0  # a compile on a cold cache
             say(f"engine: decode attention {res['cpu_attention']} (ready in {res['cpu_attention_load_s']:.1f} s)")
         say(f"{side}: running the job ...")

@@ -1,5 +1,5 @@
 """The engine's CPU decode attention against the kernels' PyTorch references (same contract):
-both implementations, the fused C++ kernel (``cpu_fused``, fp32) and the torch path, and the
+both implementations, the fused C++ kernel (``cpu_fused``, fp32 and bf16) and the torch path, and the
 choice between them (``PONDER_CPU_ATTENTION``, the fallback when the build fails)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ponder.workers.engine.cpu_attention import shared_prefix_attention_cpu
 
 @pytest.fixture(params=["fused", "torch"])
 def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Run the test once with each implementation (fp32 tensors; bf16 always takes torch)."""
+    """Run the test once with each implementation (fp32 and bf16 tensors; fp16 always takes torch)."""
     if request.param == "torch":
         monkeypatch.setenv(cpu_fused.ENV, "torch")
     else:
@@ -179,7 +179,7 @@ def test_one_plan_serves_every_layer(impl: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gqa_smollm2_shape(dtype: torch.dtype, impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """SmolLM2's heads (9 query heads over 3 kv heads, D 64): on the torch path G > 1 keeps the
-    bmm path (never the in-place one); fp32 takes the fused kernel when it is on."""
+    bmm path (never the in-place one); fp32 and bf16 take the fused kernel when it is on."""
     calls = _spy(monkeypatch, cpu_attention, "_attend_in_place")
     fused_calls = _spy(monkeypatch, cpu_fused, "attention")
     q, k, v, pt, pl, sg, st, sl = _shared_case(
@@ -189,7 +189,7 @@ def test_gqa_smollm2_shape(dtype: torch.dtype, impl: str, monkeypatch: pytest.Mo
     want = shared_prefix_attention_reference(*args, scale=0.125).float()
     got = shared_prefix_attention_cpu(*args, 0.125)
     assert not calls and got.dtype == dtype
-    assert bool(fused_calls) == (impl == "fused" and dtype == torch.float32)
+    assert bool(fused_calls) == (impl == "fused")
     assert (got.float() - want).abs().max().item() <= (1e-5 if dtype == torch.float32 else 2e-2)
 
 
@@ -226,6 +226,38 @@ def test_fp32_long_contexts_and_gqa(block_size: int, heads: tuple[int, int, int]
     assert (shared_prefix_attention_cpu(q[:5], k, v, None, None, None, tables, lens, 0.05) - want).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("heads", [(8, 8, 32), (9, 3, 64)])  # G = 1 and G = 3
+def test_bf16_is_the_fp32_result_rounded_once(heads: tuple[int, int, int], impl: str) -> None:
+    """bf16 caches and queries over long prefixes and suffixes: the kernel widens them exactly
+    and accumulates in fp32, so its output is the fp32 attention of the same bf16 inputs
+    rounded to bf16 once (within one bf16 step where the fp32 sums differ in their last bits);
+    the torch path (bf16 matmuls and softmax) is held to the looser tolerance of bf16
+    arithmetic."""
+    Hq, Hkv, D = heads
+    BS = 16
+    g = torch.Generator().manual_seed(7)
+    nbp, nbs = 608 // BS, 500 // BS + 1
+    NB = 2 * nbp + 6 * nbs
+    k = (torch.randn((NB, BS, Hkv, D), generator=g) * 2).bfloat16()
+    v = torch.randn((NB, BS, Hkv, D), generator=g).bfloat16()
+    q = torch.randn((6, Hq, D), generator=g).bfloat16()
+    perm = torch.randperm(NB, generator=g)
+    prefix_tables = perm[: 2 * nbp].view(2, nbp).int()
+    suffix_tables = perm[2 * nbp : 2 * nbp + 6 * nbs].view(6, nbs).int()
+    rest = (prefix_tables, torch.tensor([0, 600]).int(), torch.tensor([1, 1, 0, 1, 0, 1]).int(), suffix_tables,
+            torch.tensor([500, 1, 3, 0, 77, 250]).int())
+    want = shared_prefix_attention_reference(q.float(), k.float(), v.float(), *rest, scale=D**-0.5)
+    got = shared_prefix_attention_cpu(q, k, v, *rest, D**-0.5)
+    assert got.dtype == torch.bfloat16
+    err = (got.float() - want).abs()
+    if impl == "fused":
+        step = want.abs().clamp_min(1e-30) * 2.0**-7  # one bf16 step at |want| (8 significant bits)
+        assert bool((err <= step).all()), f"worst {float((err / step).max()):.2f} bf16 steps"
+        assert float((got.float() == want.bfloat16().float()).float().mean()) > 0.97  # mostly the rounded fp32
+    else:
+        assert float(err.max()) <= 2e-2
+
+
 # -- choosing the implementation ---------------------------------------------------------------
 
 
@@ -254,10 +286,12 @@ def test_attend_picks_the_fused_kernel_when_it_builds(fresh_build: None, monkeyp
     want = shared_prefix_attention_reference(*args, scale=0.2)
     assert (shared_prefix_attention_cpu(*args, 0.2) - want).abs().max().item() <= 1e-5
     assert fused and not torch_path
-    # bf16 is not the kernel's: the torch path, same process
+    # bf16 is the kernel's too; fp16 is not: the torch path, same process
     q, k, v, *rest = args
     shared_prefix_attention_cpu(q.bfloat16(), k.bfloat16(), v.bfloat16(), *rest, 0.2)  # type: ignore[arg-type]
-    assert len(fused) == 1 and torch_path
+    assert len(fused) == 2 and not torch_path
+    got = shared_prefix_attention_cpu(q.half(), k.half(), v.half(), *rest, 0.2)  # type: ignore[arg-type]
+    assert len(fused) == 2 and torch_path and got.dtype == torch.float16
 
 
 def test_env_var_selects_the_torch_path(fresh_build: None, monkeypatch: pytest.MonkeyPatch,

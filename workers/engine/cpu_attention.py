@@ -1,10 +1,10 @@
 """Decode attention over the paged cache for CPU tensors: the contract of
 ``ponder.kernels.shared_prefix_attention`` (same arguments, same result).
 
-fp32 tensors take the fused C++ kernel (:mod:`.cpu_fused`: one pass over each row's blocks
-with an online softmax; arith's job, a layer at 144 rows: ~4.5 ms against ~14 ms for the
-torch path below) when it builds; ``PONDER_CPU_ATTENTION=torch``, a failed build and other
-dtypes take the torch path, in fewer and larger torch ops than the reference.
+fp32 and bf16 tensors take the fused C++ kernel (:mod:`.cpu_fused`: one pass over each row's
+blocks with an online softmax; arith's job, a layer at 144 rows: ~4.5 ms against ~14 ms for
+the torch path below) when it builds; ``PONDER_CPU_ATTENTION=torch``, a failed build and other
+dtypes (fp16) take the torch path, in fewer and larger torch ops than the reference.
 
 Why a CPU path of our own: on the CPU the kernels' PyTorch reference is written for clarity and
 safety (it zeroes the gathered keys/values past each length, contracts with ``einsum``, which
@@ -233,8 +233,8 @@ def _add_prefix_values(out: torch.Tensor, p: torch.Tensor, v_cache: torch.Tensor
 
 
 def attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan, scale: float) -> torch.Tensor:
-    """q (S, H_q, D) over the cache as planned → (S, H_q, D) in q's dtype. fp32 tensors take
-    the fused kernel (:mod:`.cpu_fused`) when it is built and wanted (:func:`.cpu_fused.wanted`:
+    """q (S, H_q, D) over the cache as planned → (S, H_q, D) in q's dtype. fp32 and bf16
+    tensors take the fused kernel (:mod:`.cpu_fused`) when it is built and wanted (:func:`.cpu_fused.wanted`:
     at one torch thread unless the environment says otherwise); everything else the torch path."""
     if cpu_fused.usable(q, k_cache, v_cache) and cpu_fused.wanted():
         fn = cpu_fused.kernel()

@@ -5,11 +5,13 @@ checkout), and called through ``ctypes`` with raw pointers.
 
 One pass per (row, kv head) over the row's prefix blocks and then its suffix blocks, with an
 online softmax (a running max, sum and output, rescaled once per block) in fp32: each key and
-value is read once, where it lies in the cache. The torch path (``cpu_attention.py``) needs
+value is read once, where it lies in the cache. fp32 and bf16 tensors have one entry point
+each; bf16 keys and values are widened to fp32 as they are read (exact), the output rounded
+to bf16 once. The torch path (``cpu_attention.py``) needs
 a gather, a product and a sum for the keys and an ``embedding_bag`` for the values.
 
-Taken by :func:`ponder.workers.engine.cpu_attention.attend` for fp32 CPU tensors (any number
-of query heads per kv head) when :func:`wanted` says so: at one torch thread by default.
+Taken by :func:`ponder.workers.engine.cpu_attention.attend` for fp32 and bf16 CPU tensors (any
+number of query heads per kv head) when :func:`wanted` says so: at one torch thread by default.
 Falls back to the torch path, with one log line, when the environment sets
 ``PONDER_CPU_ATTENTION=torch`` or when the build fails (no compiler, no ninja, any error). A
 cold build takes a few seconds (measured 6 s on this project's 2-core machine with the other
@@ -37,7 +39,7 @@ COLD_BUILD_S = 6  # what the log line announces (measured: 6 s, one free core)
 
 _lock = threading.Lock()
 _tried = False
-_fn: Any = None  # the ctypes function once built
+_fn: dict[torch.dtype, Any] | None = None  # the ctypes function per dtype, once built
 _said_env = False
 
 _ERRORS = {1: "a length past its block table", 2: "a block id out of range", 3: "a seq_group out of range",
@@ -66,17 +68,20 @@ def _build() -> Any:
     if cold or took > 1.0:
         log.info("fused CPU attention kernel compiled in %.1f s", took)
     lib = ctypes.CDLL(str(path))
-    fn = lib.ponder_decode_attention
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    fn.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ptr, i64, ptr, ptr, i64, i64, ptr, ptr,
-                   ctypes.c_float]
-    fn.restype = ctypes.c_int
-    return fn
+    fns = {}
+    for dtype, symbol in ((torch.float32, "ponder_decode_attention"), (torch.bfloat16, "ponder_decode_attention_bf16")):
+        fn = getattr(lib, symbol)
+        fn.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ptr, i64, ptr, ptr, i64, i64, ptr, ptr,
+                       ctypes.c_float]
+        fn.restype = ctypes.c_int
+        fns[dtype] = fn
+    return fns
 
 
-def kernel() -> Callable[..., int] | None:
-    """The built kernel, or None when the torch path is to be used (the environment asks for
-    it, or the build failed: logged once)."""
+def kernel() -> dict[torch.dtype, Callable[..., int]] | None:
+    """The built kernel, one entry point per dtype it takes (fp32, bf16), or None when the
+    torch path is to be used (the environment asks for it, or the build failed: logged once)."""
     global _tried, _fn, _said_env
     if os.environ.get(ENV, "auto").strip().lower() == "torch":
         if not _said_env:
@@ -98,8 +103,8 @@ def kernel() -> Callable[..., int] | None:
 
 
 def name() -> str:
-    """Which implementation fp32 CPU decode attention uses in this process: "fused-cpp" or
-    "torch" (builds the kernel if it was not tried yet)."""
+    """Which implementation fp32 and bf16 CPU decode attention use in this process: "fused-cpp"
+    or "torch" (builds the kernel if it was not tried yet)."""
     return "fused-cpp" if kernel() is not None else "torch"
 
 
@@ -129,14 +134,16 @@ def wanted() -> bool:
 
 
 def usable(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
-    """The kernel's domain: fp32 CPU tensors, caches contiguous (q is made contiguous)."""
-    return (q.dtype == k_cache.dtype == v_cache.dtype == torch.float32 and q.device.type == "cpu"
+    """The kernel's domain: fp32 or bf16 CPU tensors, all of one dtype, caches contiguous (q is
+    made contiguous)."""
+    return (q.dtype == k_cache.dtype == v_cache.dtype and q.dtype in (torch.float32, torch.bfloat16)
+            and q.device.type == "cpu"
             and k_cache.device.type == "cpu" and k_cache.is_contiguous() and v_cache.is_contiguous()
             and k_cache.shape == v_cache.shape)
 
 
 def attention(
-    fn: Callable[..., int],
+    fns: dict[torch.dtype, Callable[..., int]],
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -147,12 +154,17 @@ def attention(
     seq_group: torch.Tensor | None,
     scale: float,
 ) -> torch.Tensor:
-    """q (S, H_q, D) fp32 over the caches with the contract's tables (int32 or int64) →
-    (S, H_q, D). Index tensors are converted to contiguous int32 (no copy when they are)."""
+    """q (S, H_q, D) over the caches (fp32 or bf16, one dtype: :func:`usable`) with the
+    contract's tables (int32 or int64) → (S, H_q, D) in that dtype. Index tensors are converted
+    to contiguous int32 (no copy when they are)."""
     S, Hq, D = q.shape
     NB, BS, Hkv, Dk = k_cache.shape
     if Dk != D or Hq % Hkv:
         raise ValueError(f"q {tuple(q.shape)} does not fit the cache {tuple(k_cache.shape)}")
+    fn = fns.get(q.dtype)
+    if fn is None or not usable(q, k_cache, v_cache):
+        raise TypeError(f"fused CPU attention takes fp32 or bf16 CPU tensors of one dtype, not q {q.dtype} on "
+                        f"{q.device.type}, caches {k_cache.dtype}/{v_cache.dtype}")
     q = q.contiguous()
     out = torch.empty_like(q)
     st, sl = _i32(suffix_tables), _i32(suffix_lens)
