@@ -51,7 +51,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="ponder bench adaptive", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="arith")
     ap.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, cuda:N, auto)")
-    ap.add_argument("--dtype", default="auto", help="compute dtype (auto: bfloat16 on CUDA, float32 on the CPU)")
+    ap.add_argument("--dtype", default="auto", help="compute dtype (auto: bfloat16 on CUDA and, for the engine, on a CPU with native bf16; else float32)")
     ap.add_argument("--verifier", default="auto")
     ap.add_argument("--plan", default="auto", help="the plan table (auto: the model's)")
     ap.add_argument("--dataset", default="arith:test:160")

@@ -17,7 +17,7 @@ take for the same number of rows, measured here on this model's weights). ``--pr
 also prints the engine side's cProfile (top functions by own time).
 
 Prints a table and, last, one JSON line. ``--quick``: 4 questions x 8 samples (< 1 minute).
-Usage: python benchmarks/arith_engine.py [--quick] [--json] [--threads 1] [--profile N]
+Usage: python benchmarks/arith_engine.py [--quick] [--json] [--threads 1] [--dtype auto] [--profile N]
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=None, help="questions in flight [16]")
     ap.add_argument("--max-rows", type=int, default=None, help="sequences in flight [256]")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the eval's auto for arith: 1)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="the engine's dtype; auto (default) as `ponder eval` picks it: bfloat16 on a CPU with "
+                         "native bf16, else float32. Transformers runs float32 (its auto on the CPU)")
     ap.add_argument("--skip-hf", action="store_true", help="run only the engine (no speedup)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="profile the engine side with cProfile and print its top N functions "
@@ -141,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     sides = ["engine"] if args.skip_hf else ["engine", "hf"]
     for side in sides:
         say(f"{side}: loading {args.model} ...")
-        policy = build_policy(args.model, side, "cpu", "float32")
+        policy = build_policy(args.model, side, "cpu", args.dtype if side == "engine" else "float32")
         verifier = build_verifier("auto", policy, args.model)
         plan = build_plan("auto", args.model, verifier)
+        res["dtype" if side == "engine" else "hf_dtype"] = policy.dtype
         if side == "engine":
-            res["dtype"] = policy.dtype
             res["non_embedding_params"] = policy.n_params
             # which decode attention the engine runs: the fused C++ kernel or the torch ops
             # (PONDER_CPU_ATTENTION=torch, a failed build, or a dtype other than float32/bfloat16)
@@ -190,7 +193,7 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"speedup (hf wall / engine wall): {r['speedup']:.2f}x; answers differing: {r['answers_differing']}")
     print(f"engine decoded tok/s / GEMM-bound limit ({r['gemm_limit_tok_s']:.0f} tok/s at {r.get('job')}): "
           f"{r['gemm_fraction']:.3f}")
-    print(f"threads {r['threads']}, dtype {r.get('dtype')}, cpu attention {r.get('cpu_attention')}, load average {r['loadavg_start'][0]:.2f} -> "
+    print(f"threads {r['threads']}, dtype {r.get('dtype')} (transformers {r.get('hf_dtype')}), cpu attention {r.get('cpu_attention')}, load average {r['loadavg_start'][0]:.2f} -> "
           f"{r['loadavg_end'][0]:.2f}")
 
 

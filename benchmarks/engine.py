@@ -57,12 +57,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                     help="weights/activations of our side and of the GEMM probe, and of transformers' side "
-                         "unless --hf-dtype names another (like for like by default)")
+                         "unless --hf-dtype names another. auto (default): each side in its fastest dtype, "
+                         "as a worker's --dtype auto picks it: ours bfloat16 on CUDA and on a CPU with native "
+                         "bf16, else float32; transformers float32 on the CPU, bfloat16 on CUDA")
     ap.add_argument("--hf-dtype", default="", choices=["", "float32", "bfloat16", "float16"],
-                    help="transformers' dtype when it differs from --dtype (each side in its fastest dtype: "
-                         "--dtype bfloat16 --hf-dtype float32 on this CPU); default: --dtype")
+                    help="transformers' dtype when it differs from --dtype; default: as --dtype (auto: float32 "
+                         "on the CPU, bfloat16 on CUDA)")
     ap.add_argument("--device", default="cpu", help="where both sides run: cpu, cuda, cuda:N")
     ap.add_argument("--skip-hf", action="store_true", help="run only our side (no ratios)")
     args = ap.parse_args(argv)
@@ -212,12 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(files)
     from ponder.workers.runtime import resolve_placement
 
+    from ponder.workers.models import auto_dtype
+
     args.device, _ = resolve_placement(args.device, args.dtype)
-    args.hf_dtype = args.hf_dtype or args.dtype
+    if not args.hf_dtype:
+        args.hf_dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device.startswith("cuda") else "float32")
     resolve_placement(args.device, args.hf_dtype)
-    dtype, hf_dtype = getattr(torch, args.dtype), getattr(torch, args.hf_dtype)
+    hf_dtype = getattr(torch, args.hf_dtype)
     # one model in transformers' dtype; the engine makes its own fused copies in its dtype
     model = load_hf_model(files, dtype=hf_dtype).to(args.device)
+    if args.dtype == "auto":
+        args.dtype = auto_dtype(args.device)
+    dtype = getattr(torch, args.dtype)
+    say(f"ours: {args.dtype}, transformers: {args.hf_dtype}")
     policy = EnginePolicy(
         files, model=model, tokenizer=tokenizer,
         config=EngineConfig(block_size=args.block_size, dtype=dtype, device=args.device),

@@ -67,7 +67,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="ponder bench scaling", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="arith")
     ap.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda, cuda:N, auto)")
-    ap.add_argument("--dtype", default="auto", help="compute dtype (auto: bfloat16 on CUDA, float32 on the CPU)")
+    ap.add_argument("--dtype", default="auto", help="compute dtype (auto: bfloat16 on CUDA and, for the engine, on a CPU with native bf16; else "
+                                                    "float32; with --extend, auto = the run's own dtype)")
     ap.add_argument("--verifier", default="auto")
     ap.add_argument("--dataset", default="arith:test:100")
     ap.add_argument("--pool", type=int, default=256, help="best-of-N samples per question")
@@ -174,6 +175,7 @@ def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any]) -> d
             searcher = _searcher(a)
             policy, verifier, common = searcher
             data["model"], data["verifier"], data["plan"] = policy.name, verifier.name if verifier else "none", common["plan"].summary()
+            data["dtype"] = policy.dtype  # what --extend keeps: one run's samples in one dtype
         return searcher
 
     def checkpoint() -> None:
@@ -304,6 +306,8 @@ def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     if a.verifier == "auto":  # the run's own verifier (its spec; older runs recorded only the name)
         a.verifier = data.get("verifier_spec") or data.get("verifier") or "auto"
     a.concurrency = data.get("concurrency", a.concurrency)
+    if a.dtype == "auto":  # the run's own dtype (runs before it was recorded ran float32)
+        a.dtype = data.get("dtype", "float32")
     if a.large_model == "auto":  # not named on this command: the run's own choice (a run with none stays without)
         a.large_model = data.get("large_model_spec", "auto")
     data.setdefault("intended", [[r["label"], r["budget"]] for r in data["runs"]])  # runs before it was recorded

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2")
     p.add_argument("--backend", default="auto")
     p.add_argument("--device", default="cpu", help="where the workers' model runs (cpu, cuda, cuda:N, auto)")
-    p.add_argument("--dtype", default="auto", help="compute dtype (auto: bfloat16 on CUDA, float32 on the CPU)")
+    p.add_argument("--dtype", default="auto", help="compute dtype (auto: bfloat16 on CUDA and, for the engine, on a CPU with native bf16; else float32)")
     p.add_argument("--questions", type=int, default=16)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--budget", type=int, default=4)

@@ -24,6 +24,10 @@ def test_quick_benchmark_on_a_tiny_model(tiny_llama_dir: Path, capsys: pytest.Ca
     # 8 beams over a 40-token prompt, block 4: 10 shared prompt blocks + 1 own block per beam.
     assert kv["fraction"] == pytest.approx((10 + 8) * 4 / (8 * 41))
     assert g["limit_tok_s"] > 0 and 0 < g["fraction"] and "met" not in res and res["device"] == "cpu"
+    # the default --dtype auto: ours bf16 where the CPU has native bf16, transformers float32
+    from ponder.workers.models import cpu_has_native_bf16
+
+    assert (res["dtype"], res["hf_dtype"]) == ("bfloat16" if cpu_has_native_bf16() else "float32", "float32")
 
 
 def test_each_side_in_its_own_dtype(tiny_llama_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,10 +51,12 @@ def test_arith_benchmark_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
     """benchmarks/arith_engine.py at its smallest: both sides of the arith eval job in one run,
     one JSON line naming each ratio once."""
     bench = load_bench("arith_engine")
-    rc = bench.main(["--quick", "--json", "--questions", "2", "--budget", "2"])
+    # float32 on both sides, so the answers must agree exactly (the default, auto, runs the
+    # engine in bf16 on a CPU with native bf16)
+    rc = bench.main(["--quick", "--json", "--questions", "2", "--budget", "2", "--dtype", "float32"])
     assert rc == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert res["threads"] == 1 and res["dtype"] == "float32" and len(res["loadavg_start"]) == 3
+    assert res["threads"] == 1 and res["dtype"] == res["hf_dtype"] == "float32" and len(res["loadavg_start"]) == 3
     assert "engine" in res["sides"] and "hf" in res["sides"]
     e, h = res["engine"], res["hf"]
     for side in (e, h):

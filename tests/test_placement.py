@@ -26,9 +26,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_placement_resolves_auto_and_refuses_what_the_machine_lacks() -> None:
-    assert resolve_placement("cpu", "auto") == ("cpu", "float32")
+    assert resolve_placement("cpu", "auto") == ("cpu", "auto")  # decided by the model's size when it loads
     assert resolve_placement("CPU", "bf16") == ("cpu", "bfloat16")
-    assert resolve_placement("auto", "auto") == (("cuda:0", "bfloat16") if CUDA else ("cpu", "float32"))
+    assert resolve_placement("auto", "auto") == (("cuda:0", "bfloat16") if CUDA else ("cpu", "auto"))
     bad = [("gpu", "auto", "device"), ("mps", "auto", "device"), ("cpu", "int8", "dtype"),
            ("cpu", "float16", "dtype"), ("cuda:7", "auto", "device")]
     if not CUDA:
@@ -71,6 +71,32 @@ def test_dtype_reaches_the_engine_and_the_hf_backend(model_dir: Path) -> None:
         while loop.tick():
             pass
         assert events[-1].WhichOneof("kind") == "final", events[-1]
+
+
+def test_auto_dtype_on_the_cpu_follows_native_bf16(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--dtype auto on the CPU: the engine runs bf16 where the CPU has native bf16 instructions,
+    float32 elsewhere; transformers always float32 (its fastest on the CPU)."""
+    from ponder.workers import models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    engine = build_policy(str(model_dir), "engine", "cpu", "auto")
+    assert engine.dtype == "bfloat16" and engine.engine.pool.k.dtype == torch.bfloat16
+    assert build_policy(str(model_dir), "hf", "cpu", "auto").dtype == "float32"
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)  # bf16 emulated: slower than fp32
+    assert build_policy(str(model_dir), "engine", "cpu", "auto").dtype == "float32"
+    assert models.auto_dtype("cuda:0") == "bfloat16"
+
+
+def test_cpu_native_bf16_reads_the_cpu_flags() -> None:
+    from ponder.workers.models import cpu_has_native_bf16
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        assert cpu_has_native_bf16() is False
+        return
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 def test_the_loop_and_a_separate_prm_follow_the_policy_device(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

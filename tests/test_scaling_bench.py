@@ -74,6 +74,10 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
                           "--out", str(tmp_path / "resumed.json")])["data"]
     assert resumed["complete"] and resumed == json.loads((tmp_path / "resumed.json").read_text())
     assert resumed["large"] is None
+    # the run's dtype is recorded and kept by --extend (auto: the run's own, whatever this machine picks now)
+    from ponder.workers.models import auto_dtype
+
+    assert saved["dtype"] == resumed["dtype"] == auto_dtype("cpu")
     # the resumed questions are sampled with the seeds an uninterrupted run gives them
     assert [[c["answer"] for c in q["candidates"]] for q in resumed["pool"]] == [[c["answer"] for c in q["candidates"]] for q in saved["pool"]]
     assert [(r["label"], r["budget"], len(r["correct"])) for r in resumed["runs"]] == [("dvts M=4", 4, 4), ("auto", 4, 4)]

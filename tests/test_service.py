@@ -254,8 +254,12 @@ def test_server_info_health_and_reflection(svc: Service) -> None:
         info = c.info()
     assert info.workers_alive >= 1 and info.models and "best_of_n" in info.strategies
     assert info.workers[0].capacity == 64
-    assert (info.workers[0].device, info.workers[0].dtype) == ("cpu", "float32")
-    assert info.placements == [f"{info.models[0]} on cpu (float32) x1"]
+    # the worker runs --dtype auto: bf16 where the CPU has native bf16 (the engine), else float32
+    from ponder.workers.models import auto_dtype
+
+    want = auto_dtype("cpu")
+    assert (info.workers[0].device, info.workers[0].dtype) == ("cpu", want)
+    assert info.placements == [f"{info.models[0]} on cpu ({want}) x1"]
     with grpc.insecure_channel(svc.target) as ch:
         resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="ponder.v1.Reasoner"), timeout=5)
         assert resp.status == health_pb2.HealthCheckResponse.SERVING

@@ -13,7 +13,7 @@ from ponder.workers.engine.config import EngineConfig
 from ponder.workers.engine.decode import StepRow, StopRule, run_steps
 from ponder.workers.engine.engine import Engine
 from ponder.workers.engine.kv_cache import CacheStats, Sequence
-from ponder.workers.models import ModelFiles, format_prompt, longest_token_chars, load_hf_model, load_tokenizer, non_embedding_params, resolve
+from ponder.workers.models import ModelFiles, auto_dtype, format_prompt, longest_token_chars, load_hf_model, load_tokenizer, non_embedding_params, resolve
 from ponder.workers.policy import Policy
 from ponder.workers.sampling import RowRandom, StepStopper, eos_ids
 from ponder.workers.types import Node, PrefillOutput, Prompt, SamplingParams, StepOutput
@@ -56,7 +56,10 @@ class EnginePolicy(Policy):
         dtype: torch.dtype | str = torch.float32,
         **config: Any,
     ) -> EnginePolicy:
-        """Resolve ``model_name`` (see :func:`ponder.workers.models.resolve`) and load it."""
+        """Resolve ``model_name`` (see :func:`ponder.workers.models.resolve`) and load it.
+        ``dtype="auto"``: :func:`ponder.workers.models.auto_dtype`."""
+        if isinstance(dtype, str) and dtype.strip().lower() == "auto":
+            dtype = auto_dtype(str(config.get("device", EngineConfig.device)))
         cfg = EngineConfig(block_size=block_size, max_kv_bytes=max_kv_bytes, dtype=dtype, **config)  # type: ignore[arg-type]  # a name is parsed in __post_init__
         files = resolve(model_name)
         return cls(files, model=None, config=cfg)
