@@ -155,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             from ponder.workers.engine import cpu_fused
 
             t0 = time.perf_counter()
-            res["cpu_attention"] = (cpu_fused.name() if str(policy.dtype).rsplit(".", 1)[-1] in ("float32", "bfloat16")
-                                   else "torch")
+            res["cpu_attention"] = cpu_fused.name() if getattr(torch, policy.dtype) in cpu_fused.DTYPES else "torch"
             res["cpu_attention_load_s"] = time.perf_counter() - t0  # a compile on a cold cache
             say(f"engine: decode attention {res['cpu_attention']} (ready in {res['cpu_attention_load_s']:.1f} s)")
         say(f"{side}: running the job ...")

@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.device, _ = resolve_placement(args.device, args.dtype)
     if not args.hf_dtype:
-        args.hf_dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device.startswith("cuda") else "float32")
+        args.hf_dtype = args.dtype if args.dtype != "auto" else auto_dtype(args.device, "hf")
     resolve_placement(args.device, args.hf_dtype)
     hf_dtype = getattr(torch, args.hf_dtype)
     # one model in transformers' dtype; the engine makes its own fused copies in its dtype

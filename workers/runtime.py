@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 from ponder.proto.errors import InvalidArgument
 from ponder.service.signals import serve_until_signalled
-from ponder.workers.models import SMALL_MODEL_PARAMS, resolve
+from ponder.workers.models import SMALL_MODEL_PARAMS, auto_dtype, resolve
 from ponder.workers.policy import Policy
 from ponder.workers.search.plan import PlanTable
 from ponder.workers.verifier import Verifier
@@ -29,10 +29,9 @@ DTYPE_HELP = ("compute dtype: 'auto' (bfloat16 on CUDA; on the CPU bfloat16 for 
 def resolve_placement(device: str = "cpu", dtype: str = "float32") -> tuple[str, str]:
     """``(device, dtype)`` checked against this machine, ``auto`` resolved: the device always,
     the dtype on CUDA (bfloat16); on the CPU ``auto`` stays ``auto`` and is decided by the
-    backend (:func:`build_policy`). A
-    device the machine lacks (``cuda:1`` with one GPU, any CUDA without one) or a dtype the
-    device cannot run (float16 on the CPU) is INVALID_ARGUMENT naming the flag, before any
-    model loads."""
+    backend (:func:`build_policy`). A device the machine lacks (``cuda:1`` with one GPU, any
+    CUDA without one) or a dtype the device cannot run (float16 on the CPU) is INVALID_ARGUMENT
+    naming the flag, before any model loads."""
     import torch
 
     from ponder.workers.engine.config import parse_dtype
@@ -72,9 +71,9 @@ def resolve_placement(device: str = "cpu", dtype: str = "float32") -> tuple[str,
 def build_policy(model: str = DEFAULT_MODEL, backend: str = "auto", device: str = "cpu", dtype: str = "float32") -> Policy:
     """The policy for ``model`` on ``device`` in ``dtype`` (see :func:`resolve_placement`): our
     paged-KV engine when it covers the architecture (``auto``/``engine``), else plain
-    transformers (``hf``). ``auto`` on the CPU: the engine runs bfloat16 where the CPU has native
-    bf16 (:func:`ponder.workers.models.auto_dtype`), transformers float32, its fastest on the
-    CPU (measured with SmolLM2: 67.9 tok/s in bf16 against 94-120 in fp32, its non-GEMM ops)."""
+    transformers (``hf``). ``auto`` on the CPU: :func:`ponder.workers.models.auto_dtype` for
+    the backend that loads (the engine bf16 where the CPU has native bf16, transformers
+    float32)."""
     if backend not in BACKENDS:
         raise InvalidArgument("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
     device, dtype = resolve_placement(device, dtype)
@@ -96,7 +95,7 @@ def build_policy(model: str = DEFAULT_MODEL, backend: str = "auto", device: str 
 
     from ponder.workers.hf_policy import HFPolicy
 
-    return HFPolicy(files, device=device, dtype=getattr(torch, "float32" if dtype == "auto" else dtype))
+    return HFPolicy(files, device=device, dtype=getattr(torch, auto_dtype(device, "hf") if dtype == "auto" else dtype))
 
 
 def build_verifier(spec: str, policy: Policy, model: str = "") -> Verifier | None:

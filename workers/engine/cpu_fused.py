@@ -39,6 +39,7 @@ COLD_BUILD_S = 6  # what the log line announces (measured: 6 s, one free core)
 
 _lock = threading.Lock()
 _tried = False
+DTYPES = (torch.float32, torch.bfloat16)  # the kernel's entry points, in _build's order
 _fn: dict[torch.dtype, Any] | None = None  # the ctypes function per dtype, once built
 _said_env = False
 
@@ -70,7 +71,7 @@ def _build() -> Any:
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fns = {}
-    for dtype, symbol in ((torch.float32, "ponder_decode_attention"), (torch.bfloat16, "ponder_decode_attention_bf16")):
+    for dtype, symbol in zip(DTYPES, ("ponder_decode_attention", "ponder_decode_attention_bf16")):
         fn = getattr(lib, symbol)
         fn.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ptr, i64, ptr, ptr, i64, i64, ptr, ptr,
                        ctypes.c_float]
@@ -136,7 +137,7 @@ def wanted() -> bool:
 def usable(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> bool:
     """The kernel's domain: fp32 or bf16 CPU tensors, all of one dtype, caches contiguous (q is
     made contiguous)."""
-    return (q.dtype == k_cache.dtype == v_cache.dtype and q.dtype in (torch.float32, torch.bfloat16)
+    return (q.dtype == k_cache.dtype == v_cache.dtype and q.dtype in DTYPES
             and q.device.type == "cpu"
             and k_cache.device.type == "cpu" and k_cache.is_contiguous() and v_cache.is_contiguous()
             and k_cache.shape == v_cache.shape)
