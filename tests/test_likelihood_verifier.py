@@ -58,14 +58,16 @@ def _tree(policy, seed: int = 0) -> list[list[Node]]:  # type: ignore[no-untyped
     return levels
 
 
-def _teacher_forced(judge_lm, leaf: Node) -> list[float]:  # type: ignore[no-untyped-def]
+def _teacher_forced(judge_lm, leaf: Node) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
+    """The judge's log-prob of each solution token and its gap (minus the best token's log-prob)."""
     path = leaf.path()
     prompt = path[0].parent.token_ids  # type: ignore[union-attr]
     sol = [t for st in path for t in st.token_ids]
     with torch.no_grad():
         logits = judge_lm(input_ids=torch.tensor([prompt + sol])).logits[0].float()
     lp = torch.log_softmax(logits, -1)
-    return [float(lp[len(prompt) + i - 1, t]) for i, t in enumerate(sol)]
+    rows = [lp[len(prompt) + i - 1] for i in range(len(sol))]
+    return [float(r[t]) for r, t in zip(rows, sol)], [float(r[t] - r.max()) for r, t in zip(rows, sol)]
 
 
 def test_incremental_scores_equal_a_teacher_forced_judge(pair: tuple[Path, Path]) -> None:
@@ -81,11 +83,12 @@ def test_incremental_scores_equal_a_teacher_forced_judge(pair: tuple[Path, Path]
     ver.release(levels[1][:1])
     out3 = ver.score(levels[2], "min")
     for leaf, score in zip(levels[2], out3.scores):
-        want = _teacher_forced(ver.judge, leaf)
-        got = leaf.verifier_state.logprobs
-        assert got == pytest.approx(want, abs=1e-4)
+        want, want_gaps = _teacher_forced(ver.judge, leaf)
+        assert leaf.verifier_state.logprobs == pytest.approx(want, abs=1e-4)
+        assert leaf.verifier_state.gaps == pytest.approx(want_gaps, abs=1e-4)
+        assert all(g <= 0.0 for g in leaf.verifier_state.gaps)
         own = [lp for st in leaf.path() for lp in st.logprobs]
-        x = features(own, want, len(leaf.logprobs), ver.window)
+        x = features(own, want, want_gaps, len(leaf.logprobs), ver.window)
         assert score == pytest.approx(float(torch.tensor(x[3]).exp()), rel=1e-4)  # uncalibrated: exp(judge mean)
         assert 0.0 < score <= 1.0
     # FLOPs: 2·P_judge per token the judge read: each question's prompt once (its two samples
@@ -102,7 +105,8 @@ def test_features_match_a_direct_computation() -> None:
     rng = random.Random(5)
     own = [-rng.random() * 2 for _ in range(9)]
     judge = [-rng.random() * 2 for _ in range(9)]
-    x = dict(zip(FEATURES, features(own, judge, 3, 4)))
+    gaps = [0.0, -0.5, 0.0, -3.0, 0.0, -1.0, 0.0, 0.0, -0.2]
+    x = dict(zip(FEATURES, features(own, judge, gaps, 3, 4)))
     r = [j - o for j, o in zip(judge, own)]
     assert x["ratio_mean"] == pytest.approx(sum(r) / 9)
     assert x["ratio_min"] == pytest.approx(min(r))
@@ -110,7 +114,11 @@ def test_features_match_a_direct_computation() -> None:
     assert x["judge_min"] == pytest.approx(min(judge)) and x["own_mean"] == pytest.approx(sum(own) / 9)
     assert x["step_ratio_min"] == pytest.approx(min(r[-3:]))
     assert x["length"] == pytest.approx(0.09)
-    assert features([], [], 0, 4) == [0.0] * len(FEATURES)
+    assert (x["gap_min"], x["gap_2nd"]) == (-3.0, -1.0)
+    # one token: the second-lowest gap is 0 (no second departure from the judge's choice)
+    y = dict(zip(FEATURES, features([-1.0], [-2.0], [-0.7], 1, 4)))
+    assert (y["gap_min"], y["gap_2nd"]) == (-0.7, 0.0)
+    assert features([], [], [], 0, 4) == [0.0] * len(FEATURES)
 
 
 def test_bad_specs_fail_at_load_naming_the_field(pair: tuple[Path, Path], tmp_path: Path) -> None:
@@ -182,9 +190,13 @@ def _synthetic_pool(seed: int = 0) -> list:  # type: ignore[type-arg]
             right = rng.random() < p_right
             own = [[-0.3 * (1 - p_right) - rng.random() * 0.2 for _ in range(5)] for _ in range(3)]
             judge = [[o + rng.gauss(0, 0.1) for o in step] for step in own]
+            # a few harmless departures from the judge's choice in every kind of sample
+            gaps = [[-0.3 * rng.random() if rng.random() < 0.2 else 0.0 for _ in range(5)] for _ in range(3)]
             if not right:
-                judge[rng.randrange(3)][rng.randrange(5)] -= 2.0 + rng.random()
-            rows.append(PoolRow(q, right, own, judge))
+                s, t = rng.randrange(3), rng.randrange(5)
+                judge[s][t] -= 2.0 + rng.random()
+                gaps[s][t] = judge[s][t]
+            rows.append(PoolRow(q, right, own, judge, gaps))
     return rows
 
 
@@ -211,6 +223,13 @@ def test_fit_chooses_by_cross_validated_ranking_and_calibrates_monotonically(tmp
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(InvalidArgument, match="not a likelihood pool"):
         load_pool(tmp_path / "bad.json")
+    # a pool written before gaps were recorded is refused, saying what to do
+    old = json.loads((tmp_path / "pool.json").read_text())
+    for r in old["rows"]:
+        del r["gaps"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(InvalidArgument, match="sample it again"):
+        load_pool(tmp_path / "old.json")
 
 
 def test_train_likelihood_fits_a_calibration_the_worker_loads(tmp_path: Path) -> None:

@@ -76,7 +76,16 @@ def span_logprobs(model: Any, seqs: Sequence[list[int]], spans: Sequence[Sequenc
     """Per sequence, per span ``(start, end)``, the log-prob (T = 1) under ``model`` of each token
     in ``seq[start:end]`` given everything before it: one teacher-forced forward per sequence,
     batched by length, right-padded (causal attention never sees the padding)."""
-    out: list[list[list[float]]] = [[] for _ in seqs]
+    return span_logprobs_and_gaps(model, seqs, spans, pad_id, batch)[0]
+
+
+def span_logprobs_and_gaps(
+    model: Any, seqs: Sequence[list[int]], spans: Sequence[Sequence[tuple[int, int]]], pad_id: int = 0, batch: int = 64,
+) -> tuple[list[list[list[float]]], list[list[list[float]]]]:
+    """:func:`span_logprobs`, and beside each log-prob the token's *gap*: its log-prob minus the
+    highest log-prob of any token at that position (0 where the model's favourite was read)."""
+    lps: list[list[list[float]]] = [[] for _ in seqs]
+    gaps: list[list[list[float]]] = [[] for _ in seqs]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for b in range(0, len(order), batch):
         rows = order[b : b + batch]
@@ -85,7 +94,10 @@ def span_logprobs(model: Any, seqs: Sequence[list[int]], spans: Sequence[Sequenc
         for j, i in enumerate(rows):
             padded[j, : len(seqs[i])] = torch.tensor(seqs[i])
         lp = torch.log_softmax(model(input_ids=padded).logits.float(), -1)  # (B, T, V)
+        top = lp.max(-1).values  # (B, T)
         for j, i in enumerate(rows):
             got = lp[j, : len(seqs[i]) - 1].gather(1, torch.tensor(seqs[i][1:])[:, None])[:, 0]  # log p(token t | < t)
-            out[i] = [got[a - 1 : e - 1].tolist() for a, e in spans[i]]
-    return out
+            gap = got - top[j, : len(seqs[i]) - 1]
+            lps[i] = [got[a - 1 : e - 1].tolist() for a, e in spans[i]]
+            gaps[i] = [gap[a - 1 : e - 1].tolist() for a, e in spans[i]]
+    return lps, gaps

@@ -29,7 +29,7 @@ import torch
 
 from ponder.proto.errors import InvalidArgument
 from ponder.training.calibration import WINDOWS, Sample, add_sampling_arguments, design_rows, fit_logistic, sample_paths
-from ponder.training.grading import span_logprobs
+from ponder.training.grading import span_logprobs_and_gaps
 from ponder.training.prm import grouped_auc
 from ponder.workers.prm.likelihood import (
     FEATURES,
@@ -45,9 +45,10 @@ log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def judge_logprobs(judge: Any, samples: Sequence[Sample], batch: int = 64) -> list[list[list[float]]]:
+def judge_logprobs(judge: Any, samples: Sequence[Sample], batch: int = 64) -> tuple[list[list[list[float]]], list[list[list[float]]]]:
     """Per sample, per step, the judge's log-prob (T = 1) of each of the step's tokens, given the
-    prompt and the earlier steps (one forward pass per sample, batched, right-padded)."""
+    prompt and the earlier steps, and each token's gap (one forward pass per sample, batched,
+    right-padded)."""
     seqs, spans = [], []
     for s in samples:
         root = s.steps[0].parent
@@ -59,22 +60,24 @@ def judge_logprobs(judge: Any, samples: Sequence[Sample], batch: int = 64) -> li
             ids += list(step.token_ids)
         seqs.append(ids)
         spans.append(sp)
-    return span_logprobs(judge, seqs, spans, 0, batch)
+    return span_logprobs_and_gaps(judge, seqs, spans, 0, batch)
 
 
 @dataclass
 class PoolRow:
     """One sampled solution: its question's index, its grade, and per step the policy's token
-    log-probs (recorded while sampling) and the judge's."""
+    log-probs (recorded while sampling), the judge's and the judge's gaps."""
 
     question: int
     correct: bool
     own: list[list[float]]
     judge: list[list[float]]
+    gaps: list[list[float]]
 
 
-def pool_rows(samples: Sequence[Sample], judged: Sequence[list[list[float]]]) -> list[PoolRow]:
-    return [PoolRow(s.question, s.correct, [list(st.logprobs) for st in s.steps], j) for s, j in zip(samples, judged)]
+def pool_rows(samples: Sequence[Sample], judged: tuple[Sequence[list[list[float]]], Sequence[list[list[float]]]]) -> list[PoolRow]:
+    return [PoolRow(s.question, s.correct, [list(st.logprobs) for st in s.steps], j, g)
+            for s, j, g in zip(samples, *judged)]
 
 
 def save_pool(rows: Sequence[PoolRow], path: Path, meta: dict[str, Any]) -> None:
@@ -90,7 +93,9 @@ def load_pool(path: Path) -> tuple[list[PoolRow], dict[str, Any]]:
         raise InvalidArgument("pool", f"{path} cannot be read as a likelihood pool: {exc}") from exc
     if not isinstance(data, dict) or data.get("format") != "ponder-likelihood-pool":
         raise InvalidArgument("pool", f"{path} is not a likelihood pool (written by --save-pool)")
-    rows = [PoolRow(int(r["question"]), bool(r["correct"]), r["own"], r["judge"]) for r in data["rows"]]
+    if data["rows"] and "gaps" not in data["rows"][0]:
+        raise InvalidArgument("pool", f"{path} was written before the judge's gaps were recorded; sample it again (--save-pool)")
+    rows = [PoolRow(int(r["question"]), bool(r["correct"]), r["own"], r["judge"], r["gaps"]) for r in data["rows"]]
     return rows, dict(data.get("meta", {}))
 
 
@@ -98,11 +103,13 @@ def prefix_features(row: PoolRow, window: int) -> list[list[float]]:
     """The likelihood features of each step prefix of a solution."""
     own: list[float] = []
     judge: list[float] = []
+    gaps: list[float] = []
     out = []
-    for o, j in zip(row.own, row.judge):
+    for o, j, g in zip(row.own, row.judge, row.gaps):
         own.extend(o)
         judge.extend(j)
-        out.append(features(own, judge, len(o), window))
+        gaps.extend(g)
+        out.append(features(own, judge, gaps, len(o), window))
     return out
 
 
@@ -117,6 +124,9 @@ CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pairwise", ("judge_min", "ratio_window_min")),
     ("pairwise", ("judge_min", "judge_mean")),
     ("pairwise", ("judge_min", "judge_mean", "ratio_min")),
+    ("pairwise", ("gap_min", "ratio_min")),
+    ("pairwise", ("gap_min", "gap_2nd", "ratio_min")),
+    ("pairwise", ("gap_min", "gap_2nd", "judge_min", "ratio_min")),
 )
 
 

@@ -37,7 +37,7 @@ from ponder.workers.prm.value_head import ValueHead
 from ponder.tasks import arith
 from ponder.workers.models import format_prompt
 from ponder.training.checkpoint import EOS_ID, PAD_ID, load_checkpoint
-from ponder.training.grading import Samples, decode, prompt_ids, sample_solutions, span_logprobs
+from ponder.training.grading import Samples, decode, prompt_ids, sample_solutions, span_logprobs_and_gaps
 from ponder.training.mc_labels import LabeledSolution, ModelRollouts, cut_steps, mc_label, step_features
 from ponder.training.prm import auc
 from ponder.training.quality_doc import _read, write_doc
@@ -111,12 +111,19 @@ def value_head_scorer(model: Any, tokenizer: Any, fmt: Any, head: ValueHead) -> 
     return score
 
 
-@torch.inference_mode()
 def token_logprobs(model: Any, tokenizer: Any, fmt: Any, sols: list[LabeledSolution], batch: int = 64) -> list[list[list[float]]]:
     """Per solution, per step, the log-prob (T=1) of each of the step's tokens under the policy,
     teacher-forced on the canonical sequence ``prompt, step, delimiter, …, answer step, EOS``:
     the numbers the engine returns as ``StepOutput.logprobs`` while sampling that solution
     (a step's tokens include its delimiter; the answer step's, its EOS)."""
+    return token_logprobs_and_gaps(model, tokenizer, fmt, sols, batch)[0]
+
+
+@torch.inference_mode()
+def token_logprobs_and_gaps(
+    model: Any, tokenizer: Any, fmt: Any, sols: list[LabeledSolution], batch: int = 64,
+) -> tuple[list[list[list[float]]], list[list[list[float]]]]:
+    """:func:`token_logprobs` and each token's gap (its log-prob minus the model's highest)."""
     enc = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
     seqs, spans = [], []
     for s in sols:
@@ -128,7 +135,7 @@ def token_logprobs(model: Any, tokenizer: Any, fmt: Any, sols: list[LabeledSolut
             sp.append((start, len(ids)))
         seqs.append(ids)
         spans.append(sp)
-    return span_logprobs(model, seqs, spans, PAD_ID, batch)
+    return span_logprobs_and_gaps(model, seqs, spans, PAD_ID, batch)
 
 
 def confidence_scorer(model: Any, tokenizer: Any, fmt: Any, path: Path | None) -> StepScorer:
@@ -164,14 +171,17 @@ def likelihood_scorer(model: Any, tokenizer: Any, fmt: Any, judge: Any, path: Pa
 
     def score(sols: list[LabeledSolution]) -> list[list[float]]:
         out = []
-        for own_steps, judge_steps in zip(token_logprobs(model, tokenizer, fmt, sols), token_logprobs(judge, tokenizer, fmt, sols)):
+        judged = token_logprobs_and_gaps(judge, tokenizer, fmt, sols)
+        for own_steps, judge_steps, gap_steps in zip(token_logprobs(model, tokenizer, fmt, sols), *judged):
             own: list[float] = []
             jud: list[float] = []
+            gaps: list[float] = []
             row = []
-            for o, j in zip(own_steps, judge_steps):
+            for o, j, g in zip(own_steps, judge_steps, gap_steps):
                 own.extend(o)
                 jud.extend(j)
-                row.append(probability(cal, features(own, jud, len(o), window)))
+                gaps.extend(g)
+                row.append(probability(cal, features(own, jud, gaps, len(o), window)))
             out.append(row)
         return out
 

@@ -15,7 +15,9 @@ FLOPs: 2·P_judge per token the judge reads.
 
 The score of a node is computed over the whole path root→node (as for the confidence verifier,
 so ``last`` scores the whole solution). Features of the path, with ``own`` the policy's log-probs
-recorded while sampling (``StepOutput.logprobs``, T = 1) and ``judge`` the judge's:
+recorded while sampling (``StepOutput.logprobs``, T = 1), ``judge`` the judge's, and a token's
+*gap* the judge's log-prob of it minus the judge's log-prob of its favourite token at that place
+(0 where the path took the judge's choice):
 
 - ``ratio_mean``, ``ratio_min``: the mean and the lowest per-token log-likelihood ratio
   judge − own (measured on arith, docs/quality.md: the lowest ratio ranks samples of one
@@ -23,7 +25,10 @@ recorded while sampling (``StepOutput.logprobs``, T = 1) and ``judge`` the judge
 - ``ratio_window_min``: the lowest mean ratio over sliding windows of ``window`` tokens;
 - ``judge_mean``, ``judge_min``, ``own_mean``, ``own_min``;
 - ``step_ratio_min``: the lowest ratio in the newest step;
-- ``length``: path tokens / 100.
+- ``length``: path tokens / 100;
+- ``gap_min``, ``gap_2nd``: the lowest and the second-lowest gap (a slip is a token the judge
+  would not have written; on arith the fit weighs the second against the first: with the
+  lowest gap held fixed, a path with a second departure is more often right).
 
 A :class:`LikelihoodCalibration` (``ponder train likelihood``: logistic regression on these
 features against the correctness of the final answer, fitted once per policy/judge pair and
@@ -50,7 +55,7 @@ from ponder.workers.verifier import AGGREGATIONS, Verifier, aggregate
 FORMAT = "ponder-likelihood"
 FEATURES = (
     "ratio_mean", "ratio_min", "ratio_window_min", "judge_mean", "judge_min", "own_mean", "own_min",
-    "step_ratio_min", "length",
+    "step_ratio_min", "length", "gap_min", "gap_2nd",
 )
 PROBE_TEXT = "Compute 12 + 3 * (4 - 1). Step: 3 * 3 = 9. \\boxed{21}"
 
@@ -64,13 +69,15 @@ class LikelihoodCalibration(Calibration):
     FEATURES: ClassVar[tuple[str, ...]] = FEATURES
 
 
-def features(own: Sequence[float], judge: Sequence[float], newest: int, window: int) -> list[float]:
+def features(own: Sequence[float], judge: Sequence[float], gaps: Sequence[float], newest: int, window: int) -> list[float]:
     """The feature vector (:data:`FEATURES` order) of a path whose tokens the policy gave log-probs
-    ``own`` and the judge ``judge`` (same length), the newest step being the last ``newest``."""
-    n = min(len(own), len(judge))
+    ``own``, the judge ``judge`` and gaps ``gaps`` (same length), the newest step being the last
+    ``newest``."""
+    n = min(len(own), len(judge), len(gaps))
     if n == 0:
         return [0.0] * len(FEATURES)
     own, judge = list(own[-n:]), list(judge[-n:])
+    low2 = sorted(gaps[-n:])[:2] + [0.0]
     ratio = [j - o for j, o in zip(judge, own)]
     w = max(1, min(window, n))
     run = sum(ratio[:w])
@@ -81,7 +88,7 @@ def features(own: Sequence[float], judge: Sequence[float], newest: int, window: 
     step = ratio[-newest:] if newest > 0 else ratio
     return [
         sum(ratio) / n, min(ratio), low / w, sum(judge) / n, min(judge), sum(own) / n, min(own),
-        min(step), n / 100.0,
+        min(step), n / 100.0, low2[0], low2[1],
     ]
 
 
@@ -92,11 +99,12 @@ def probability(calibration: LikelihoodCalibration | None, x: Sequence[float]) -
 
 @dataclass
 class JudgeState:
-    """What the judge has read along a path: its KV cache, its log-probs of the path's step
-    tokens (root prompt excluded) and its log-distribution over the next token."""
+    """What the judge has read along a path: its KV cache, its log-probs and gaps of the path's
+    step tokens (root prompt excluded) and its log-distribution over the next token."""
 
     prefix: PrefixState
     logprobs: list[float]
+    gaps: list[float]
     next_logp: torch.Tensor  # (V,)
 
 
@@ -151,28 +159,40 @@ class LikelihoodVerifier(Verifier):
         order = sorted(live, key=lambda b: (len(built[b][0].new_ids), built[b][0].past.length if built[b][0].past else 0))  # type: ignore[union-attr]
         prefix: dict[int, PrefixState] = {}
         logps: dict[int, torch.Tensor] = {}
+        tops: dict[int, list[float]] = {}
         for c in range(0, len(order), self.chunk):
             part = order[c : c + self.chunk]
             hidden, states = self.runner.run([built[b][0] for b in part])  # type: ignore[misc]
             logp = torch.log_softmax(self.head(hidden).float(), -1).cpu()  # (B, N, V)
+            top = logp.max(-1).values.tolist()  # (B, N): the judge's favourite at each place
             for k, b in enumerate(part):
-                prefix[b], logps[b] = states[k], logp[k]
+                prefix[b], logps[b], tops[b] = states[k], logp[k], top[k]
         for b, (node, (row, spans, past)) in enumerate(zip(nodes, built)):
             judge_lps = list(past.logprobs) if past is not None else []
+            gaps = list(past.gaps) if past is not None else []
             if row is None:
                 if past is not None:
-                    node.verifier_state = JudgeState(past.prefix, judge_lps, past.next_logp)
+                    node.verifier_state = JudgeState(past.prefix, judge_lps, gaps, past.next_logp)
                 continue
             nxt = past.next_logp if past is not None else None
-            lp, ids = logps[b], row.new_ids
+            lp, ids, top = logps[b], row.new_ids, tops[b]
             for step, start, end in spans:
                 if step.depth == 0:  # the prompt's tokens are the question, not the policy's
                     continue
                 for t in range(start, end):
-                    dist = lp[t - 1] if t > 0 else nxt
-                    judge_lps.append(float(dist[ids[t]]) if dist is not None else 0.0)
+                    if t > 0:
+                        got = float(lp[t - 1, ids[t]])
+                        judge_lps.append(got)
+                        gaps.append(got - top[t - 1])
+                    elif nxt is not None:
+                        got = float(nxt[ids[t]])
+                        judge_lps.append(got)
+                        gaps.append(got - float(nxt.max()))
+                    else:
+                        judge_lps.append(0.0)
+                        gaps.append(0.0)
             # a copy: a view would keep the whole batch's (B, N, V) log-probs alive with the node
-            node.verifier_state = JudgeState(prefix[b], judge_lps, lp[len(ids) - 1].clone())
+            node.verifier_state = JudgeState(prefix[b], judge_lps, gaps, lp[len(ids) - 1].clone())
         return sum(len(r.new_ids) for r, _, _ in built if r is not None)
 
     @torch.inference_mode()
@@ -194,8 +214,8 @@ class LikelihoodVerifier(Verifier):
         scores: list[float] = []
         for node in nodes:
             state = node.verifier_state
-            judge_lps = state.logprobs if isinstance(state, JudgeState) else []
-            x = features(path_logprobs(node), judge_lps, len(node.logprobs), self.window)
+            judge_lps, gaps = (state.logprobs, state.gaps) if isinstance(state, JudgeState) else ([], [])
+            x = features(path_logprobs(node), judge_lps, gaps, len(node.logprobs), self.window)
             scores.append(self.from_features(x))
         aggs = [aggregate(n.aggregate, n.n_scored, s, aggregation) for n, s in zip(nodes, scores)]
         return ScoreOutput(scores=scores, aggregates=aggs, prm_tokens=tokens, flops=2.0 * self.n_params * tokens)
