@@ -153,6 +153,11 @@ def test_bad_specs_fail_at_load_naming_the_field(pair: tuple[Path, Path], tmp_pa
     conf.write_text(json.dumps({"format": "ponder-confidence"}))
     with pytest.raises(InvalidArgument, match="not a likelihood calibration"):
         load_verifier(f"likelihood:{judge_dir}:{conf}", policy)
+    # a calibration fitted before the gap features existed names the command that refits it
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"format": "ponder-likelihood", "features": list(FEATURES[:-2])}))
+    with pytest.raises(InvalidArgument, match="refit it with `ponder train likelihood`"):
+        load_verifier(f"likelihood:{judge_dir}:{old}", policy)
 
 
 def test_it_drives_beam_search_in_the_real_loop(pair: tuple[Path, Path]) -> None:

@@ -121,7 +121,8 @@ class Calibration:
         if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
             raise InvalidArgument("verifier", f"{p} is not a {kind} calibration (format {cls.FORMAT!r})")
         if tuple(data.get("features", ())) != cls.FEATURES:
-            raise InvalidArgument("verifier", f"{p} was fitted on features {data.get('features')}, expected {list(cls.FEATURES)}")
+            raise InvalidArgument("verifier", f"{p} was fitted on features {data.get('features')}, this version reads "
+                                              f"{list(cls.FEATURES)}: refit it with `ponder train {kind}`")
         try:
             return cls(
                 model=str(data["model"]), fingerprint=str(data["fingerprint"]), window=int(data["window"]),
