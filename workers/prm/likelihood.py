@@ -27,8 +27,8 @@ recorded while sampling (``StepOutput.logprobs``, T = 1), ``judge`` the judge's,
 - ``step_ratio_min``: the lowest ratio in the newest step;
 - ``length``: path tokens / 100;
 - ``gap_min``, ``gap_2nd``: the lowest and the second-lowest gap (a slip is a token the judge
-  would not have written; on arith the fit weighs the second against the first: with the
-  lowest gap held fixed, a path with a second departure is more often right).
+  would not have written; on arith's validation pool the second adds ranking power only beside
+  the first, and the fit gives it a negative weight: docs/quality.md has the figures).
 
 A :class:`LikelihoodCalibration` (``ponder train likelihood``: logistic regression on these
 features against the correctness of the final answer, fitted once per policy/judge pair and
