@@ -31,7 +31,7 @@ def test_report_writes_docs_only(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= summary["pass_at_1"] <= 1.0 and len(summary["revision_pass_at_1"]) == 2
-    assert {"value head (MC)", "PRM model (MC)", "confidence"} <= set(summary["prm_auc_steps"])
+    assert {"value head (MC)", "PRM model (MC)", "confidence", "likelihood (arith-large)"} <= set(summary["prm_auc_steps"])
     data = json.loads((docs / "quality.json").read_text())
     sel = data["prm"]["selection"]
     assert {"majority", "oracle", "value head (MC) weighted (last)", "PRM model (MC) best (min)",
