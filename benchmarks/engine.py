@@ -212,21 +212,19 @@ def main(argv: list[str] | None = None) -> int:
     files = resolve(args.model)
     say(f"loading {files.name} ...")
     tokenizer = load_tokenizer(files)
-    from ponder.workers.runtime import resolve_placement
-
     from ponder.workers.models import auto_dtype
+    from ponder.workers.runtime import resolve_placement
 
     args.device, _ = resolve_placement(args.device, args.dtype)
     if not args.hf_dtype:
         args.hf_dtype = args.dtype if args.dtype != "auto" else auto_dtype(args.device, "hf")
     resolve_placement(args.device, args.hf_dtype)
-    hf_dtype = getattr(torch, args.hf_dtype)
-    # one model in transformers' dtype; the engine makes its own fused copies in its dtype
-    model = load_hf_model(files, dtype=hf_dtype).to(args.device)
     if args.dtype == "auto":
         args.dtype = auto_dtype(args.device)
-    dtype = getattr(torch, args.dtype)
+    dtype, hf_dtype = getattr(torch, args.dtype), getattr(torch, args.hf_dtype)
     say(f"ours: {args.dtype}, transformers: {args.hf_dtype}")
+    # one model in transformers' dtype; the engine makes its own fused copies in its dtype
+    model = load_hf_model(files, dtype=hf_dtype).to(args.device)
     policy = EnginePolicy(
         files, model=model, tokenizer=tokenizer,
         config=EngineConfig(block_size=args.block_size, dtype=dtype, device=args.device),

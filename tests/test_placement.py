@@ -26,7 +26,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_placement_resolves_auto_and_refuses_what_the_machine_lacks() -> None:
-    assert resolve_placement("cpu", "auto") == ("cpu", "auto")  # decided by the model's size when it loads
+    assert resolve_placement("cpu", "auto") == ("cpu", "auto")  # decided by the backend when it loads (auto_dtype)
     assert resolve_placement("CPU", "bf16") == ("cpu", "bfloat16")
     assert resolve_placement("auto", "auto") == (("cuda:0", "bfloat16") if CUDA else ("cpu", "auto"))
     bad = [("gpu", "auto", "device"), ("mps", "auto", "device"), ("cpu", "int8", "dtype"),
@@ -88,15 +88,15 @@ def test_auto_dtype_on_the_cpu_follows_native_bf16(model_dir: Path, monkeypatch:
 
 
 def test_cpu_native_bf16_reads_the_cpu_flags() -> None:
-    from ponder.workers.models import cpu_has_native_bf16
+    from ponder.workers.models import native_bf16_in
 
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        assert cpu_has_native_bf16() is False
-        return
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    head = "processor\t: 0\nmodel name\t: some cpu\n"
+    assert native_bf16_in(head + "flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n")
+    assert native_bf16_in(head + "flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert not native_bf16_in(head + "flags\t\t: fpu sse avx2 fma avx512f\n")  # AVX-512 without bf16
+    assert not native_bf16_in(head + "flags\t\t: fpu avx512_bf16x\n")  # whole flags only
+    assert not native_bf16_in(head)  # no flags line (another architecture's layout)
+    assert not native_bf16_in("")
 
 
 def test_the_loop_and_a_separate_prm_follow_the_policy_device(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

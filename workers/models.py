@@ -159,10 +159,15 @@ def cpu_has_native_bf16() -> bool:
     the flags of ``/proc/cpuinfo``; False where there is no such file). There torch's bf16 GEMMs
     run several times faster than fp32; without them bf16 is emulated and slower than fp32."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return native_bf16_in(Path("/proc/cpuinfo").read_text())
     except OSError:
         return False
-    for line in text.splitlines():
+
+
+def native_bf16_in(cpuinfo: str) -> bool:
+    """Whether the first ``flags`` line of a ``/proc/cpuinfo`` text names a bf16 dot-product
+    instruction set (whole flags only)."""
+    for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             return bool({"avx512_bf16", "amx_bf16"} & set(line.partition(":")[2].split()))
     return False
