@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse(argv)
     from ponder.evaluation.curves import bootstrap_indices, interval, matched_budget, norm, pass_at_1, pool_curve, quintile_bins
     from ponder.evaluation.evaluate import evaluate, load_dataset
-    from ponder.workers.runtime import build_plan, build_policy, build_reviser, build_verifier, set_threads
+    from ponder.workers.runtime import build_plan, build_policy, build_reviser, build_verifier, set_threads, verifier_spec
     from ponder.training.plan import Question, Trajectories
 
     started = time.time()
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flops_per_gen = np.array([full.answers[i]["usage"]["flops"] / max(1, full.answers[i]["usage"]["generations"]) for i in ok])
     oracle_bin = quintile_bins(pass_at_1(pool))  # 1 = easiest
 
-    report: dict[str, Any] = {"questions": len(ok), "budget": n, "plan": plan.summary(), "runs": {}}
+    report: dict[str, Any] = {"questions": len(ok), "budget": n, "verifier": verifier_spec(a.verifier, a.model),
+                              "plan": plan.summary(), "runs": {}}
     boot_idx = bootstrap_indices(len(ok), a.boot, rng)
     for name, res in runs.items():
         recs = [res.answers[i] for i in ok]
@@ -204,7 +205,8 @@ def _ci(v: list[float], fmt: str = "{:.3f}") -> str:
 
 def render_markdown(report: dict[str, Any], a: argparse.Namespace) -> str:
     """The results block of docs/adaptive.md: every number below comes from this run."""
-    cmd = "python benchmarks/adaptive.py" + (" --quick" if a.quick else "") + f" --dataset {a.dataset}"
+    cmd = ("python benchmarks/adaptive.py" + (" --quick" if a.quick else "") + (f" --model {a.model}" if a.model != "arith" else "")
+           + f" --dataset {a.dataset} --verifier {report['verifier']}")
     lines = [
         f"Measured by `{cmd}` ({report['questions']} questions, seed {a.seed}, batches of {a.concurrency} questions, "
         f"{report['wall_s'] / 60:.1f} min on this machine). Intervals: 95% bootstrap over questions.",

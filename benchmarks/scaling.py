@@ -137,12 +137,13 @@ def intended(a: argparse.Namespace) -> list[list[Any]]:
 
 def run_all(a: argparse.Namespace) -> dict[str, Any]:
     from ponder.evaluation.evaluate import load_dataset
+    from ponder.workers.runtime import verifier_spec
 
     items = load_dataset(a.dataset)
     plan = intended(a)
     data: dict[str, Any] = {
         "large": None, "large_model_spec": a.large_model, "ratios": ratios_arg(a), "model": a.model, "verifier": "",
-        "verifier_spec": a.verifier,
+        "verifier_spec": verifier_spec(a.verifier, a.model),  # auto resolved: the run repeats after a default changes
         "dataset": a.dataset, "questions": [{"question": it.question, "gold": it.gold} for it in items],
         "pool_size": a.pool, "budgets": sorted({b for _, b in plan}), "seed": a.seed, "plan": "",
         "pool": [], "pool_wall_s": 0.0, "runs": [], "intended": plan, "wall_s": 0.0, "concurrency": a.concurrency,
@@ -303,8 +304,10 @@ def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     if [it.question for it in items] != [q["question"] for q in data["questions"]]:
         raise SystemExit(f"ponder bench scaling: INVALID_ARGUMENT: extend: {data['dataset']} no longer gives the run's questions")
     a.model, a.seed, a.pool = data["model"], data.get("seed", a.seed), data["pool_size"]
-    if a.verifier == "auto":  # the run's own verifier (its spec; older runs recorded only the name)
-        a.verifier = data.get("verifier_spec") or data.get("verifier") or "auto"
+    if a.verifier == "auto":  # the run's own verifier: its resolved spec (older runs recorded
+        # "auto", resolved then to the verifier named in "verifier", or only that name)
+        spec = data.get("verifier_spec") or "auto"
+        a.verifier = (data.get("verifier") or "auto") if spec == "auto" else spec
     a.concurrency = data.get("concurrency", a.concurrency)
     if a.dtype == "auto":  # the run's own dtype (runs before it was recorded ran float32)
         a.dtype = data.get("dtype", "float32")

@@ -26,7 +26,8 @@ import anyio
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ponder.proto.config import (
-    DEFAULT_GENERATIONS, DEFAULT_STRATEGY, STRATEGIES, Limits, SolveConfig, add_option_flags, options_from_args,
+    DEFAULT_GENERATIONS, DEFAULT_STRATEGY, STRATEGIES, VERIFIER_HELP, Limits, SolveConfig, add_option_flags,
+    options_from_args,
 )
 from ponder.proto.errors import InvalidArgument, PonderError
 
@@ -81,7 +82,7 @@ def _worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="'arith' (built in), 'smollm2', a .gguf file or an HF model directory")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="engine (paged KV) or plain transformers")
     p.add_argument("--verifier", default="auto",
-                   help="'auto' (the model's own, e.g. arith's value head), 'none', a value-head .safetensors or a PRM directory")
+                   help=VERIFIER_HELP)
     p.add_argument("--reviser", default="auto",
                    help="model for revision prompts: 'auto' (the model's own, e.g. arith-reviser), 'none', or a model")
     p.add_argument("--plan", default="auto",

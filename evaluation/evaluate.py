@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ponder.proto import pb
-from ponder.proto.config import STRATEGIES, SolveConfig, add_option_flags, option_fields
+from ponder.proto.config import STRATEGIES, VERIFIER_HELP, SolveConfig, add_option_flags, option_fields
 from ponder.proto.errors import InvalidArgument, PonderError
 from ponder.workers.answers import extract_answer, is_correct
 from ponder.workers.loop import SearchLoop
@@ -420,8 +420,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="'arith' (built in, the default), 'smollm2', a .gguf file or an HF model directory")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--verifier", default="auto",
-                   help="'auto' (the model's own, e.g. arith's value head; the default), 'none', a value-head "
-                        ".safetensors, a PRM directory, outcome:DIR, random[:SEED], or any spec load_verifier takes")
+                   help=VERIFIER_HELP)
     p.add_argument("--reviser", default="auto",
                    help="model for revision prompts: 'auto' (the model's own, e.g. arith-reviser), 'none', or a model")
     p.add_argument("--plan", default="auto",

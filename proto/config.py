@@ -25,6 +25,12 @@ DEFAULT_STRATEGY = "best_of_n"
 DEFAULT_GENERATIONS = 4
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_AGGREGATION = "last"
+# --verifier, as every command that builds a verifier takes it
+VERIFIER_HELP = (
+    "'auto' (the model's own: for arith the likelihood verifier with arith-large as judge, else the "
+    "policy's calibrated confidence; the default), 'none', confidence[:PATH], likelihood:JUDGE[:PATH], "
+    "a value-head .safetensors, a PRM directory, outcome:DIR or random[:SEED]"
+)
 DEFAULT_MAX_STEPS = 40  # steps of a solution, rounds of beam search
 DEFAULT_MAX_STEP_TOKENS = 256  # tokens of one step
 # Where a step ends, unless the model's ponder.json says otherwise: a blank line.

@@ -255,14 +255,46 @@ def test_sample_paths_through_a_policy_grades_and_releases_everything() -> None:
     assert cal.fit["heldout"]["within_question_auc"] == 1.0
 
 
-def test_the_builtin_arith_model_defaults_to_its_calibrated_confidence() -> None:
+def test_the_builtin_arith_model_defaults_to_the_calibrated_likelihood_verifier() -> None:
+    """arith's default is arith-large judging its tokens, with the calibration shipped beside it;
+    the calibrated confidence stays loadable by name."""
     from ponder.workers.models import resolve
-    from ponder.workers.runtime import build_verifier
+    from ponder.workers.prm.likelihood import LikelihoodVerifier, pair_fingerprint
+    from ponder.workers.runtime import build_verifier, verifier_spec
 
     files = resolve("arith")
-    assert files.default_verifier == "confidence"
+    assert files.default_verifier == verifier_spec("auto", "arith") == "likelihood:arith-large"
+    assert verifier_spec("confidence", "arith") == "confidence"
     policy = ScriptedPolicy()
     policy.files = files
     ver = build_verifier("auto", policy, "arith")
-    assert isinstance(ver, ConfidenceVerifier) and ver.calibration is not None
-    assert ver.calibration.fingerprint == model_fingerprint(files)
+    assert isinstance(ver, LikelihoodVerifier) and ver.calibration is not None
+    assert ver.calibration.fingerprint == pair_fingerprint(files, resolve("arith-large"))
+    conf = build_verifier("confidence", policy, "arith")
+    assert isinstance(conf, ConfidenceVerifier) and conf.calibration is not None
+    assert conf.calibration.fingerprint == model_fingerprint(files)
+
+
+def test_a_builtin_default_falls_back_when_its_calibration_or_judge_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the likelihood calibration (or without the judge) arith falls back to its
+    confidence calibration, and without that to no default (the worker then builds an
+    uncalibrated confidence verifier)."""
+    import shutil
+
+    from ponder.workers import models
+
+    policy, judge = tmp_path / "policy", tmp_path / "judge"
+    shutil.copytree(models.BUILTIN["arith"], policy)
+    shutil.copytree(models.BUILTIN["arith-large"], judge)
+    monkeypatch.setitem(models.BUILTIN, "arith", policy)
+    monkeypatch.setitem(models.BUILTIN, "arith-large", judge)
+    assert models.resolve("arith").default_verifier == "likelihood:arith-large"
+    (judge / "config.json").rename(judge / "config.json.away")
+    assert models.resolve("arith").default_verifier == "confidence"
+    (judge / "config.json.away").rename(judge / "config.json")
+    (policy / "likelihood-arith-large.json").unlink()
+    assert models.resolve("arith").default_verifier == "confidence"
+    (policy / "confidence.json").unlink()
+    assert models.resolve("arith").default_verifier is None

@@ -174,7 +174,8 @@ def test_verifier_auto_is_the_models_own_and_beam_runs(
     assert ev.main(["--dataset", "arith:test:2", "--strategies", "beam", "--budgets", "4", "--max-steps", "8",
                     "--no-progress", "--out", str(out)]) == 0
     ((spec, model, verifier),) = built
-    assert (spec, model) == ("auto", "arith") and verifier is not None  # arith's own (calibrated confidence)
+    assert (spec, model) == ("auto", "arith") and verifier is not None  # arith's own (likelihood:arith-large)
+    assert verifier.name == "likelihood:arith-large"
     saved = json.loads(out.read_text())
     assert saved["verifier"] == verifier.name
     (res,) = saved["results"]

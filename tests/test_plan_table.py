@@ -243,3 +243,16 @@ def test_each_verifier_finds_its_own_table_beside_the_model(tmp_path: Path) -> N
     own = build_plan("auto", str(model), ScriptedVerifier(name="confidence"))
     assert own.verifier == "confidence" and own.edges != EDGES
     assert build_plan("auto", str(model), ScriptedVerifier(name="scripted-prm")) is DEFAULT_PLAN
+
+
+def test_a_refit_never_overwrites_another_verifiers_table(tmp_path: Path) -> None:
+    """ponder train plan's default output: the model's plan.json when that was fitted for the
+    same verifier (or there is none and no verifier), else plan-<verifier>.json beside it."""
+    from ponder.training.plan import default_out
+
+    assert default_out(tmp_path, "") == tmp_path / "plan.json"
+    assert default_out(tmp_path, "confidence") == tmp_path / "plan-confidence.json"
+    (tmp_path / "plan.json").write_text(json.dumps(good() | {"verifier": "confidence"}))
+    assert default_out(tmp_path, "confidence") == tmp_path / "plan.json"
+    assert default_out(tmp_path, "likelihood:arith-large") == tmp_path / "plan-likelihood-arith-large.json"
+    assert default_out(tmp_path, "") == tmp_path / "plan.json"  # the only place a table without a verifier is found

@@ -117,10 +117,16 @@ def test_command_writes_a_table_the_worker_loads(tmp_path: Path) -> None:
 
     pool = _pool(tmp_path / "pool.json")
     out = tmp_path / "plan.json"
-    assert fitplan.main(["--model", "arith", "--pool", str(pool), "--budgets", "4,16", "--draws", "4", "--out", str(out)]) == 0
+    assert fitplan.main(["--model", "arith", "--verifier", "confidence", "--pool", str(pool), "--budgets", "4,16",
+                         "--draws", "4", "--out", str(out)]) == 0
     table = PlanTable.load(out, model_fingerprint(resolve("arith")), "arith")
     assert table.model == "arith" and table.verifier == "confidence"
     assert table.fit["command"].startswith("ponder train plan")
+    # auto is recorded as the verifier it stood for, so the command repeats after a default changes
+    assert fitplan.main(["--model", "arith", "--pool", str(pool), "--budgets", "4,16", "--draws", "4", "--out", str(out)]) == 0
+    table = PlanTable.load(out, model_fingerprint(resolve("arith")), "arith")
+    assert table.verifier == "likelihood:arith-large" == resolve("arith").default_verifier
+    assert "--verifier likelihood:arith-large " in table.fit["reproduce"]
     with pytest.raises(InvalidArgument) as err:
         PlanTable.load(out, "0" * 16, "other")
     assert err.value.field == "plan"

@@ -396,6 +396,18 @@ def draw_commands(a: argparse.Namespace, budgets: list[int], work: Path = Path("
     return cmds
 
 
+def default_out(model_dir: Path, verifier: str) -> Path:
+    """Where a table fitted for ``verifier`` goes beside the model: over the model's
+    ``plan.json`` when that was fitted for the same verifier, else ``plan-<verifier>.json`` — so
+    refitting never overwrites another verifier's table, also after the model's default verifier
+    changed. A table without a verifier is always ``plan.json`` (the only place it is found)."""
+    own = model_dir / plan_file()
+    if own.exists() and verifier:
+        fitted = str(json.loads(own.read_text()).get("verifier") or "")
+        return own if fitted == verifier else model_dir / plan_file(verifier)
+    return model_dir / plan_file(verifier)
+
+
 def reproduce_command(a: argparse.Namespace) -> str:
     """The one command that draws the same samples and fits the same table."""
     trees = a.tree_strategies or "''"
@@ -416,11 +428,13 @@ def _draw(a: argparse.Namespace, budgets: list[int], work: Path) -> tuple[Path, 
 def main(argv: list[str] | None = None) -> int:
     from ponder.workers.models import resolve
     from ponder.workers.prm.confidence import model_fingerprint
-    from ponder.workers.runtime import build_policy, build_verifier
+    from ponder.workers.runtime import build_policy, build_verifier, verifier_spec
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parser().parse_args(argv)
+    # the samples are drawn, and the commands recorded, with the verifier auto names today
+    a.verifier = verifier_spec(a.verifier, a.model)
     try:
         budgets = sorted({int(b) for b in a.budgets.split(",") if b.strip()})
     except ValueError:
@@ -456,9 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                          "sample_commands": ["ponder eval " + " ".join(c) for c in draw_commands(a, budgets)], "dataset": a.dataset,
                          "pool": str(pool), "runs": [str(r) for r in runs], "wall_seconds": round(time.time() - started, 1)},
     )
-    # the model's own verifier's table is plan.json; any other verifier's sits beside it under its name
-    theirs = verifier.name if verifier is not None and verifier.name != (files.default_verifier or "") else ""
-    out = Path(a.out) if a.out else Path(files.path) / plan_file(theirs)
+    out = Path(a.out) if a.out else default_out(Path(files.path), verifier.name if verifier is not None else "")
     table.save(out)
     if a.model == "arith":
         from ponder.training import manifest

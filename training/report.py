@@ -331,10 +331,13 @@ def search_section(samples: Samples, rates: list[float], cfg: ReportConfig) -> d
     model, through the engine and the real search loop) on the pool's first questions, overall,
     by number of operations and by thirds of the questions' pass rate (from the pool)."""
     from ponder.evaluation.evaluate import Item, evaluate
+    from ponder.workers.models import BUILTIN
     from ponder.workers.runtime import build_policy, build_verifier
 
     policy = build_policy(str(cfg.policy), "engine")
-    verifier = build_verifier("auto", policy, str(cfg.policy))
+    # the built-in policy's directory is the built-in model, with its default verifier
+    model = next((name for name, d in BUILTIN.items() if d.resolve() == Path(cfg.policy).resolve()), str(cfg.policy))
+    verifier = build_verifier("auto", policy, model)
     qs = samples.questions[: cfg.search_questions]
     items = [Item(q.question, q.answer) for q in qs]
     results = evaluate(

@@ -98,15 +98,24 @@ def build_policy(model: str = DEFAULT_MODEL, backend: str = "auto", device: str 
     return HFPolicy(files, device=device, dtype=getattr(torch, auto_dtype(device, "hf") if dtype == "auto" else dtype))
 
 
+def verifier_spec(spec: str, model: str = "") -> str:
+    """The verifier ``spec`` names for ``model``: ``auto`` resolved to the model's own default
+    (what :func:`build_verifier` loads, and what a run records so that it can be repeated after a
+    default changes); any other spec as it is."""
+    if spec != "auto":
+        return spec
+    default = resolve(model).default_verifier if model else None
+    return default if default is not None else "confidence"
+
+
 def build_verifier(spec: str, policy: Policy, model: str = "") -> Verifier | None:
     """``auto``: the model's own default verifier (ponder.json's "verifier"; for the built-in
-    ``arith`` the confidence verifier with its calibration), else the confidence verifier (the policy's own token
-    probabilities, calibrated when the model has a calibration); ``""``/``none``: no verifier;
-    ``confidence[:PATH]``; a ``.safetensors`` file: a value head on the policy's hidden states;
-    a directory: a separate PRM model."""
-    if spec == "auto":
-        default = resolve(model).default_verifier if model else None
-        spec = default if default is not None else "confidence"
+    ``arith`` the likelihood verifier with arith-large as judge, ``models.BUILTIN_VERIFIERS``),
+    else the confidence verifier (the policy's own token probabilities, calibrated when the
+    model has a calibration); ``""``/``none``: no verifier; ``confidence[:PATH]``;
+    ``likelihood:JUDGE[:…]``; a ``.safetensors`` file: a value head on the policy's hidden
+    states; a directory: a separate PRM model."""
+    spec = verifier_spec(spec, model)
     if spec in ("", "none"):
         return None
     try:
