@@ -101,6 +101,26 @@ def test_incremental_scores_equal_a_teacher_forced_judge(pair: tuple[Path, Path]
     assert all(n.verifier_state is None for lvl in levels for n in lvl)
 
 
+def test_a_revision_is_judged_after_the_plain_question(pair: tuple[Path, Path]) -> None:
+    """The judge reads a revision root (earlier attempts in its prompt) as the plain question's
+    prompt: the same steps score the same under both roots, and the attempts are not read."""
+    policy_dir, judge_dir = pair
+    policy = _policy(policy_dir)
+    ver = load_verifier(f"likelihood:{judge_dir}:uncalibrated", policy)
+    q = "Compute 2 + 3."
+    revised = Prompt(q, attempts=("Compute 2 + 3 = 6. The answer is 6.", "2 + 3 = 4"))
+    plain_ids, revised_ids = policy.encode(policy.format_prompt(Prompt(q))), policy.encode(policy.format_prompt(revised))
+    assert len(revised_ids) > len(plain_ids)
+    roots = [Node(id=0, parent=None, depth=0, token_ids=plain_ids, prompt=Prompt(q)),
+             Node(id=1, parent=None, depth=0, token_ids=revised_ids, prompt=revised)]
+    step = policy.encode("2 + 3 = 5e")
+    kids = [Node(id=2 + i, parent=r, depth=1, token_ids=step, logprobs=[-0.5] * len(step)) for i, r in enumerate(roots)]
+    outs = [ver.score([k], "last") for k in kids]
+    assert kids[1].verifier_state.logprobs == pytest.approx(kids[0].verifier_state.logprobs, abs=1e-5)
+    assert outs[1].scores == pytest.approx(outs[0].scores, abs=1e-6)
+    assert outs[0].prm_tokens == outs[1].prm_tokens == len(plain_ids) + len(step)
+
+
 def test_features_match_a_direct_computation() -> None:
     rng = random.Random(5)
     own = [-rng.random() * 2 for _ in range(9)]

@@ -13,6 +13,9 @@ next-token distribution, so scoring a child runs only the child's tokens through
 node whose parent was never scored or was released extends its nearest cached ancestor).
 FLOPs: 2·P_judge per token the judge reads.
 
+A revision's root (earlier attempts in its prompt) is read as the plain question's prompt: the
+judge scores an answer to the question, as the calibration saw them, whatever context wrote it.
+
 The score of a node is computed over the whole path root→node (as for the confidence verifier,
 so ``last`` scores the whole solution). Features of the path, with ``own`` the policy's log-probs
 recorded while sampling (``StepOutput.logprobs``, T = 1), ``judge`` the judge's, and a token's
@@ -39,7 +42,7 @@ score is ``exp(judge_mean)``, the judge's geometric-mean token probability.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,7 +52,7 @@ import torch
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.prm.confidence import Calibration, calibration_path, model_fingerprint, path_logprobs
 from ponder.workers.prm.prefix_cache import IncrementalDecoder, PrefixState, Row
-from ponder.workers.types import Node, ScoreOutput
+from ponder.workers.types import Node, Prompt, ScoreOutput
 from ponder.workers.verifier import AGGREGATIONS, Verifier, aggregate
 
 FORMAT = "ponder-likelihood"
@@ -112,8 +115,11 @@ class LikelihoodVerifier(Verifier):
     """Scores nodes from the judge's and the policy's log-probs of their paths (module docstring)."""
 
     def __init__(self, judge: Any, calibration: LikelihoodCalibration | None, *, judge_name: str,
-                 window: int = 4, n_params: int = 0, pad_id: int = 0, chunk: int = 64) -> None:
+                 window: int = 4, n_params: int = 0, pad_id: int = 0, chunk: int = 64,
+                 question_ids: Callable[[str], list[int]] | None = None) -> None:
         self.judge = judge
+        # the policy's plain prompt of a question: what the judge reads before a revision's steps
+        self.question_ids = question_ids
         self.chunk = chunk  # rows per judge forward
         self.calibration = calibration
         self.window = calibration.window if calibration is not None else window
@@ -142,11 +148,20 @@ class LikelihoodVerifier(Verifier):
         spans: list[tuple[Node, int, int]] = []
         for step in [*reversed(todo), node]:
             start = len(new)
-            new += list(step.token_ids)
+            new += self._root_ids(step) if step.depth == 0 else list(step.token_ids)
             spans.append((step, start, len(new)))
         if not new:
             return None, spans, past
         return Row(past.prefix if past is not None else None, new, len(new)), spans, past
+
+    def _root_ids(self, root: Node) -> list[int]:
+        """What the judge reads as a root: the root's prompt, except that a revision's prompt
+        (earlier attempts in context) is replaced by the plain question's: the judge scores an
+        answer to the question as the calibration saw them, whatever context wrote it, and does
+        not re-read every earlier attempt for each new one."""
+        if root.prompt is not None and root.prompt.attempts and self.question_ids is not None:
+            return self.question_ids(root.prompt.question)
+        return list(root.token_ids)
 
     def _read(self, nodes: list[Node]) -> int:
         """Run the judge over what each node adds to its nearest cached ancestor and leave the
@@ -287,7 +302,11 @@ def load_likelihood(spec: str, policy: Any) -> LikelihoodVerifier:
         raise InvalidArgument("verifier", f"judge {judge!r} predicts {vocab} token ids, the policy's tokenizer has "
                                           f"{len(policy_tok)}: a likelihood judge must share the policy's tokenizer")
     pad = judge_tok.pad_token_id
+    question_ids = None
+    if callable(getattr(policy, "encode", None)) and callable(getattr(policy, "format_prompt", None)):
+        def question_ids(question: str) -> list[int]:
+            return list(policy.encode(policy.format_prompt(Prompt(question))))
     ver = LikelihoodVerifier(lm, cal, judge_name=judge, n_params=non_embedding_params(lm),
-                             pad_id=int(pad if pad is not None else 0))
+                             pad_id=int(pad if pad is not None else 0), question_ids=question_ids)
     device = getattr(policy, "device", None)
     return ver.to(device) if device is not None and str(device) != "cpu" else ver
