@@ -1,11 +1,15 @@
 """The arith eval job, engine against transformers, both sides in one run.
 
 The job is exactly ``ponder eval --model arith --dataset arith:test:16 --strategies best_of_n
---budgets 16 --concurrency 16 --max-rows 256 --backend engine|hf`` (16 questions x 16 samples,
-256 rows in flight, the model's own verifier and plan, seed 0): the same
+--budgets 16 --concurrency 16 --max-rows 256 --verifier confidence --backend engine|hf`` (16
+questions x 16 samples, 256 rows in flight, the policy's calibrated confidence as verifier, the plan
+fitted for it, seed 0): the same
 :func:`ponder.evaluation.evaluate.evaluate` call once with the engine policy ("engine": ponder's
 paged-KV engine) and once with the transformers policy ("hf": HFPolicy over transformers).
 Each side first runs one question untimed (lazy initialisation out of the measurement).
+The verifier is ``confidence`` by default, not arith's default ``likelihood:arith-large``: the
+job measures the policy's backend, and the judge's forward (the same transformers code on both
+sides) would be most of either side's time (``--verifier`` takes any spec).
 
 Reports which decode attention the engine used (``cpu_attention``: "fused-cpp", the C++
 kernel of ``workers/engine/cpu_attention_fused.cpp``, or "torch"; ``PONDER_CPU_ATTENTION=torch``
@@ -17,7 +21,7 @@ take for the same number of rows, measured here on this model's weights). ``--pr
 also prints the engine side's cProfile (top functions by own time).
 
 Prints a table and, last, one JSON line. ``--quick``: 4 questions x 8 samples (< 1 minute).
-Usage: python benchmarks/arith_engine.py [--quick] [--json] [--threads 1] [--dtype auto] [--profile N]
+Usage: python benchmarks/arith_engine.py [--quick] [--json] [--threads 1] [--dtype auto] [--verifier V] [--profile N]
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="the engine's dtype; auto (default) as `ponder eval` picks it: bfloat16 on a CPU with "
                          "native bf16, else float32. Transformers runs float32 (its auto on the CPU)")
+    ap.add_argument("--verifier", default="confidence",
+                    help="verifier of both sides (default confidence: no model call of its own, so the job times "
+                         "the policy's backend; 'auto' adds arith's judge, the same transformers forward on both sides)")
     ap.add_argument("--skip-hf", action="store_true", help="run only the engine (no speedup)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="profile the engine side with cProfile and print its top N functions "
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "job": (f"ponder eval --model {args.model} --dataset arith:test:{args.questions} --strategies best_of_n "
                 f"--budgets {args.budget} --concurrency {args.concurrency} --max-rows {args.max_rows} "
-                "--backend engine|hf"),
+                f"--verifier {args.verifier} --backend engine|hf"),
         "sides": "engine = ponder's paged-KV engine (EnginePolicy); hf = transformers (HFPolicy)",
         "threads": torch.get_num_threads(),
         "quick": args.quick,
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     for side in sides:
         say(f"{side}: loading {args.model} ...")
         policy = build_policy(args.model, side, "cpu", args.dtype if side == "engine" else "float32")
-        verifier = build_verifier("auto", policy, args.model)
+        verifier = build_verifier(args.verifier, policy, args.model)
         plan = build_plan("auto", args.model, verifier)
         res["dtype" if side == "engine" else "hf_dtype"] = policy.dtype
         if side == "engine":

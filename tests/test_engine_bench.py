@@ -58,6 +58,7 @@ def test_arith_benchmark_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["threads"] == 1 and res["dtype"] == res["hf_dtype"] == "float32" and len(res["loadavg_start"]) == 3
     assert "engine" in res["sides"] and "hf" in res["sides"]
+    assert "--verifier confidence " in res["job"]  # the policy's backend is what is timed, not arith's judge
     e, h = res["engine"], res["hf"]
     for side in (e, h):
         assert side["questions"] == 2 and side["failed"] == 0 and side["wall_s"] > 0 and len(side["answers"]) == 2
