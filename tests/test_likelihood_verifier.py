@@ -121,6 +121,28 @@ def test_a_revision_is_judged_after_the_plain_question(pair: tuple[Path, Path]) 
     assert outs[0].prm_tokens == outs[1].prm_tokens == len(plain_ids) + len(step)
 
 
+def test_the_judge_runs_on_its_own_threads_and_gives_them_back(pair: tuple[Path, Path]) -> None:
+    """The judge's forward runs with its thread count (never fewer than the caller's), the
+    caller's count is restored afterwards, and the scores do not depend on it."""
+    policy_dir, judge_dir = pair
+    policy = _policy(policy_dir)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        scores = []
+        for threads in (1, 2):
+            ver = load_verifier(f"likelihood:{judge_dir}:uncalibrated", policy)
+            ver.threads = threads
+            seen: list[int] = []
+            run = ver.runner.run
+            ver.runner.run = lambda rows, run=run: (seen.append(torch.get_num_threads()), run(rows))[1]  # type: ignore[method-assign]
+            scores.append(ver.score(_tree(policy)[0], "last").scores)
+            assert seen and set(seen) == {threads} and torch.get_num_threads() == 1
+        assert scores[1] == pytest.approx(scores[0], abs=1e-6)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_features_match_a_direct_computation() -> None:
     rng = random.Random(5)
     own = [-rng.random() * 2 for _ in range(9)]

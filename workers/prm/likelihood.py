@@ -100,6 +100,18 @@ def probability(calibration: LikelihoodCalibration | None, x: Sequence[float]) -
     return math.exp(x[3]) if calibration is None else calibration.probability(x)
 
 
+JUDGE_MAX_THREADS = 4
+
+
+def judge_threads() -> int:
+    """The judge's torch threads by default: the cores this process may use, at most
+    :data:`JUDGE_MAX_THREADS` (more would split a chunk's GEMMs too thinly; 2 measured here)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(JUDGE_MAX_THREADS, cores))
+
+
 @dataclass
 class JudgeState:
     """What the judge has read along a path: its KV cache, its log-probs and gaps of the path's
@@ -116,8 +128,13 @@ class LikelihoodVerifier(Verifier):
 
     def __init__(self, judge: Any, calibration: LikelihoodCalibration | None, *, judge_name: str,
                  window: int = 4, n_params: int = 0, pad_id: int = 0, chunk: int = 64,
-                 question_ids: Callable[[str], list[int]] | None = None) -> None:
+                 question_ids: Callable[[str], list[int]] | None = None, threads: int | None = None) -> None:
         self.judge = judge
+        # torch threads for the judge's forward (at least the caller's): its GEMMs are large enough
+        # to share out, unlike the small policy's decode steps, which the worker runs on one thread
+        # (arith's eval job, best-of-16 on 32 questions: 45-51 s with one judge thread, 34-36 s with
+        # two, the same answers; docs/quality.md)
+        self.threads = judge_threads() if threads is None else max(1, threads)
         # the policy's plain prompt of a question: what the judge reads before a revision's steps
         self.question_ids = question_ids
         self.chunk = chunk  # rows per judge forward
@@ -175,13 +192,19 @@ class LikelihoodVerifier(Verifier):
         prefix: dict[int, PrefixState] = {}
         logps: dict[int, torch.Tensor] = {}
         tops: dict[int, list[float]] = {}
-        for c in range(0, len(order), self.chunk):
-            part = order[c : c + self.chunk]
-            hidden, states = self.runner.run([built[b][0] for b in part])  # type: ignore[misc]
-            logp = torch.log_softmax(self.head(hidden).float(), -1).cpu()  # (B, N, V)
-            top = logp.max(-1).values.tolist()  # (B, N): the judge's favourite at each place
-            for k, b in enumerate(part):
-                prefix[b], logps[b], tops[b] = states[k], logp[k], top[k]
+        was = torch.get_num_threads()
+        if self.threads > was:
+            torch.set_num_threads(self.threads)
+        try:
+            for c in range(0, len(order), self.chunk):
+                part = order[c : c + self.chunk]
+                hidden, states = self.runner.run([built[b][0] for b in part])  # type: ignore[misc]
+                logp = torch.log_softmax(self.head(hidden).float(), -1).cpu()  # (B, N, V)
+                top = logp.max(-1).values.tolist()  # (B, N): the judge's favourite at each place
+                for k, b in enumerate(part):
+                    prefix[b], logps[b], tops[b] = states[k], logp[k], top[k]
+        finally:
+            torch.set_num_threads(was)
         for b, (node, (row, spans, past)) in enumerate(zip(nodes, built)):
             judge_lps = list(past.logprobs) if past is not None else []
             gaps = list(past.gaps) if past is not None else []
