@@ -247,7 +247,7 @@ def test_each_verifier_finds_its_own_table_beside_the_model(tmp_path: Path) -> N
 
 def test_a_refit_never_overwrites_another_verifiers_table(tmp_path: Path) -> None:
     """ponder train plan's default output: the model's plan.json when that was fitted for the
-    same verifier (or there is none and no verifier), else plan-<verifier>.json beside it."""
+    same verifier, else plan-<verifier>.json beside it; a table without a verifier is plan.json."""
     from ponder.training.plan import default_out
 
     assert default_out(tmp_path, "") == tmp_path / "plan.json"

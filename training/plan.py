@@ -379,8 +379,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pilot", type=int, default=4)
     p.add_argument("--draws", type=int, default=32, help="random draws per question for best-of-N accuracy")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="", help="default: beside the model, plan.json for its own verifier, "
-                                             "plan-<verifier>.json for another")
+    p.add_argument("--out", default="", help="default: beside the model, over plan.json when that was fitted for "
+                                             "the same verifier, else plan-<verifier>.json")
     return p
 
 

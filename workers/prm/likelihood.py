@@ -192,19 +192,13 @@ class LikelihoodVerifier(Verifier):
         prefix: dict[int, PrefixState] = {}
         logps: dict[int, torch.Tensor] = {}
         tops: dict[int, list[float]] = {}
-        was = torch.get_num_threads()
-        if self.threads > was:
-            torch.set_num_threads(self.threads)
-        try:
-            for c in range(0, len(order), self.chunk):
-                part = order[c : c + self.chunk]
-                hidden, states = self.runner.run([built[b][0] for b in part])  # type: ignore[misc]
-                logp = torch.log_softmax(self.head(hidden).float(), -1).cpu()  # (B, N, V)
-                top = logp.max(-1).values.tolist()  # (B, N): the judge's favourite at each place
-                for k, b in enumerate(part):
-                    prefix[b], logps[b], tops[b] = states[k], logp[k], top[k]
-        finally:
-            torch.set_num_threads(was)
+        for c in range(0, len(order), self.chunk):
+            part = order[c : c + self.chunk]
+            hidden, states = self.runner.run([built[b][0] for b in part])  # type: ignore[misc]
+            logp = torch.log_softmax(self.head(hidden).float(), -1).cpu()  # (B, N, V)
+            top = logp.max(-1).values.tolist()  # (B, N): the judge's favourite at each place
+            for k, b in enumerate(part):
+                prefix[b], logps[b], tops[b] = states[k], logp[k], top[k]
         for b, (node, (row, spans, past)) in enumerate(zip(nodes, built)):
             judge_lps = list(past.logprobs) if past is not None else []
             gaps = list(past.gaps) if past is not None else []
@@ -247,8 +241,13 @@ class LikelihoodVerifier(Verifier):
             if n.parent is not None and n.parent.verifier_state is None:
                 count[id(n.parent)] = count.get(id(n.parent), 0) + 1
         shared = {id(n.parent): n.parent for n in nodes if n.parent is not None and count.get(id(n.parent), 0) > 1}
-        tokens = self._read(list(shared.values())) if shared else 0
-        tokens += self._read(nodes)
+        was = torch.get_num_threads()
+        torch.set_num_threads(max(was, self.threads))
+        try:
+            tokens = self._read(list(shared.values())) if shared else 0
+            tokens += self._read(nodes)
+        finally:
+            torch.set_num_threads(was)
         scores: list[float] = []
         for node in nodes:
             state = node.verifier_state

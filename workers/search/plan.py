@@ -10,9 +10,10 @@ spend its budget the way that worked best on questions of that difficulty. Here:
   entry for the largest listed budget <= N is used (the smallest listed one below that).
 - ``controller`` holds the live controller's thresholds (see controller.py).
 
-A table is fitted by ``ponder train plan`` and saved as ``plan.json`` beside the model with the
-model's fingerprint; a table fitted for a verifier other than the model's own is saved as
-``plan-<verifier>.json`` (:func:`plan_file`), so each verifier finds its own. A model without one gets :data:`DEFAULT_PLAN`: a pilot of 4, no bins, and
+A table is fitted by ``ponder train plan`` and saved beside the model with the model's
+fingerprint and its verifier: over ``plan.json`` when that was fitted for the same verifier,
+else as ``plan-<verifier>.json`` (:func:`plan_file`), so each verifier finds its own. A model
+without one gets :data:`DEFAULT_PLAN`: a pilot of 4, no bins, and
 verifier-weighted best-of-N (majority without a verifier) under the live controller.
 """
 
