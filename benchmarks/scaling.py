@@ -93,7 +93,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     "(default: those of ponder flops, 0.16,1,22)")
     ap.add_argument("--extend", default="",
                     help="a JSON written by --out: run only what it lacks (runs that lost questions to errors, "
-                         "the larger model's samples), then analyse; write the merged data to --out")
+                         "the larger model's samples; with --methods, the runs those methods name at --budgets "
+                         "and --large), then analyse; write the merged data to --out")
     a = ap.parse_args(argv)
     if a.quick:
         # budgets 4 and 8: revisions and the hybrid at 16 took 7 of the 12 minutes a quick run
@@ -314,6 +315,12 @@ def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
     if a.large_model == "auto":  # not named on this command: the run's own choice (a run with none stays without)
         a.large_model = data.get("large_model_spec", "auto")
     data.setdefault("intended", [[r["label"], r["budget"]] for r in data["runs"]])  # runs before it was recorded
+    if any(x == "--methods" or x.startswith("--methods=") for x in a.argv):
+        # methods added to an earlier run: the runs this command's --methods names at its
+        # --budgets (and --large, for the --large-methods), on the run's own pool and questions
+        added = [run for run in intended(a) if run not in data["intended"]]
+        data["intended"] += added
+        data["budgets"] = sorted({*data["budgets"], *(b for _, b in added)})
     data.setdefault("extend_commands", []).append(shlex.join(["python", "benchmarks/scaling.py", *a.argv]))
     return complete(a, data, items)
 

@@ -81,6 +81,13 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
     # the resumed questions are sampled with the seeds an uninterrupted run gives them
     assert [[c["answer"] for c in q["candidates"]] for q in resumed["pool"]] == [[c["answer"] for c in q["candidates"]] for q in saved["pool"]]
     assert [(r["label"], r["budget"], len(r["correct"])) for r in resumed["runs"]] == [("dvts M=4", 4, 4), ("auto", 4, 4)]
+    # --extend with --methods adds those methods' runs at the named budgets, and runs nothing else again
+    more = bench.main(["--extend", str(tmp_path / "resumed.json"), "--methods", "beam M=4,auto", "--budgets", "4",
+                       "--large", "", "--boot", "20", "--json", "--out", str(tmp_path / "more.json")])["data"]
+    assert [(r["label"], r["budget"], len(r["correct"])) for r in more["runs"]] == [
+        ("dvts M=4", 4, 4), ("auto", 4, 4), ("beam M=4", 4, 4)]
+    assert [r["wall_s"] for r in more["runs"][:2]] == [r["wall_s"] for r in resumed["runs"]]
+    assert more["intended"][-1] == ["beam M=4", 4] and more["budgets"] == resumed["budgets"] and more["pool"] == resumed["pool"]
     # ... and runs again what lost questions to errors (auto, marked failed by hand), nothing else
     broken = json.loads(out.read_text())
     auto = next(r for r in broken["runs"] if r["label"] == "auto" and r["budget"] == 4)
