@@ -52,3 +52,19 @@ def test_report_writes_docs_only(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert all((docs / f).exists() for f in ("arith_best_of_n.png", "arith_pass_rates.png", "arith_revisions.png",
                                              "arith_search.png"))
     assert {p: p.stat().st_mtime_ns for p in art.rglob("*")} == before  # the artifacts untouched
+    # --only reviser: that section again (three steps now), every other one kept as it was
+    rc = report.main(["--questions", "6", "--samples", "4", "--prm-questions", "3", "--prm-samples", "2",
+                      "--prm-rollouts", "1", "--revise-questions", "2", "--chains", "1", "--revise-steps", "3",
+                      "--search-questions", "3", "--search-budgets", "2", "--docs", str(docs), "--only", "reviser"])
+    assert rc == 0
+    again = json.loads((docs / "quality.json").read_text())
+    assert len(again["reviser"]["pass_at_1_by_step"]) == 3 and again["rerun"] == ["reviser"]
+    assert {k: again[k] for k in ("policy", "prm", "search")} == {k: data[k] for k in ("policy", "prm", "search")}
+    assert again["reviser"]["policy_pass_at_1_same_questions"] == data["reviser"]["policy_pass_at_1_same_questions"]
+    assert "Rerun alone since (`ponder train report --only`): reviser." in (docs / "quality.md").read_text()
+    # a kept section made with other settings, or a section that cannot run alone: refused, nothing written
+    capsys.readouterr()
+    assert report.main(["--questions", "7", "--docs", str(docs), "--only", "reviser"]) == 2
+    assert "questions" in capsys.readouterr().err
+    assert report.main(["--questions", "6", "--docs", str(docs), "--only", "search"]) == 2
+    assert json.loads((docs / "quality.json").read_text()) == again

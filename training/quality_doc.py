@@ -153,7 +153,9 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
               + ", ".join(f"{k} {v:.3f}" for k, v in single.items()) + ")."]
     if rtrain:
         L += ["", f"Reviser data: {json.dumps(rtrain.get('data', {}))}; sampling took {_fmt_time(rtrain.get('sample_seconds'))}."]
-    L += ["", "Report run time: " + ", ".join(f"{k} {_fmt_time(v)}" for k, v in result["timings"].items()) + ".", ""]
+    L += ["", "Report run time: " + ", ".join(f"{k} {_fmt_time(v)}" for k, v in result["timings"].items()) + "."
+          + (f" Rerun alone since (`ponder train report --only`): {', '.join(result['rerun'])}." if result.get("rerun") else ""),
+          ""]
 
     L += ["## Policy: pass@1 on the test split", ""]
     L += [

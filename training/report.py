@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ponder.proto.config import DEFAULT_TEMPERATURE
+from ponder.proto.errors import InvalidArgument
 from ponder.workers.answers import Candidate, extract_answer, is_correct, select
 from ponder.workers.prm.value_head import ValueHead
 from ponder.tasks import arith
@@ -407,7 +408,50 @@ def _answer(text: str) -> str | None:
     return extract_answer(steps[-1]) if steps else None
 
 
-def run(cfg: ReportConfig) -> dict[str, Any]:
+SECTIONS = ("policy", "prm", "search", "reviser")
+RERUNNABLE = ("reviser",)  # sections that can run alone, the others kept from the last report
+# the ReportConfig fields each section reads (every section also reads the policy's)
+SECTION_FIELDS = {
+    "policy": ("policy", "questions", "samples", "temperature", "seed"),
+    "prm": ("value_head", "prm_model", "value_head_exact", "prm_exact", "confidence", "judge", "likelihood",
+            "prm_questions", "prm_samples", "prm_rollouts"),
+    "search": ("search_questions", "search_budgets", "judge", "likelihood"),
+    "reviser": ("reviser", "revise_questions", "chains", "revise_steps"),
+}
+
+
+def _from_json(result: dict[str, Any]) -> dict[str, Any]:
+    """A report read back from quality.json as :func:`run` returned it: the best-of-N curves
+    keyed by N as integers again (JSON wrote them as strings)."""
+    sel = result["prm"]["selection"]
+    result["prm"]["selection"] = {mode: {int(n): acc for n, acc in curve.items()} for mode, curve in sel.items()}
+    return result
+
+
+def previous_result(cfg: ReportConfig, only: Sequence[str]) -> dict[str, Any]:
+    """The report in ``docs/quality.json`` whose sections outside ``only`` are kept, checked to
+    have been made with this configuration's settings for them (and for the policy section)."""
+    if not only or any(s not in RERUNNABLE for s in only):
+        raise InvalidArgument("only", f"the sections that rerun alone are {', '.join(RERUNNABLE)} (the policy, PRM "
+                                      f"and search sections share one pool of samples); got {', '.join(only) or 'none'}")
+    path = cfg.docs / "quality.json"
+    if not path.exists():
+        raise InvalidArgument("only", f"{path} does not exist: run the whole report first")
+    prev: dict[str, Any] = _from_json(json.loads(path.read_text()))
+    mine = json.loads(json.dumps(asdict(cfg), default=str))
+    kept = [s for s in SECTIONS if s not in only]
+    fields = {f for s in ("policy", *kept) for f in SECTION_FIELDS[s]}
+    differ = sorted(f for f in fields if prev.get("config", {}).get(f) != mine[f])
+    if differ:
+        raise InvalidArgument("only", f"{path} was made with other {', '.join(differ)} than asked for now; "
+                                      f"the sections it keeps ({', '.join(kept)}) depend on them: run the whole report")
+    return prev
+
+
+def run(cfg: ReportConfig, only: Sequence[str] = ()) -> dict[str, Any]:
+    """The whole report, or (``only``) the named sections with the rest kept from the last one."""
+    if only:
+        return run_sections(cfg, only, previous_result(cfg, only))
     torch.set_num_threads(cfg.threads)
     timings: dict[str, float] = {}
     t = time.time()
@@ -448,6 +492,19 @@ def run(cfg: ReportConfig) -> dict[str, Any]:
     return result
 
 
+def run_sections(cfg: ReportConfig, only: Sequence[str], prev: dict[str, Any]) -> dict[str, Any]:
+    """Rerun the reviser section alone (the only one in :data:`RERUNNABLE`), the rest kept."""
+    torch.set_num_threads(cfg.threads)
+    t = time.time()
+    qs = arith.questions("test", cfg.questions, seed=cfg.seed)
+    rev = revise_section(cfg, {q.question: r for q, r in zip(qs, prev["policy"]["rates"])})
+    result = {**prev, "config": asdict(cfg), "reviser": rev,
+              "timings": {**prev.get("timings", {}), "reviser": time.time() - t},
+              "rerun": sorted({*prev.get("rerun", []), "reviser"})}
+    write_doc(result, cfg.docs, cfg.policy.parent)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -462,11 +519,17 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--search-budgets", default=",".join(map(str, d.search_budgets)))
     p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--only", default="", help="rerun only this section (reviser), keeping the others from "
+                   "docs/quality.json (they must have been made with the same settings)")
     a = p.parse_args(argv)
     a.search_budgets = tuple(int(x) for x in a.search_budgets.split(",") if x.strip())
     a.judge = None if a.judge in ("", "none") else a.judge
     cfg = ReportConfig(**{k: getattr(a, k) for k in d.__dataclass_fields__})
-    result = run(cfg)
+    try:
+        result = run(cfg, tuple(s for s in a.only.split(",") if s.strip()))
+    except InvalidArgument as e:
+        print(f"ponder train report: INVALID_ARGUMENT: {e}", file=sys.stderr)
+        return 2
     summary = {
         "pass_at_1": result["policy"]["pass_at_1"],
         "share_between": result["policy"]["share_between"],
