@@ -428,9 +428,10 @@ def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
         ci = auto["ci"]
         v = "reproduced" if ci[0] >= 4 else ("reversed" if ci[1] < 1 else "not reproduced")
         findings.append({"finding": "Compute-optimal scaling matches best-of-N with 4× less compute", "paper": "4× (16 vs 64 generations)",
-                         "verdict": v, "delta": auto["ratio"], "ci": ci, "questions": q,
+                         "verdict": v, "delta": auto["ratio"], "ci": ci, "questions": q, "generations": auto["generations"],
                          "measured": f"auto at N={mid}: accuracy {auto['accuracy']:.3f} with {auto['generations']:.1f} generations; "
-                                     f"weighted best-of-N needs {auto['matched']:.1f} for it: budget ratio {auto['ratio']:.2f}"})
+                                     "weighted best-of-N needs {} for it: budget ratio {}".format(
+                                         *_needs(auto["ratio"], auto["generations"], grid[-1]))})
     # the ceiling of moving budget between difficulty bins: weighted best-of-N in every bin, the
     # best N per bin chosen on these very questions (so an upper bound, not a method)
     def ceiling(kind: str, bins: np.ndarray, budget: int) -> dict[str, Any]:
@@ -645,6 +646,14 @@ def figures(data: dict[str, Any], res: dict[str, Any], folder: Path, stem: str =
     return written
 
 
+def _needs(ratio: float, generations: float, pool: int) -> tuple[str, str]:
+    """Weighted best-of-N's generations for an accuracy, and the budget ratio, as the page writes
+    them: above the whole pool's accuracy only their lower bounds are known ("> 128 (the pool)")."""
+    if math.isfinite(ratio):
+        return f"{ratio * generations:.1f}", f"{ratio:.2f}×"
+    return f"> {pool} (the pool)", f"> {pool / generations:.1f}×"
+
+
 def _ci(ci: list[Any]) -> str:
     if ci[0] is None:
         return "–"
@@ -676,7 +685,7 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = 
     for f in res["findings"]:
         diff = f"{f['delta']:+.3f} {_ci(f['ci'])}" if "delta" in f and "per_bin" not in f and "ratio" not in f["finding"] else ""
         if f["finding"].startswith("Compute-optimal") and "delta" in f:
-            diff = f"{f['delta']:.2f}× {_ci(f['ci'])}"
+            diff = f"{_needs(f['delta'], f.get('generations', 1.0), grid[-1])[1]} {_ci(f['ci'])}"
         if f["finding"] == EXCHANGE and f.get("hard_ci"):
             diff = f"bins 1–3: {f['delta']:+.3f} {_ci(f['ci'])}; bins 4–5: {f['hard_delta']:+.3f} {_ci(f['hard_ci'])}"
         lines.append(f"| {f['finding']} ({f['paper']}) | **{f['verdict']}** | {f['measured']} | {diff} |")
@@ -686,8 +695,8 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = 
                   "a question more or less moves the ratio a lot, so read the interval):", "",
                   "| N | auto accuracy | auto generations | best-of-N needs | ratio [95% interval] |", "|---|---|---|---|---|"]
         for r in res["auto_ratios"]:
-            lines.append(f"| {r['budget']} | {r['accuracy']:.3f} | {r['generations']:.1f} | {r['matched']:.1f} | "
-                         f"{r['ratio']:.2f}× {_ci(r['ci'])} |")
+            needs, ratio = _needs(r["ratio"], r["generations"], grid[-1])
+            lines.append(f"| {r['budget']} | {r['accuracy']:.3f} | {r['generations']:.1f} | {needs} | {ratio} {_ci(r['ci'])} |")
     if res.get("ceilings"):
         lines += ["", "How much moving budget between difficulty bins could give at best: weighted best-of-N in every bin, "
                   "with the N of each bin chosen on these same questions to maximise accuracy at the average budget (an upper "
@@ -695,9 +704,7 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = 
                   "| bins | N | accuracy | generations | N per bin (1 = easiest) | best-of-N needs | ratio [95% interval] |",
                   "|---|---|---|---|---|---|---|"]
         for c in res["ceilings"]:
-            needs, ratio = f"{c['ratio'] * c['generations']:.1f}", f"{c['ratio']:.2f}×"
-            if not math.isfinite(c["ratio"]):  # above the whole pool's accuracy
-                needs, ratio = f"> {grid[-1]} (the pool)", f"> {grid[-1] / c['generations']:.1f}×"
+            needs, ratio = _needs(c["ratio"], c["generations"], grid[-1])
             lines.append(f"| {c['bins']} | {c['budget']} | {c['accuracy']:.3f} | {c['generations']:.1f} | "
                          f"{', '.join(map(str, c['n_per_bin']))} | {needs} | {ratio} {_ci(c['ci'])} |")
     lines += ["", "## Accuracy against generations", "",
@@ -780,6 +787,16 @@ def write_doc(path: Path, block: str) -> None:
     path.write_text(block + "\n" + notes)
 
 
+def _ratio_summary(auto: dict[str, Any], pool: int) -> dict[str, Any]:
+    """auto's budget ratio for the JSON line, which has no infinities: past the whole pool's
+    accuracy the ratio is null and its lower bound given; an unbounded interval end is null."""
+    ratio, ci = auto.get("delta"), auto.get("ci")
+    beyond = ratio is not None and not math.isfinite(ratio)
+    return {"auto_budget_ratio": None if beyond else ratio,
+            "auto_budget_ratio_at_least": pool / auto["generations"] if beyond else None,
+            "auto_budget_ratio_ci": None if ci is None else [x if x is not None and math.isfinite(x) else None for x in ci]}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse(argv)
     a.argv = list(argv or [])
@@ -800,7 +817,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     auto: dict[str, Any] = next((f for f in res["findings"] if f["finding"].startswith("Compute-optimal")), {})
     summary = {"benchmark": "scaling", "questions": res["questions"], "pool": data["pool_size"], "budgets": data["budgets"],
                "verdicts": {f["finding"]: f["verdict"] for f in res["findings"]},
-               "auto_budget_ratio": auto.get("delta"), "auto_budget_ratio_ci": auto.get("ci"),
+               **_ratio_summary(auto, res["grid"][-1]),
                "wall_s": round(data["wall_s"], 1), "targets": TARGETS}
     print(json.dumps(summary, ensure_ascii=False))
     return {"data": data, "analysis": res, "summary": summary}

@@ -5,6 +5,7 @@ written from the JSON, and --from re-renders them without running anything."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,17 @@ def test_exchange_verdicts_follow_the_data() -> None:
     data = _exchange_data(small, [0.5] * q, 3.0)
     data["large"] = None
     assert bench.exchange(data, oracle, 1.0, 50, random.Random(0))["finding"]["verdict"] == "not run"
+
+
+def test_a_ratio_past_the_pool_is_written_as_its_lower_bound() -> None:
+    """Above the whole pool's accuracy, best-of-N's budget is unknown: the page writes its lower
+    bound and the JSON line (which has no infinities) gives null and the bound."""
+    bench = load_bench("scaling")
+    assert bench._needs(2.5, 16.0, 128) == ("40.0", "2.50×")
+    assert bench._needs(math.inf, 16.0, 128) == ("> 128 (the pool)", "> 8.0×")
+    beyond = bench._ratio_summary({"delta": math.inf, "ci": [0.5, math.inf], "generations": 16.0}, 128)
+    assert beyond == {"auto_budget_ratio": None, "auto_budget_ratio_at_least": 8.0, "auto_budget_ratio_ci": [0.5, None]}
+    json.loads(json.dumps(beyond), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    within = bench._ratio_summary({"delta": 2.0, "ci": [1.0, 3.0], "generations": 16.0}, 128)
+    assert within == {"auto_budget_ratio": 2.0, "auto_budget_ratio_at_least": None, "auto_budget_ratio_ci": [1.0, 3.0]}
+    assert bench._ratio_summary({}, 128)["auto_budget_ratio"] is None  # auto not run
