@@ -72,6 +72,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float (a ratio past the pool, an unbounded interval) as None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse(argv)
     from ponder.evaluation.curves import bootstrap_indices, interval, matched_budget, norm, pass_at_1, pool_curve, quintile_bins
@@ -195,7 +206,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{name:20s} acc {row['accuracy']:.3f} [{row['accuracy_ci'][0]:.3f}, {row['accuracy_ci'][1]:.3f}]  "
                   f"gens {row['generations']:6.1f}  GFLOPs {row['flops'] / 1e9:6.2f}  "
                   f"budget ratio {row['budget_ratio']:.2f} [{row['budget_ratio_ci'][0]:.2f}, {row['budget_ratio_ci'][1]:.2f}]")
-    print(json.dumps({"benchmark": "adaptive", "questions": len(ok), **report["summary"], "wall_s": round(report["wall_s"], 1)}))
+    line = {"benchmark": "adaptive", "questions": len(ok), **report["summary"], "wall_s": round(report["wall_s"], 1)}
+    # JSON has no infinities: a ratio past the whole pool, or an unbounded interval end, is null
+    print(json.dumps(_finite(line), allow_nan=False))
     return report
 
 

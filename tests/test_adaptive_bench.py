@@ -4,6 +4,7 @@ figures consistent with each other, one JSON last line, the doc block and the pl
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,11 @@ def test_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert png.stat().st_size > 1000
     text = doc.read_text()
     assert "old" not in text and "notes kept" in text and "| auto 4 |" in text
+
+
+def test_the_json_line_has_no_infinities() -> None:
+    """A budget ratio past the whole pool is infinite, and JSON has no infinity: it prints as null."""
+    bench = load_bench("adaptive")
+    line = {"auto_budget_ratio": math.inf, "auto_budget_ratio_ci": [0.5, math.inf], "nested": {"x": -math.inf, "y": 1.5}, "n": 3}
+    assert bench._finite(line) == {"auto_budget_ratio": None, "auto_budget_ratio_ci": [0.5, None],
+                                   "nested": {"x": None, "y": 1.5}, "n": 3}
