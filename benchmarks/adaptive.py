@@ -72,20 +72,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def _finite(obj: Any) -> Any:
-    """``obj`` with every non-finite float (a ratio past the pool, an unbounded interval) as None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse(argv)
-    from ponder.evaluation.curves import bootstrap_indices, interval, matched_budget, norm, pass_at_1, pool_curve, quintile_bins
+    from ponder.evaluation.curves import (
+        bootstrap_indices, interval, json_finite, matched_budget, norm, pass_at_1, pool_curve, quintile_bins,
+    )
     from ponder.evaluation.evaluate import evaluate, load_dataset
     from ponder.workers.runtime import build_plan, build_policy, build_reviser, build_verifier, set_threads, verifier_spec
     from ponder.training.plan import Question, Trajectories
@@ -208,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"budget ratio {row['budget_ratio']:.2f} [{row['budget_ratio_ci'][0]:.2f}, {row['budget_ratio_ci'][1]:.2f}]")
     line = {"benchmark": "adaptive", "questions": len(ok), **report["summary"], "wall_s": round(report["wall_s"], 1)}
     # JSON has no infinities: a ratio past the whole pool, or an unbounded interval end, is null
-    print(json.dumps(_finite(line), allow_nan=False))
+    print(json.dumps(json_finite(line), allow_nan=False))
     return report
 
 

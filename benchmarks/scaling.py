@@ -685,7 +685,7 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = 
     for f in res["findings"]:
         diff = f"{f['delta']:+.3f} {_ci(f['ci'])}" if "delta" in f and "per_bin" not in f and "ratio" not in f["finding"] else ""
         if f["finding"].startswith("Compute-optimal") and "delta" in f:
-            diff = f"{_needs(f['delta'], f.get('generations', 1.0), grid[-1])[1]} {_ci(f['ci'])}"
+            diff = f"{_needs(f['delta'], f['generations'], grid[-1])[1]} {_ci(f['ci'])}"
         if f["finding"] == EXCHANGE and f.get("hard_ci"):
             diff = f"bins 1–3: {f['delta']:+.3f} {_ci(f['ci'])}; bins 4–5: {f['hard_delta']:+.3f} {_ci(f['hard_ci'])}"
         lines.append(f"| {f['finding']} ({f['paper']}) | **{f['verdict']}** | {f['measured']} | {diff} |")
@@ -790,11 +790,12 @@ def write_doc(path: Path, block: str) -> None:
 def _ratio_summary(auto: dict[str, Any], pool: int) -> dict[str, Any]:
     """auto's budget ratio for the JSON line, which has no infinities: past the whole pool's
     accuracy the ratio is null and its lower bound given; an unbounded interval end is null."""
-    ratio, ci = auto.get("delta"), auto.get("ci")
+    from ponder.evaluation.curves import json_finite
+
+    ratio = auto.get("delta")
     beyond = ratio is not None and not math.isfinite(ratio)
-    return {"auto_budget_ratio": None if beyond else ratio,
-            "auto_budget_ratio_at_least": pool / auto["generations"] if beyond else None,
-            "auto_budget_ratio_ci": None if ci is None else [x if x is not None and math.isfinite(x) else None for x in ci]}
+    return {"auto_budget_ratio": json_finite(ratio), "auto_budget_ratio_at_least": pool / auto["generations"] if beyond else None,
+            "auto_budget_ratio_ci": json_finite(auto.get("ci"))}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

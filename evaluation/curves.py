@@ -138,6 +138,18 @@ def interval(values: Sequence[float], level: float = 0.95) -> list[float]:
     return [float(np.percentile(vals, lo_q)), float(np.percentile(vals, hi_q))]
 
 
+def json_finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float as None, for a JSON line (JSON has no infinities):
+    a budget ratio past the whole pool, an unbounded interval end."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_finite(v) for v in obj]
+    return obj
+
+
 def bootstrap_indices(n: int, reps: int, rng: random.Random) -> list[np.ndarray]:
     """``reps`` resamples (with replacement) of ``n`` questions."""
     return [np.array([rng.randrange(n) for _ in range(n)]) for _ in range(reps)]

@@ -36,7 +36,8 @@ def test_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_the_json_line_has_no_infinities() -> None:
     """A budget ratio past the whole pool is infinite, and JSON has no infinity: it prints as null."""
-    bench = load_bench("adaptive")
+    from ponder.evaluation.curves import json_finite
+
     line = {"auto_budget_ratio": math.inf, "auto_budget_ratio_ci": [0.5, math.inf], "nested": {"x": -math.inf, "y": 1.5}, "n": 3}
-    assert bench._finite(line) == {"auto_budget_ratio": None, "auto_budget_ratio_ci": [0.5, None],
+    assert json_finite(line) == {"auto_budget_ratio": None, "auto_budget_ratio_ci": [0.5, None],
                                    "nested": {"x": None, "y": 1.5}, "n": 3}

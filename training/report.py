@@ -451,7 +451,7 @@ def previous_result(cfg: ReportConfig, only: Sequence[str]) -> dict[str, Any]:
 def run(cfg: ReportConfig, only: Sequence[str] = ()) -> dict[str, Any]:
     """The whole report, or (``only``) the named sections with the rest kept from the last one."""
     if only:
-        return run_sections(cfg, only, previous_result(cfg, only))
+        return run_reviser_section(cfg, previous_result(cfg, only))
     torch.set_num_threads(cfg.threads)
     timings: dict[str, float] = {}
     t = time.time()
@@ -492,8 +492,8 @@ def run(cfg: ReportConfig, only: Sequence[str] = ()) -> dict[str, Any]:
     return result
 
 
-def run_sections(cfg: ReportConfig, only: Sequence[str], prev: dict[str, Any]) -> dict[str, Any]:
-    """Rerun the reviser section alone (the only one in :data:`RERUNNABLE`), the rest kept."""
+def run_reviser_section(cfg: ReportConfig, prev: dict[str, Any]) -> dict[str, Any]:
+    """Rerun the reviser section alone (the only one in :data:`RERUNNABLE`), the rest of ``prev`` kept."""
     torch.set_num_threads(cfg.threads)
     t = time.time()
     qs = arith.questions("test", cfg.questions, seed=cfg.seed)
