@@ -4,6 +4,7 @@ kept being the best held-out one (a scripted evaluation stands in for the revisi
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections import Counter
@@ -68,7 +69,7 @@ def _fake_samples(qs: list[arith.Question], n: int) -> Samples:
     return Samples(list(qs), texts, correct)
 
 
-@pytest.mark.parametrize("context", revise.CONTEXTS)
+@pytest.mark.parametrize("context", ["mixed", "wrong"])
 def test_sample_trajectories_balance_and_target_the_worked_solution(monkeypatch: Any, context: str) -> None:
     calls: list[int] = []
 
@@ -198,3 +199,77 @@ def test_attempt_views_show_what_each_step_computed_or_the_answer() -> None:
     assert len(shown) < len(format_prompt(None, fmts["full"], q.question, (q.solution, cut))) / 3
     with pytest.raises(SystemExit):
         revise.parser().parse_args(["--attempt-view", "diff"])
+
+
+def test_revision_chains_return_each_attempt_and_show_it_to_the_next(monkeypatch: Any) -> None:
+    """Attempt k+1's prompt holds attempt k as the reviser's format shows it; the chain's
+    attempts come back (the steps up to the answer) beside their grades."""
+    from ponder.training import revise_eval
+
+    tok = byte_tokenizer()
+    fmt = dataclasses.replace(prompt_format(), attempt_template=revise.ATTEMPT_VIEWS["results"])
+    qs = arith.questions("train", 2, seed=4, mix=arith.EVAL_MIX)
+    prompts_seen: list[list[str]] = []
+
+    def fake_generate(model: Any, prompts: Any, **kw: Any) -> list[list[int]]:
+        prompts_seen.append([tok.decode(p) for p in prompts])
+        k = len(prompts_seen)  # attempt 1 wrong, attempt 2 right, for both questions
+        outs = [q.solution if k == 2 else f"{q.expression} = 7\n\nThe answer is \\boxed{{{int(q.answer) + 7}}}." for q in qs]
+        return [list(tok.encode(o)) + [EOS_ID] for o in outs]
+
+    monkeypatch.setattr(revise_eval, "generate", fake_generate)
+    bar = _Bar()
+    res = revise_eval.revision_chains(None, tok, fmt, qs, 1, 2, progress=bar)
+    assert res.correct == [[False, True], [False, True]] and bar.n == 4
+    assert [a[1] for a in res.attempts] == [q.solution for q in qs]
+    assert all("Attempt" not in p for p in prompts_seen[0])
+    for q, p in zip(qs, prompts_seen[1]):
+        assert "Attempt 1: 7\n" in p and p.endswith(f"Revise: {q.question}\n\n")  # attempt 1's step result
+
+
+class _Bar:
+    n = 0
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+
+def test_chain_context_holds_each_chain_prefix_in_order(monkeypatch: Any) -> None:
+    """--context chain: a trajectory's attempts are the first k of the starting reviser's own
+    chain on that question, in chain order; k is balanced over 1..4; the target is the worked
+    solution; the stats give the chain's pass@1 by attempt."""
+    n = 40
+
+    def fake_chains(model: Any, tok: Any, fmt: Any, qs: Any, chains: int, steps: int, **kw: Any) -> ChainResult:
+        assert chains == 1 and steps == 4
+        kw["progress"].update(len(qs) * steps)
+        return ChainResult([[(i + k) % 3 == 0 for k in range(steps)] for i in range(len(qs))],
+                           [[f"q{i} attempt {k + 1}" for k in range(steps)] for i in range(len(qs))])
+
+    monkeypatch.setattr(revise, "revision_chains", fake_chains)
+    recipe = revise.ReviseRecipe(questions=n, samples=4, per_question=2, context="chain")
+    trajs, stats = revise.sample_trajectories(None, None, prompt_format(), recipe)
+    qs = arith.questions("train", n, seed=recipe.seed + 7, mix=arith.EVAL_MIX)
+    index = {q.question: i for i, q in enumerate(qs)}
+    assert len(trajs) == 2 * n == stats["trajectories"]
+    for t in trajs:
+        i = index[t.question]
+        assert t.attempts == tuple(f"q{i} attempt {k + 1}" for k in range(len(t.attempts))) and t.target == qs[i].solution
+    by_k = stats["attempts_in_context"]
+    assert by_k[0] == 0 and max(by_k[k] for k in (1, 2, 3, 4)) - min(by_k[k] for k in (1, 2, 3, 4)) <= 1
+    assert stats["chain_pass_at_1_by_attempt"] == [sum((i + k) % 3 == 0 for i in range(n)) / n for k in range(4)]
+    assert stats["correct_samples"] + stats["wrong_samples"] == 4 * n
+
+
+def test_chain_context_refuses_a_start_that_is_not_such_a_reviser(monkeypatch: Any, tmp_path: Any) -> None:
+    """Chains need the starting model to read attempts the way the new reviser will: a policy
+    checkpoint (another attempt template) is refused before anything is sampled or written."""
+    from ponder.proto.errors import InvalidArgument
+
+    monkeypatch.setattr(revise, "load_checkpoint", lambda path: (None, None, prompt_format()))
+    monkeypatch.setattr(revise, "sample_trajectories", lambda *a, **k: pytest.fail("sampled"))
+    recipe = revise.ReviseRecipe(context="chain", attempt_view="results")
+    with pytest.raises(InvalidArgument) as err:
+        revise.train_reviser(recipe, tmp_path / "policy", tmp_path / "out" / "reviser", "cmd")
+    assert err.value.field == "context" and "--attempt-view results" in str(err.value)
+    assert not (tmp_path / "out").exists()

@@ -6,7 +6,10 @@ policy; each trajectory puts 1–4 of them in context (each count equally often)
 question's worked solution only, so a mostly-right attempt shows correct intermediate steps and
 a target sharing a right prefix with a slipped attempt teaches keeping the right part. By
 default the attempts are right and wrong ones alike (as the reviser's own chain holds them) in
-random order; ``--context wrong --order closest_last`` gives the paper's trajectories. Plain
+random order; ``--context wrong --order closest_last`` gives the paper's trajectories;
+``--context chain`` (starting from a reviser: ``--policy artifacts/arith/reviser``) puts in
+context the first 1–4 attempts of that reviser's own revision chain on the question, as the
+revision strategy will at test time, where each attempt has seen the earlier ones. Plain
 examples (no attempts, fresh questions) make up a fifth of the batches, so attempts-in-context
 0..4 are equally common and attempt 1 keeps the policy's skill. Every ``--eval-every`` steps
 short revision chains on validation questions score the checkpoint (mean pass@1 over attempts
@@ -102,7 +105,9 @@ class ReviseRecipe:
     samples: int = 4  # solutions sampled per question (paper: 64)
     temperature: float = DEFAULT_TEMPERATURE  # the temperature the revision chains run at
     # "mixed": attempts are any of the question's samples, right or wrong, as the reviser's own
-    # chain holds them at test time; "wrong": wrong samples only (the paper's trajectories).
+    # chain holds them at test time; "wrong": wrong samples only (the paper's trajectories);
+    # "chain": the first k attempts of the starting reviser's own chain (``samples`` long), which
+    # unlike independent samples depend on each other (a copied wrong answer looks like consensus)
     context: str = "mixed"
     # "random": attempts in random order (at test time the order is the chain's, carrying no
     # sign of which is right); "closest_last": the attempt closest to the target last (paper).
@@ -125,7 +130,7 @@ class ReviseRecipe:
     threads: int = 1
 
 
-CONTEXTS = ("mixed", "wrong")
+CONTEXTS = ("mixed", "wrong", "chain")
 # the reviser's attempt_template for each attempt_view (PromptFormat documents the fields)
 ATTEMPT_VIEWS = {"full": "Attempt {index}:\n{attempt}\n\n", "results": "Attempt {index}: {results}\n",
                  "answer": "Attempt {index}: {answer}\n"}
@@ -177,6 +182,8 @@ def sample_trajectories(model: Any, tokenizer: Any, fmt: PromptFormat, recipe: R
     if recipe.context not in CONTEXTS:
         raise InvalidArgument("context", f"context must be one of {CONTEXTS}, got {recipe.context!r}")
     qs = arith.questions("train", recipe.questions, seed=recipe.seed + 7, mix=arith.EVAL_MIX)
+    if recipe.context == "chain":
+        return chain_trajectories(model, tokenizer, fmt, qs, recipe)
     with tqdm(total=len(qs) * recipe.samples, desc="attempts", unit="seq", dynamic_ncols=True, mininterval=2.0) as bar:
         samples = sample_solutions(
             model, tokenizer, fmt, qs, recipe.samples, temperature=recipe.temperature, seed=recipe.seed,
@@ -210,6 +217,42 @@ def sample_trajectories(model: Any, tokenizer: Any, fmt: PromptFormat, recipe: R
         "questions": len(qs), "samples_per_question": recipe.samples, "correct_samples": n_right,
         "wrong_samples": n_wrong, "unparsable_samples": n_unparsable, "questions_always_right": always_right,
         "policy_pass_at_1": n_right / max(1, len(qs) * recipe.samples),
+        "trajectories": len(trajs),
+        "attempts_in_context": {k: sum(len(t.attempts) == k for t in trajs) for k in range(MAX_WRONG + 1)},
+        "correct_share_of_attempts_in_context": right_in_context / max(1, n_att),
+    }
+    return trajs, stats
+
+
+def chain_trajectories(
+    model: Any, tokenizer: Any, fmt: PromptFormat, qs: Sequence[arith.Question], recipe: ReviseRecipe
+) -> tuple[list[Trajectory], dict[str, Any]]:
+    """One revision chain of ``recipe.samples`` attempts per question, run by ``model`` (a reviser
+    whose prompt format is ``fmt``); each trajectory holds the chain's first k attempts in chain
+    order (k balanced over 1..4) and the question's worked solution as its target."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(qs) * recipe.samples, desc="chains", unit="seq", dynamic_ncols=True, mininterval=2.0) as bar:
+        res = revision_chains(
+            model, tokenizer, fmt, qs, 1, recipe.samples, temperature=recipe.temperature, seed=recipe.seed,
+            dtype=torch.bfloat16 if recipe.bf16 else torch.float32, progress=bar,
+        )
+    rng = random.Random(recipe.seed)
+    ks = balanced_ks(len(qs), recipe.per_question, rng)
+    trajs: list[Trajectory] = []
+    right_in_context = 0
+    for q, attempts, grades, mine in zip(qs, res.attempts, res.correct, ks):
+        for k in mine:
+            k = min(k, len(attempts))
+            trajs.append(Trajectory(q.question, tuple(attempts[:k]), q.solution))
+            right_in_context += sum(grades[:k])
+    n_att = sum(len(t.attempts) for t in trajs)
+    n_right = sum(sum(g) for g in res.correct)
+    stats = {
+        "questions": len(qs), "samples_per_question": recipe.samples, "correct_samples": n_right,
+        "wrong_samples": len(qs) * recipe.samples - n_right,
+        "chain_pass_at_1_by_attempt": res.pass_at_1_by_step(),
+        "questions_always_right": sum(all(g) for g in res.correct),
         "trajectories": len(trajs),
         "attempts_in_context": {k: sum(len(t.attempts) == k for t in trajs) for k in range(MAX_WRONG + 1)},
         "correct_share_of_attempts_in_context": right_in_context / max(1, n_att),
@@ -336,16 +379,21 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
     started = time.time()
     load_start = _loadavg()
     model, tokenizer, fmt = load_checkpoint(policy)
-    trajs, stats = sample_trajectories(model, tokenizer, fmt, recipe)
-    sample_seconds = time.time() - started
-    # Revision prompts carry up to 4 earlier attempts (~1,300 characters at most on the
-    # eval mix), past the policy's 1,024; RoPE has no learned positions, so only the bound moves.
-    model.config.max_position_embeddings = max(int(model.config.max_position_embeddings), 2048)
     # Trajectories are written in the reviser's own format (the one saved to its ponder.json),
     # whatever the policy checkpoint's file says.
     if recipe.attempt_view not in ATTEMPT_VIEWS:
         raise InvalidArgument("attempt_view", f"must be one of {', '.join(ATTEMPT_VIEWS)}, got {recipe.attempt_view!r}")
     rev_fmt = dataclasses.replace(prompt_format(), attempt_template=ATTEMPT_VIEWS[recipe.attempt_view])
+    if recipe.context == "chain" and fmt.attempt_template != rev_fmt.attempt_template:
+        raise InvalidArgument(
+            "context", f"--context chain runs the starting model's own revision chains: start from a reviser "
+            f"with --attempt-view {recipe.attempt_view} (e.g. --policy {DEFAULT_OUT}), not {policy}",
+        )
+    trajs, stats = sample_trajectories(model, tokenizer, fmt, recipe)
+    sample_seconds = time.time() - started
+    # Revision prompts carry up to 4 earlier attempts (~1,300 characters at most on the
+    # eval mix), past the policy's 1,024; RoPE has no learned positions, so only the bound moves.
+    model.config.max_position_embeddings = max(int(model.config.max_position_embeddings), 2048)
     counts: dict[int, int] = {}
     batches = bucketed(
         examples(tokenizer, rev_fmt, trajs, recipe.seed, recipe.plain_share, counts), recipe.batch, seed=recipe.seed

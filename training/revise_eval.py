@@ -7,7 +7,7 @@ validation questions for early stopping; the report runs long ones on test quest
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,9 +22,11 @@ from ponder.training.sample import generate
 
 @dataclass
 class ChainResult:
-    """``correct[i][k]``: whether attempt k+1 of chain i is right."""
+    """``correct[i][k]``: whether attempt k+1 of chain i is right; ``attempts[i][k]``: what the
+    revision strategy passes on of it (its steps up to the answer, or its text if it has none)."""
 
     correct: list[list[bool]]
+    attempts: list[list[str]] = field(default_factory=list)
 
     def pass_at_1_by_step(self) -> list[float]:
         n = len(self.correct)
@@ -44,9 +46,11 @@ def revision_chains(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,  # bf16 is emulated (slow) on CPUs without avx512_bf16
     batch_size: int = 128,
+    progress: Any = None,
 ) -> ChainResult:
-    """``chains`` chains of ``steps`` attempts per question; attempt k's prompt holds the chain's
-    earlier attempts (``format_prompt`` keeps the newest ``max_attempts_in_context``)."""
+    """``chains`` chains of ``steps`` attempts per question (chain i is question ``i // chains``);
+    attempt k's prompt holds the chain's earlier attempts (``format_prompt`` keeps the newest
+    ``max_attempts_in_context``). ``progress`` (a tqdm bar) advances by a row per attempt."""
     rows = [q for q in qs for _ in range(chains)]
     attempts: list[list[str]] = [[] for _ in rows]
     correct: list[list[bool]] = [[] for _ in rows]
@@ -62,7 +66,9 @@ def revision_chains(
             correct[i].append(cut is not None and arith.grade(arith.STEP_DELIMITER.join(cut), q.answer))
             # What the revision strategy passes on: the attempt's steps up to its answer.
             attempts[i].append(arith.STEP_DELIMITER.join(cut) if cut else text.strip())
-    return ChainResult(correct)
+        if progress is not None:
+            progress.update(len(rows))
+    return ChainResult(correct, attempts)
 
 
 def held_out_score(by_step: Sequence[float]) -> float:
