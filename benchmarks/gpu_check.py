@@ -26,8 +26,11 @@ also writes it to a file. Exit status 0 when every section ran and agreed, 1 oth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,19 +78,66 @@ def last_json(text: str) -> dict[str, Any] | None:
     return None
 
 
-def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """A section's process: its exit code, wall time, last JSON line and the tail of its output."""
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
+        os.killpg(pgid, sig)
+
+
+def _stop_group(p: subprocess.Popen[str], grace: float = 10.0) -> tuple[str, str]:
+    """SIGTERM, then SIGKILL, to the section's whole process group, so that what it started (the
+    service's workers and Redis) stops with it instead of holding the GPU and its ports; returns
+    the output read so far."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        _killpg(p.pid, sig)
+        try:
+            return p.communicate(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+    p.kill()  # something outside the group holds the pipes: give up on the output
+    p.wait()
+    return "", ""
+
+
+def run(cmd: list[str], timeout: float, env: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """A section's process: its exit code, wall time, last JSON line and the tail of its output.
+    It runs in a process group of its own, stopped as a whole at the time limit (subprocess.run
+    would SIGKILL only the direct child and orphan its children). ``env``: None unsets."""
     t0 = time.monotonic()
+    environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ,
+                         start_new_session=True)
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-        rc: int | str = p.returncode
-        out, err = p.stdout, p.stderr
-    except subprocess.TimeoutExpired as exc:
-        rc = "timeout"
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        try:
+            out, err = p.communicate(timeout=timeout)
+            rc: int | str = p.returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout" if p.poll() is None else p.returncode  # exited, but a child held the pipes
+            out, err = _stop_group(p)
+        _killpg(p.pid, signal.SIGKILL)  # anything it left behind
+    except BaseException:  # Ctrl-C or SIGTERM here: the section must not outlive this process
+        _killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        raise
     return {"rc": rc, "wall_s": round(time.monotonic() - t0, 1), "result": last_json(out),
             "tail": (out + err)[-1500:] if rc != 0 else ""}
+
+
+def child_env(a: argparse.Namespace) -> dict[str, str | None]:
+    """On CUDA no section may inherit TRITON_INTERPRET (set by the test suite's conftest): the
+    kernels would run in the interpreter on GPU tensors, far past every time limit."""
+    return {} if a.device.startswith("cpu") else {"TRITON_INTERPRET": None}
+
+
+def strict(x: Any) -> Any:
+    """``x`` with every non-finite float as a string ("nan", "inf", "-inf"): json.dumps would
+    write NaN/Infinity, which strict JSON parsers reject."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict(v) for v in x]
+    return x
 
 
 def section_env(a: argparse.Namespace) -> dict[str, Any]:
@@ -99,14 +149,14 @@ def section_env(a: argparse.Namespace) -> dict[str, Any]:
         " 'cuda': cuda, 'devices': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],"
         " 'bf16': bool(cuda and torch.cuda.is_bf16_supported()), 'cpu_threads': torch.get_num_threads()}))\n"
     )
-    return run([sys.executable, "-c", code], BUDGET_S["env"] * a.budget_scale)
+    return run([sys.executable, "-c", code], BUDGET_S["env"] * a.budget_scale, child_env(a))
 
 
 def section_kernels(a: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, str(HERE / "kernels.py"), "--json"]
     if not a.device.startswith("cpu"):
         cmd.append("--quick" if a.quick else "--large")
-    r = run(cmd, BUDGET_S["kernels"] * a.budget_scale)
+    r = run(cmd, BUDGET_S["kernels"] * a.budget_scale, child_env(a))
     res = r["result"] or {}
     r["summary"] = {"all_ok": res.get("all_ok"), "cases": res.get("cases"), "timed": res.get("timed"),
                     "device": res.get("device")}
@@ -138,7 +188,11 @@ def make_random_llama(root: Path, tokenizer_model: str, quick: bool) -> Path:
 
 def section_engine(a: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in [m.strip() for m in a.engine_models.split(",") if m.strip()]:
+    names = [m.strip() for m in a.engine_models.split(",") if m.strip()]
+    # one time limit for the whole section, building the random Llama included: each model gets
+    # an equal share of what is left when it starts
+    deadline = time.monotonic() + BUDGET_S["engine"] * a.budget_scale
+    for i, name in enumerate(names):
         model = name
         if name == "llama-1b":
             try:
@@ -150,7 +204,11 @@ def section_engine(a: argparse.Namespace, work: Path) -> dict[str, Any]:
                "--dtype", a.dtype if not a.device.startswith("cpu") else "float32"]
         if a.quick:
             cmd.append("--quick")
-        r = run(cmd, BUDGET_S["engine"] * a.budget_scale / 2)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            out[name] = {"rc": "timeout", "wall_s": 0.0, "result": None, "tail": "skipped: the engine section's time was spent"}
+            continue
+        r = run(cmd, left / (len(names) - i), child_env(a))
         res = r["result"] or {}
         r["summary"] = {"sampling_ratio": (res.get("sampling") or {}).get("ratio"),
                         "tree_ratio": (res.get("tree") or {}).get("ratio"),
@@ -162,19 +220,27 @@ def section_engine(a: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def section_service(a: argparse.Namespace) -> dict[str, Any]:
     model = "arith" if a.device.startswith("cpu") and a.quick else a.service_model
+    limit = BUDGET_S["service"] * a.budget_scale
+    # serve's own ready timeout (default 600 s) inside the section's limit: a worker that never
+    # gets ready is reported by serve, which then stops its workers and Redis itself
     cmd = [sys.executable, "-m", "ponder.cli.main", "serve", "--port", "0", "--model", model,
            "--device", a.device, "--dtype", a.dtype if not a.device.startswith("cpu") else "float32",
-           "--budget", "2", "--demo", "What is 12 + 30?"]
-    r = run(cmd, BUDGET_S["service"] * a.budget_scale)
+           "--ready-timeout", str(max(5, round(limit * 3 / 4))), "--budget", "2", "--demo", "What is 12 + 30?"]
+    r = run(cmd, limit, child_env(a))
     r["answered"] = r["rc"] == 0
     return r
 
 
-def ok(section: str, r: Any) -> bool:
+def ok(section: str, r: Any, gpu: bool = False) -> bool:
+    """Whether a section ran and agreed; on a GPU run (``gpu``) also that it ran on the GPU: a
+    torch that sees no CUDA device runs kernels.py in the interpreter, which passes untimed."""
     if section == "engine":
         return bool(r) and all(v.get("rc") == 0 for v in r.values())
+    res = r.get("result") or {}
     if section == "kernels":
-        return r.get("rc") == 0 and bool((r.get("result") or {}).get("all_ok"))
+        return r.get("rc") == 0 and bool(res.get("all_ok")) and (not gpu or bool(res.get("timed")))
+    if section == "env" and gpu:
+        return r.get("rc") == 0 and bool(res.get("cuda"))
     return r.get("rc") == 0
 
 
@@ -183,28 +249,49 @@ def main(argv: list[str] | None = None) -> int:
     dtype = a.dtype if not a.device.startswith("cpu") else "float32"  # the CPU plumbing check runs fp32
     summary: dict[str, Any] = {"bench": "gpu_check", "device": a.device, "dtype": dtype, "quick": a.quick,
                                "sections": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    unset = [k for k, v in child_env(a).items() if v is None and k in os.environ]
+    if unset:
+        summary["unset_env"] = unset
+    gpu = not a.device.startswith("cpu")
     t0 = time.monotonic()
+
+    def finish() -> str:
+        summary["ok"] = {s: ok(s, r, gpu) for s, r in summary["sections"].items()}
+        summary["all_ok"] = all(summary["ok"].values())
+        summary["wall_s"] = round(time.monotonic() - t0, 1)
+        line = json.dumps(strict(summary), default=str, allow_nan=False)
+        if a.out:  # after every section: a check stopped from outside keeps what it finished
+            try:
+                a.out.write_text(line + "\n")
+            except OSError as exc:
+                print(f"gpu_check: cannot write {a.out}: {exc}", file=sys.stderr, flush=True)
+        return line
+
     with tempfile.TemporaryDirectory(prefix="ponder-gpu-check-") as tmp:
         for s in a.sections:
             print(f"· {s} …", file=sys.stderr, flush=True)
-            if s == "env":
-                r: Any = section_env(a)
-            elif s == "kernels":
-                r = section_kernels(a)
-            elif s == "engine":
-                r = section_engine(a, Path(tmp))
-            else:
-                r = section_service(a)
+            try:
+                if s == "env":
+                    r: Any = section_env(a)
+                elif s == "kernels":
+                    r = section_kernels(a)
+                elif s == "engine":
+                    r = section_engine(a, Path(tmp))
+                else:
+                    r = section_service(a)
+            except Exception as exc:  # reported, not fatal: the other sections still run
+                r = {"rc": "error", "tail": f"{type(exc).__name__}: {exc}"}
             summary["sections"][s] = r
-    summary["ok"] = {s: ok(s, r) for s, r in summary["sections"].items()}
-    summary["all_ok"] = all(summary["ok"].values())
-    summary["wall_s"] = round(time.monotonic() - t0, 1)
-    line = json.dumps(summary, default=str)
-    if a.out:
-        a.out.write_text(line + "\n")
+            finish()
+    line = finish()
     print(line)
     return 0 if summary["all_ok"] else 1
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds run(), which stops the running section's processes
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)
     sys.exit(main())

@@ -4,8 +4,11 @@ parsing, its JSON summary and its CPU fallbacks (the same sections at toy sizes)
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,81 @@ def test_a_failing_section_is_reported_not_raised() -> None:
     assert r["rc"] == "timeout"
     assert not gc.ok("kernels", {"rc": 0, "result": {"all_ok": False}})
     assert not gc.ok("engine", {"smollm2": {"rc": 0}, "llama-1b": {"rc": "setup"}})
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    """Whether process ``pid`` ended (a zombie counts: nothing may reap orphans in a container)."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            if Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] == "Z":
+                return True
+        except (FileNotFoundError, IndexError):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_timed_out_section_stops_the_processes_it_started() -> None:
+    """subprocess.run's timeout kills only the direct child: `ponder serve`'s workers (holding
+    the GPU) and its Redis would outlive the check. The whole process group must go."""
+    gc = load_bench("gpu_check")
+    child = "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); " \
+            "print(c.pid, flush=True); time.sleep(60)"
+    t0 = time.monotonic()
+    r = gc.run([sys.executable, "-c", child], timeout=3)
+    assert r["rc"] == "timeout" and time.monotonic() - t0 < 30
+    grandchild = int(r["tail"].split()[0])
+    try:
+        assert _gone(grandchild)
+    finally:
+        if not _gone(grandchild, 0):
+            os.kill(grandchild, signal.SIGKILL)
+
+
+def test_the_summary_is_strict_json_and_a_gpu_run_must_use_the_gpu() -> None:
+    gc = load_bench("gpu_check")
+    nan = {"rc": 1, "result": {"max_abs_err": float("nan"), "x": [float("inf"), 1.5]}}
+    assert json.loads(json.dumps(gc.strict(nan), allow_nan=False))["result"] == {"max_abs_err": "nan", "x": ["inf", 1.5]}
+    untimed = {"rc": 0, "result": {"all_ok": True, "timed": False}}  # kernels.py found no CUDA
+    assert gc.ok("kernels", untimed) and not gc.ok("kernels", untimed, gpu=True)
+    assert not gc.ok("env", {"rc": 0, "result": {"cuda": False}}, gpu=True)
+    assert gc.child_env(gc.parse(["--device", "cuda"])) == {"TRITON_INTERPRET": None}
+
+
+def test_a_section_that_raises_loses_no_other_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gc = load_bench("gpu_check")
+
+    def broken(a: object) -> None:
+        raise RuntimeError("no driver")
+
+    monkeypatch.setattr(gc, "section_env", broken)
+    monkeypatch.setattr(gc, "section_kernels", lambda a: {"rc": 0, "result": {"all_ok": True, "timed": False}})
+    out = tmp_path / "s.json"
+    assert gc.main(["--device", "cpu", "--sections", "env,kernels", "--out", str(out)]) == 1
+    summary = json.loads(out.read_text())
+    assert summary["sections"]["env"] == {"rc": "error", "tail": "RuntimeError: no driver"}
+    assert summary["ok"] == {"env": False, "kernels": True}
+
+
+def test_the_engine_time_limit_covers_building_the_random_llama(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model's run uses up its whole limit here: the section still ends on time."""
+    gc = load_bench("gpu_check")
+    limits: list[float] = []
+
+    def build(root: Path, tokenizer_model: str, quick: bool) -> Path:
+        time.sleep(0.3)
+        return root / "llama"
+
+    def slow_run(cmd: list[str], timeout: float, env: object = None) -> dict[str, object]:
+        limits.append(timeout)
+        time.sleep(timeout)
+        return {"rc": "timeout", "result": None}
+
+    monkeypatch.setattr(gc, "make_random_llama", build)
+    monkeypatch.setattr(gc, "run", slow_run)
+    a = gc.parse(["--device", "cpu", "--engine-models", "a,llama-1b,b", "--budget-scale", str(1.5 / gc.BUDGET_S["engine"])])
+    t0 = time.monotonic()
+    r = gc.section_engine(a, tmp_path)
+    assert set(r) == {"a", "llama-1b", "b"} and len(limits) == 3 and min(limits) > 0
+    assert time.monotonic() - t0 < 1.5 + 0.2
