@@ -13,6 +13,11 @@
     (GFLOP/s ÷ 2·P per token, P = non-embedding parameters), and our sampling tokens/s as a
     fraction of it.
 
+Before (a) and (b) are timed, each side runs the same job untimed with the same rows but only
+``--warmup-tokens`` tokens (and one search step): Triton compiles the engine's kernels, and
+both sides' first-call costs fall there, not in the first timed run; on CUDA every timed region
+is bracketed by device syncs.
+
 Prints a table and, last, one JSON line. ``--quick`` shrinks every size for a smoke run.
 Usage: python benchmarks/engine.py [--quick] [--json] [--model smollm2|DIR|FILE.gguf]
 """
@@ -67,13 +72,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                          "on the CPU, bfloat16 on CUDA)")
     ap.add_argument("--device", default="cpu", help="where both sides run: cpu, cuda, cuda:N")
     ap.add_argument("--skip-hf", action="store_true", help="run only our side (no ratios)")
+    ap.add_argument("--warmup-tokens", type=int, default=2,
+                    help="tokens per sample (and per step, one step) of the untimed warm-up run of each side "
+                         "before (a) and (b); 0: no warm-up [2]")
     args = ap.parse_args(argv)
     full = dict(samples=64, new_tokens=256, beams=64, width=4, steps=8, step_tokens=64, kv_prompt=200)
     quick = dict(samples=8, new_tokens=16, beams=8, width=2, steps=2, step_tokens=8, kv_prompt=40)
     for k, v in (quick if args.quick else full).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.warmup_tokens < 0:
+        ap.error("--warmup-tokens must be >= 0")
     return args
+
+
+def warmup_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The warm-up's job: the timed jobs' rows (samples, beams, width: the same batch shapes, so
+    the same kernel specialisations) but ``--warmup-tokens`` tokens and one search step."""
+    return argparse.Namespace(**{**vars(args), "new_tokens": args.warmup_tokens, "steps": 1,
+                                 "step_tokens": args.warmup_tokens})
 
 
 def sync(device: str | torch.device) -> None:
@@ -171,9 +188,11 @@ def run_tree(policy: Any, verifier: Any, args: argparse.Namespace) -> tuple[floa
         question=QUESTION, strategy="beam", generations=args.beams, beam_width=args.width,
         max_steps=args.steps, max_step_tokens=args.step_tokens, seed=args.seed, temperature=args.temperature,
     ).validate()
+    sync(args.device)
     t0 = time.perf_counter()
     loop.submit("bench", cfg)
     loop.run_until_idle()
+    sync(args.device)
     dt = time.perf_counter() - t0
     final = [e.final for e in events if e.HasField("final")]
     errors = [e.error.message for e in events if e.HasField("error")]
@@ -241,6 +260,18 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": os.getloadavg()[0],
     }
 
+    verifier = ProbeVerifier(policy.hidden_size, args.seed)
+    if args.warmup_tokens:
+        say(f"warm-up: each job with {args.warmup_tokens} tokens, untimed ...")
+        w, t0 = warmup_args(args), time.perf_counter()
+        run_sampling_engine(policy, ids, w)
+        if not args.skip_hf:
+            run_sampling_hf(model, tokenizer, ids, w)
+        run_tree(policy, verifier, w)
+        if not args.skip_hf:
+            run_tree(hf_policy, verifier, w)
+        res["warmup"] = {"tokens": args.warmup_tokens, "s": time.perf_counter() - t0}
+
     say("(d) GEMM throughput ...")
     gemm = gemm_gflops(0.2 if args.quick else 1.5, dtype, args.device)
     peak = max(gemm.values())
@@ -258,7 +289,6 @@ def main(argv: list[str] | None = None) -> int:
     res["gemm"]["fraction"] = a["ours_tok_s"] / res["gemm"]["limit_tok_s"]
 
     say(f"(b) beam search N={args.beams} M={args.width} steps={args.steps} ...")
-    verifier = ProbeVerifier(policy.hidden_size, args.seed)
     dt, u = run_tree(policy, verifier, args)
     say(f"    ours: {u['decode_tokens']} decoded tokens in {dt:.1f} s")
     b: dict[str, Any] = {"ours_s": dt, "ours_usage": u, "ours_tok_s": u["decode_tokens"] / dt}

@@ -153,7 +153,7 @@ def section_env(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def section_kernels(a: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, str(HERE / "kernels.py"), "--json"]
+    cmd = [sys.executable, str(HERE / "kernels.py"), "--json", "--device", a.device]
     if not a.device.startswith("cpu"):
         cmd.append("--quick" if a.quick else "--large")
     r = run(cmd, BUDGET_S["kernels"] * a.budget_scale, child_env(a))

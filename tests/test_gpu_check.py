@@ -136,3 +136,18 @@ def test_the_engine_time_limit_covers_building_the_random_llama(tmp_path: Path, 
     r = gc.section_engine(a, tmp_path)
     assert set(r) == {"a", "llama-1b", "b"} and len(limits) == 3 and min(limits) > 0
     assert time.monotonic() - t0 < 1.5 + 0.2
+
+
+@pytest.mark.parametrize("device", ["cuda:1", "cpu"])
+def test_the_kernels_section_runs_on_the_device_asked_for(device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    gc = load_bench("gpu_check")
+    cmds: list[list[str]] = []
+
+    def fake_run(cmd: list[str], timeout: float, env: object = None) -> dict[str, object]:
+        cmds.append(cmd)
+        return {"rc": 0, "result": None}
+
+    monkeypatch.setattr(gc, "run", fake_run)
+    gc.section_kernels(gc.parse(["--device", device]))
+    (cmd,) = cmds
+    assert cmd[1].endswith("kernels.py") and cmd[cmd.index("--device") + 1] == device
