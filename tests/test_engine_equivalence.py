@@ -167,3 +167,16 @@ def test_decode_through_the_triton_kernels(tiny_models: dict[str, Any], shared_p
         for i, r in enumerate(rows):
             assert (logits[i] - hf_logits(model, r.tokens)[-1]).abs().max().item() <= TOL
     assert len(calls) == 2 * model.config.num_hidden_layers  # every layer of both steps
+
+
+def test_a_missing_bias_among_fused_projections_takes_the_weights_dtype_and_device() -> None:
+    """Fused q/k/v (or gate/up) with only some biases: the missing ones are zeros like the
+    weights (CPU fp32 zeros would not concatenate with a CUDA model's biases)."""
+    from ponder.workers.engine.model import _cat_bias
+
+    with_bias = torch.nn.Linear(4, 3, bias=True).to(torch.bfloat16)
+    without = torch.nn.Linear(4, 2, bias=False).to(torch.bfloat16)
+    b = _cat_bias(with_bias, without)
+    assert b is not None and b.dtype == torch.bfloat16 and b.device == with_bias.weight.device
+    assert torch.equal(b[:3], with_bias.bias.detach()) and torch.equal(b[3:], torch.zeros(2, dtype=torch.bfloat16))
+    assert _cat_bias(without, without) is None

@@ -47,9 +47,11 @@ def _cat_bias(*linears: Any) -> torch.Tensor | None:
     biases = [lin.bias for lin in linears]
     if all(b is None for b in biases):
         return None
-    return torch.cat(
-        [b.detach() if b is not None else torch.zeros(lin.out_features) for b, lin in zip(biases, linears)]
-    )
+    # a missing bias is zeros on the weight's device and in its dtype (a CUDA or bf16 model's
+    # biases would not concatenate with CPU fp32 zeros)
+    return torch.cat([
+        b.detach() if b is not None else lin.weight.new_zeros(lin.out_features) for b, lin in zip(biases, linears)
+    ])
 
 
 def _bias(linear: Any) -> torch.Tensor | None:
