@@ -68,3 +68,11 @@ def test_report_writes_docs_only(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "questions" in capsys.readouterr().err
     assert report.main(["--questions", "6", "--docs", str(docs), "--only", "search"]) == 2
     assert json.loads((docs / "quality.json").read_text()) == again
+    # --render: the page again from quality.json, nothing measured (the notes below the marker kept)
+    (docs / "quality.md").write_text((docs / "quality.md").read_text() + "a note of ours\n")
+    (docs / "quality.json").write_text(json.dumps({**again, "reviser": {**again["reviser"], "chain_majority_accuracy": 0.123}}))
+    assert report.main(["--docs", str(docs), "--render"]) == 0
+    page = (docs / "quality.md").read_text()
+    assert "majority over the chain: 0.123" in page and page.endswith("a note of ours\n")
+    assert report.main(["--docs", str(docs), "--render", "--only", "reviser"]) == 2
+    assert report.main(["--docs", str(tmp_path / "nothing"), "--render"]) == 2

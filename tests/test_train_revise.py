@@ -248,8 +248,11 @@ def test_chain_context_holds_each_chain_prefix_in_order(monkeypatch: Any) -> Non
 
     monkeypatch.setattr(revise, "revision_chains", fake_chains)
     recipe = revise.ReviseRecipe(questions=n, samples=4, per_question=2, context="chain")
-    trajs, stats = revise.sample_trajectories(None, None, prompt_format(), recipe)
-    qs = arith.questions("train", n, seed=recipe.seed + 7, mix=arith.EVAL_MIX)
+    trajs, stats = revise.sample_trajectories(None, None, prompt_format(), recipe, stage=1)
+    # a second stage: questions the first stage (seed + 7) did not train on
+    qs = arith.questions("train", n, seed=recipe.seed + 1007, mix=arith.EVAL_MIX)
+    assert stats["question_seed"] == recipe.seed + 1007
+    assert not {q.question for q in qs} & {q.question for q in arith.questions("train", n, seed=recipe.seed + 7, mix=arith.EVAL_MIX)}
     index = {q.question: i for i, q in enumerate(qs)}
     assert len(trajs) == 2 * n == stats["trajectories"]
     for t in trajs:
@@ -273,3 +276,29 @@ def test_chain_context_refuses_a_start_that_is_not_such_a_reviser(monkeypatch: A
         revise.train_reviser(recipe, tmp_path / "policy", tmp_path / "out" / "reviser", "cmd")
     assert err.value.field == "context" and "--attempt-view results" in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reviser_trained_from_a_reviser_records_every_stage(tmp_path: Any) -> None:
+    """Stage 2 started from a reviser carries stage 1's summary (earliest first); a policy start
+    has none; the quality page shows a row per stage."""
+    import json
+
+    from ponder.training.quality_doc import reviser_stages
+
+    policy, stage1, stage2 = tmp_path / "policy", tmp_path / "r1", tmp_path / "r2"
+    for d in (policy, stage1, stage2):
+        d.mkdir()
+    (policy / "train.json").write_text(json.dumps({"command": "ponder train policy", "wall_seconds": 9}))
+    s1 = {"command": "ponder train revise", "recipe": {"attempt_view": "results"}, "wall_seconds": 60}
+    (stage1 / "train.json").write_text(json.dumps(s1))
+    s2 = {"command": "ponder train revise --context chain", "recipe": {"attempt_view": "results"},
+          "earlier_stages": [s1], "wall_seconds": 30}
+    (stage2 / "train.json").write_text(json.dumps(s2))
+    assert revise.earlier_stages(policy) == [] and revise.earlier_stages(tmp_path / "none") == []
+    assert revise.earlier_stages(stage1) == [s1]
+    s2_alone = {k: v for k, v in s2.items() if k != "earlier_stages"}
+    assert revise.earlier_stages(stage2) == [s1, s2_alone]  # a third stage would list both
+    rows = reviser_stages({**s2_alone, "earlier_stages": [s1]})
+    assert [(name, t["command"]) for name, t, _ in rows] == [
+        ("reviser, stage 1 of 2", "ponder train revise"), ("reviser, stage 2 of 2", "ponder train revise --context chain")]
+    assert [name for name, _, _ in reviser_stages(s1)] == ["reviser"] and reviser_stages({}) == []

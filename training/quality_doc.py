@@ -97,6 +97,17 @@ def _count_words(n: int) -> str:
     return words[n] if 0 <= n < len(words) else str(n)
 
 
+def reviser_stages(rtrain: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
+    """The reviser's training, a row per stage (a reviser trained further from another records
+    the earlier ones in ``earlier_stages``): (name, summary, wall-time key)."""
+    if not rtrain:
+        return []
+    stages = [*rtrain.get("earlier_stages", []), rtrain]
+    if len(stages) == 1:
+        return [("reviser", rtrain, "wall_seconds")]
+    return [(f"reviser, stage {i} of {len(stages)}", t, "wall_seconds") for i, t in enumerate(stages, 1)]
+
+
 def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
     docs.mkdir(parents=True, exist_ok=True)
     _plots(result, docs)
@@ -122,7 +133,8 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
     for name, t, key in (("policy", ptrain, "wall_seconds"), ("PRM, MC labels (value head + PRM model)", htrain, "wall_seconds"),
                          ("PRM, exact labels (value head + PRM model)", etrain, "wall_seconds"),
                          ("confidence calibration", ctrain, "wall_seconds"),
-                         (f"likelihood calibration ({judge} as judge)", ltrain, "wall_seconds"), ("reviser", rtrain, "wall_seconds")):
+                         (f"likelihood calibration ({judge} as judge)", ltrain, "wall_seconds"),
+                         *reviser_stages(rtrain)):
         if not t:
             continue
         L.append(f"| {name} | `{t.get('command', '?')}` | {_fmt_time(t.get(key))} | {t.get('load_average', '?')} |")
@@ -151,8 +163,10 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
               f"within-question AUC: the {chosen.get('loss', '?')} fit on {' + '.join(chosen.get('features', []))} "
               f"({chosen.get('cv_within_question_auc', float('nan')):.3f}; single features: "
               + ", ".join(f"{k} {v:.3f}" for k, v in single.items()) + ")."]
-    if rtrain:
-        L += ["", f"Reviser data: {json.dumps(rtrain.get('data', {}))}; sampling took {_fmt_time(rtrain.get('sample_seconds'))}."]
+    for name, t, _ in reviser_stages(rtrain):
+        L += ["", f"{name.capitalize()} data: {json.dumps(t.get('data', {}))}; sampling took {_fmt_time(t.get('sample_seconds'))}"
+              + (f"; kept at step {t['chosen_step']} by its held-out score ({t['best_score']:.3f})" if "chosen_step" in t else "")
+              + "."]
     L += ["", "Report run time: " + ", ".join(f"{k} {_fmt_time(v)}" for k, v in result["timings"].items()) + "."
           + (f" Rerun alone since (`ponder train report --only`): {', '.join(result['rerun'])}." if result.get("rerun") else ""),
           ""]

@@ -505,6 +505,16 @@ def run_reviser_section(cfg: ReportConfig, prev: dict[str, Any]) -> dict[str, An
     return result
 
 
+def render(cfg: ReportConfig) -> dict[str, Any]:
+    """The page written again from ``docs/quality.json``, nothing measured."""
+    path = cfg.docs / "quality.json"
+    if not path.exists():
+        raise InvalidArgument("render", f"{path} does not exist: run the report first")
+    result: dict[str, Any] = _from_json(json.loads(path.read_text()))
+    write_doc(result, cfg.docs, cfg.policy.parent)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -521,12 +531,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--only", default="", help="rerun only this section (reviser), keeping the others from "
                    "docs/quality.json (they must have been made with the same settings)")
+    p.add_argument("--render", action="store_true", help="measure nothing: write the page again from docs/quality.json "
+                   "and the artifacts' training summaries (after a model was retrained, before its section reruns)")
     a = p.parse_args(argv)
     a.search_budgets = tuple(int(x) for x in a.search_budgets.split(",") if x.strip())
     a.judge = None if a.judge in ("", "none") else a.judge
     cfg = ReportConfig(**{k: getattr(a, k) for k in d.__dataclass_fields__})
     try:
-        result = run(cfg, tuple(s for s in a.only.split(",") if s.strip()))
+        if a.render and a.only:
+            raise InvalidArgument("render", "--render measures nothing; it cannot be combined with --only")
+        result = render(cfg) if a.render else run(cfg, tuple(s for s in a.only.split(",") if s.strip()))
     except InvalidArgument as e:
         print(f"ponder train report: INVALID_ARGUMENT: {e}", file=sys.stderr)
         return 2
