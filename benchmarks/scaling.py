@@ -95,7 +95,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="a JSON written by --out: run only what it lacks (runs that lost questions to errors, "
                          "the larger model's samples; with --methods, the runs those methods name at --budgets "
                          "and --large), then analyse; write the merged data to --out")
+    ap.add_argument("--rerun", default="", help="with --extend: comma-separated labels of runs to run again at every "
+                    "budget they ran (after a model they use was retrained); the earlier results are kept under 'replaced'")
     a = ap.parse_args(argv)
+    if a.rerun and not a.extend:
+        raise SystemExit("ponder bench scaling: INVALID_ARGUMENT: rerun: --rerun goes with --extend (the run whose rows it replaces)")
     if a.quick:
         # budgets 4 and 8: revisions and the hybrid at 16 took 7 of the 12 minutes a quick run
         # with budget 16 took here
@@ -121,6 +125,27 @@ def _searcher(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
 
 def per_question(res: Any) -> dict[str, Any]:
     return {"correct": [bool(r.get("correct")) for r in res.answers], **usage_columns(res.answers), "wall_s": res.wall_s}
+
+
+REVISER_STRATEGIES = ("revision", "hybrid", "auto")  # the strategies that may send prompts to the reviser
+
+
+def reviser_id(model: str) -> str | None:
+    """The first 12 hex digits of the sha256 of the model's reviser's weights (which reviser a
+    revision row ran on; a retrained one has the same size, so a size-based fingerprint would not
+    tell), None when the model has none."""
+    import hashlib
+
+    from ponder.workers.models import resolve
+
+    name = resolve(model).default_reviser
+    if not name:
+        return None
+    weights = sorted(Path(resolve(name).path).glob("*.safetensors"))
+    h = hashlib.sha256()
+    for f in weights:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12] if weights else None
 
 
 POOL_CHUNK = 25  # questions of the pool sampled between two checkpoints of --out
@@ -215,7 +240,8 @@ def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any]) -> d
             continue
         policy, verifier, common = setup()
         (res,) = evaluate(policy, verifier, items, [strategy], [budget], **options, **common)
-        runs.append({"label": label, "strategy": strategy, "budget": budget, "options": options, **per_question(res)})
+        runs.append({"label": label, "strategy": strategy, "budget": budget, "options": options, **per_question(res),
+                     **({"reviser": reviser_id(data["model"])} if strategy in REVISER_STRATEGIES else {})})
         checkpoint()
     done: set[int] = set()
     for run in [r for r in runs if r["errors"]]:
@@ -321,8 +347,32 @@ def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
         added = [run for run in intended(a) if run not in data["intended"]]
         data["intended"] += added
         data["budgets"] = sorted({*data["budgets"], *(b for _, b in added)})
+    if a.rerun:
+        replace(data, [m.strip() for m in a.rerun.split(",") if m.strip()], shlex.join(["python", "benchmarks/scaling.py", *a.argv]))
     data.setdefault("extend_commands", []).append(shlex.join(["python", "benchmarks/scaling.py", *a.argv]))
     return complete(a, data, items)
+
+
+def replace(data: dict[str, Any], labels: list[str], command: str) -> None:
+    """Take the runs of ``labels`` out of ``data['runs']`` (at every budget; :func:`complete` then
+    runs them again, as they stay intended), keeping a summary of each under ``data['replaced']``."""
+    have = {r["label"] for r in data["runs"]}
+    unknown = [m for m in labels if m not in have]
+    if unknown:
+        raise SystemExit(f"ponder bench scaling: INVALID_ARGUMENT: rerun: no run labelled {', '.join(map(repr, unknown))} "
+                         f"in this file (it has {', '.join(sorted(have))})")
+    kept = []
+    for r in data["runs"]:
+        if r["label"] not in labels:
+            kept.append(r)
+            continue
+        n = max(1, len(r["correct"]))
+        data.setdefault("replaced", []).append({
+            "label": r["label"], "budget": r["budget"], "accuracy": sum(r["correct"]) / n,
+            "generations": sum(r["generations"]) / n, "wall_s": r.get("wall_s"), "reviser": r.get("reviser"),
+            "replaced_by": command, "replaced_at": time.strftime("%Y-%m-%d"),
+        })
+    data["runs"] = kept
 
 
 # -- analysis ----------------------------------------------------------------------------------
@@ -735,6 +785,17 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = 
             tries = "; ".join(f"{t.get('errors', 0)} failed ({'; '.join(t.get('error_messages') or []) or 'messages not recorded'})"
                               for t in r["reruns"])
             lines.append(f"- {r['label']} N={r['budget']}: earlier attempt(s): {tries}; now {r['errors']} failed")
+    replaced = data.get("replaced") or []
+    if replaced:
+        now = {(r["label"], r["budget"]): r for r in data["runs"]}
+        lines += ["", "**Runs replaced by `--extend --rerun`** (run again; the numbers above are the new runs'):", ""]
+        for old in replaced:
+            new = now.get((old["label"], old["budget"]))
+            acc = f"{sum(new['correct']) / max(1, len(new['correct'])):.3f}" if new else "not run again yet"
+            rev = (f" (reviser {old.get('reviser') or 'not recorded'} → {new.get('reviser')})"
+                   if new and old.get("reviser") != new.get("reviser") else "")
+            lines.append(f"- {old['label']} N={old['budget']}: {old['accuracy']:.3f} before, {acc} now{rev}; "
+                         f"replaced on {old['replaced_at']} by `{old['replaced_by']}`")
     for kind in ("oracle", "predicted"):
         b = data["budgets"][min(1, len(data["budgets"]) - 1)]
         lines += ["", f"By {kind} difficulty at N={b} (bin 1 = easiest; {kind}: "

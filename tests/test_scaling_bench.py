@@ -106,6 +106,25 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
                                         + " --large-model none --boot 20 --json --out " + str(tmp_path / "fixed.json")
                                         + " --doc " + str(doc)]
     assert "**Runs run again by `--extend`**" in doc.read_text() and "KV cache exhausted (injected)" in doc.read_text()
+    # --rerun (after the reviser was retrained): those labels' runs again, the earlier ones summarised under
+    # 'replaced'; each revision-type run names the reviser (its weights' hash) it ran on
+    rev = next(r for r in fixed["runs"] if r["label"] == "revision")
+    assert len(rev["reviser"]) == 12
+    redone = bench.main(["--extend", str(tmp_path / "fixed.json"), "--rerun", "revision", "--large-model", "none",
+                         "--boot", "20", "--json", "--out", str(tmp_path / "redone.json"), "--doc", str(doc)])["data"]
+    again_rev = [r for r in redone["runs"] if r["label"] == "revision"]
+    assert [(r["budget"], len(r["correct"]), r["reviser"]) for r in again_rev] == [(4, 4, rev["reviser"])]
+    assert redone["replaced"] == [{"label": "revision", "budget": 4, "accuracy": sum(rev["correct"]) / 4,
+                                   "generations": sum(rev["generations"]) / 4, "wall_s": rev["wall_s"],
+                                   "reviser": rev["reviser"], "replaced_by": redone["extend_commands"][-1],
+                                   "replaced_at": redone["replaced"][0]["replaced_at"]}]
+    others = {(r["label"], r["budget"]): r["wall_s"] for r in fixed["runs"] if r["label"] != "revision"}
+    assert {(r["label"], r["budget"]): r["wall_s"] for r in redone["runs"] if r["label"] != "revision"} == others
+    assert "**Runs replaced by `--extend --rerun`**" in doc.read_text() and "- revision N=4: " in doc.read_text()
+    with pytest.raises(SystemExit, match="no run labelled 'nope'"):
+        bench.main(["--extend", str(tmp_path / "fixed.json"), "--rerun", "nope", "--json"])
+    with pytest.raises(SystemExit, match="--rerun goes with --extend"):
+        bench.main(["--rerun", "revision", "--json"])
 
 
 def _exchange_data(small_pass: list[float], large_pass: list[float], m: float) -> dict:

@@ -9,7 +9,10 @@ default the attempts are right and wrong ones alike (as the reviser's own chain 
 random order; ``--context wrong --order closest_last`` gives the paper's trajectories;
 ``--context chain`` (starting from a reviser: ``--policy artifacts/arith/reviser``) puts in
 context the first 1–4 attempts of that reviser's own revision chain on the question, as the
-revision strategy will at test time, where each attempt has seen the earlier ones. Plain
+revision strategy will at test time, where each attempt has seen the earlier ones; such a stage
+trains on questions its start has not seen, and its train.json keeps the earlier stages. The
+committed ``arith-reviser`` is two stages: ``ponder train revise`` then ``ponder train revise
+--policy artifacts/arith/reviser --context chain --lr 5e-5 --steps 480``. Plain
 examples (no attempts, fresh questions) make up a fifth of the batches, so attempts-in-context
 0..4 are equally common and attempt 1 keeps the policy's skill. Every ``--eval-every`` steps
 short revision chains on validation questions score the checkpoint (mean pass@1 over attempts
