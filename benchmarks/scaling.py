@@ -31,6 +31,7 @@ Writes ``--out`` (every per-question result: the figures and the doc regenerate 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -788,14 +789,28 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = 
     replaced = data.get("replaced") or []
     if replaced:
         now = {(r["label"], r["budget"]): r for r in data["runs"]}
-        lines += ["", "**Runs replaced by `--extend --rerun`** (run again; the numbers above are the new runs'):", ""]
-        for old in replaced:
-            new = now.get((old["label"], old["budget"]))
-            acc = f"{sum(new['correct']) / max(1, len(new['correct'])):.3f}" if new else "not run again yet"
-            rev = (f" (reviser {old.get('reviser') or 'not recorded'} → {new.get('reviser')})"
-                   if new and old.get("reviser") != new.get("reviser") else "")
-            lines.append(f"- {old['label']} N={old['budget']}: {old['accuracy']:.3f} before, {acc} now{rev}; "
-                         f"replaced on {old['replaced_at']} by `{old['replaced_by']}`")
+
+        def successor(i: int) -> dict[str, Any] | None:
+            """What replaced ``replaced[i]``: the next replaced run of that row if it too was
+            replaced later, else the row's current run (as a summary)."""
+            key = (replaced[i]["label"], replaced[i]["budget"])
+            later = next((r for r in replaced[i + 1:] if (r["label"], r["budget"]) == key), None)
+            if later is not None:
+                return later
+            cur = now.get(key)
+            return None if cur is None else {"accuracy": sum(cur["correct"]) / max(1, len(cur["correct"])),
+                                             "reviser": cur.get("reviser")}
+
+        lines += ["", "**Runs replaced by `--extend --rerun`** (run again; the numbers above are the last runs'):"]
+        numbered = list(enumerate(replaced))
+        for (cmd, day), group in itertools.groupby(numbered, key=lambda ir: (ir[1]["replaced_by"], ir[1]["replaced_at"])):
+            lines += ["", f"On {day}, by `{cmd}`:", ""]
+            for i, old in group:
+                new = successor(i)
+                acc = f"{new['accuracy']:.3f}" if new else "not run again yet"
+                rev = (f" (reviser {old.get('reviser') or 'not recorded'} → {new.get('reviser')})"
+                       if new and old.get("reviser") != new.get("reviser") else "")
+                lines.append(f"- {old['label']} N={old['budget']}: {old['accuracy']:.3f}, then {acc}{rev}")
     for kind in ("oracle", "predicted"):
         b = data["budgets"][min(1, len(data["budgets"]) - 1)]
         lines += ["", f"By {kind} difficulty at N={b} (bin 1 = easiest; {kind}: "

@@ -120,7 +120,18 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
                                    "replaced_at": redone["replaced"][0]["replaced_at"]}]
     others = {(r["label"], r["budget"]): r["wall_s"] for r in fixed["runs"] if r["label"] != "revision"}
     assert {(r["label"], r["budget"]): r["wall_s"] for r in redone["runs"] if r["label"] != "revision"} == others
-    assert "**Runs replaced by `--extend --rerun`**" in doc.read_text() and "- revision N=4: " in doc.read_text()
+    page = doc.read_text()
+    assert "**Runs replaced by `--extend --rerun`**" in page and f"On {redone['replaced'][0]['replaced_at']}, by `" in page
+    acc_now = sum(again_rev[0]["correct"]) / 4
+    assert f"- revision N=4: {sum(rev['correct']) / 4:.3f}, then {acc_now:.3f}\n" in page
+    # replaced twice: the first replacement names the run that replaced it, not the last one
+    twice = bench.main(["--extend", str(tmp_path / "redone.json"), "--rerun", "revision", "--large-model", "none",
+                        "--boot", "20", "--json", "--out", str(tmp_path / "twice.json"), "--doc", str(doc)])["data"]
+    assert [r["accuracy"] for r in twice["replaced"]] == [sum(rev["correct"]) / 4, acc_now]
+    page = doc.read_text()
+    last = sum(next(r for r in twice["runs"] if r["label"] == "revision")["correct"]) / 4
+    assert f"- revision N=4: {sum(rev['correct']) / 4:.3f}, then {acc_now:.3f}\n" in page
+    assert f"- revision N=4: {acc_now:.3f}, then {last:.3f}\n" in page
     with pytest.raises(SystemExit, match="no run labelled 'nope'"):
         bench.main(["--extend", str(tmp_path / "fixed.json"), "--rerun", "nope", "--json"])
     with pytest.raises(SystemExit, match="--rerun goes with --extend"):
