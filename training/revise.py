@@ -195,8 +195,8 @@ def sample_trajectories(
         raise InvalidArgument("context", f"context must be one of {CONTEXTS}, got {recipe.context!r}")
     qs = arith.questions("train", recipe.questions, seed=question_seed(recipe, stage), mix=arith.EVAL_MIX)
     if recipe.context == "chain":
-        trajs, stats = chain_trajectories(model, tokenizer, fmt, qs, recipe)
-        return trajs, {**stats, "question_seed": question_seed(recipe, stage)}
+        chained, chain_stats = chain_trajectories(model, tokenizer, fmt, qs, recipe)
+        return chained, {**chain_stats, "question_seed": question_seed(recipe, stage)}
     with tqdm(total=len(qs) * recipe.samples, desc="attempts", unit="seq", dynamic_ncols=True, mininterval=2.0) as bar:
         samples = sample_solutions(
             model, tokenizer, fmt, qs, recipe.samples, temperature=recipe.temperature, seed=recipe.seed,
