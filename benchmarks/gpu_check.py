@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import subprocess
@@ -126,18 +125,6 @@ def child_env(a: argparse.Namespace) -> dict[str, str | None]:
     """On CUDA no section may inherit TRITON_INTERPRET (set by the test suite's conftest): the
     kernels would run in the interpreter on GPU tensors, far past every time limit."""
     return {} if a.device.startswith("cpu") else {"TRITON_INTERPRET": None}
-
-
-def strict(x: Any) -> Any:
-    """``x`` with every non-finite float as a string ("nan", "inf", "-inf"): json.dumps would
-    write NaN/Infinity, which strict JSON parsers reject."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: strict(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [strict(v) for v in x]
-    return x
 
 
 def section_env(a: argparse.Namespace) -> dict[str, Any]:
@@ -245,6 +232,8 @@ def ok(section: str, r: Any, gpu: bool = False) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ponder.evaluation.curves import json_finite
+
     a = parse(argv)
     dtype = a.dtype if not a.device.startswith("cpu") else "float32"  # the CPU plumbing check runs fp32
     summary: dict[str, Any] = {"bench": "gpu_check", "device": a.device, "dtype": dtype, "quick": a.quick,
@@ -259,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["ok"] = {s: ok(s, r, gpu) for s, r in summary["sections"].items()}
         summary["all_ok"] = all(summary["ok"].values())
         summary["wall_s"] = round(time.monotonic() - t0, 1)
-        line = json.dumps(strict(summary), default=str, allow_nan=False)
+        line = json.dumps(json_finite(summary, as_text=True), default=str, allow_nan=False)
         if a.out:  # after every section: a check stopped from outside keeps what it finished
             try:
                 a.out.write_text(line + "\n")

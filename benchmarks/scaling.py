@@ -196,6 +196,13 @@ def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any]) -> d
     started = time.time()
     spent_before = data.get("wall_s", 0.0)
     searcher: tuple[Any, Any, dict[str, Any]] | None = None
+    reviser: dict[str, Any] | None = None  # the reviser's id, read once (its weights are hashed)
+
+    def reviser_of() -> dict[str, Any]:
+        nonlocal reviser
+        if reviser is None:
+            reviser = {"reviser": reviser_id(data["model"])}
+        return reviser
 
     def setup() -> tuple[Any, Any, dict[str, Any]]:
         nonlocal searcher
@@ -242,7 +249,7 @@ def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any]) -> d
         policy, verifier, common = setup()
         (res,) = evaluate(policy, verifier, items, [strategy], [budget], **options, **common)
         runs.append({"label": label, "strategy": strategy, "budget": budget, "options": options, **per_question(res),
-                     **({"reviser": reviser_id(data["model"])} if strategy in REVISER_STRATEGIES else {})})
+                     **(reviser_of() if strategy in REVISER_STRATEGIES else {})})
         checkpoint()
     done: set[int] = set()
     for run in [r for r in runs if r["errors"]]:
@@ -348,13 +355,14 @@ def extend(a: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
         added = [run for run in intended(a) if run not in data["intended"]]
         data["intended"] += added
         data["budgets"] = sorted({*data["budgets"], *(b for _, b in added)})
+    command = shlex.join(["python", "benchmarks/scaling.py", *a.argv])
     if a.rerun:
-        replace(data, [m.strip() for m in a.rerun.split(",") if m.strip()], shlex.join(["python", "benchmarks/scaling.py", *a.argv]))
-    data.setdefault("extend_commands", []).append(shlex.join(["python", "benchmarks/scaling.py", *a.argv]))
+        replace_runs(data, [m.strip() for m in a.rerun.split(",") if m.strip()], command)
+    data.setdefault("extend_commands", []).append(command)
     return complete(a, data, items)
 
 
-def replace(data: dict[str, Any], labels: list[str], command: str) -> None:
+def replace_runs(data: dict[str, Any], labels: list[str], command: str) -> None:
     """Take the runs of ``labels`` out of ``data['runs']`` (at every budget; :func:`complete` then
     runs them again, as they stay intended), keeping a summary of each under ``data['replaced']``."""
     have = {r["label"] for r in data["runs"]}

@@ -138,15 +138,16 @@ def interval(values: Sequence[float], level: float = 0.95) -> list[float]:
     return [float(np.percentile(vals, lo_q)), float(np.percentile(vals, hi_q))]
 
 
-def json_finite(obj: Any) -> Any:
-    """``obj`` with every non-finite float as None, for a JSON line (JSON has no infinities):
-    a budget ratio past the whole pool, an unbounded interval end."""
+def json_finite(obj: Any, as_text: bool = False) -> Any:
+    """``obj`` with every non-finite float as None, for a JSON line (JSON has no NaN or
+    infinities): a budget ratio past the whole pool, an unbounded interval end. ``as_text``
+    writes them as "nan", "inf", "-inf" instead, where which one it was matters (a kernel's error)."""
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+        return obj if math.isfinite(obj) else (str(obj) if as_text else None)
     if isinstance(obj, dict):
-        return {k: json_finite(v) for k, v in obj.items()}
+        return {k: json_finite(v, as_text) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [json_finite(v) for v in obj]
+        return [json_finite(v, as_text) for v in obj]
     return obj
 
 

@@ -428,22 +428,27 @@ def _from_json(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def load_result(cfg: ReportConfig, field: str) -> dict[str, Any]:
+    """The last report, from ``docs/quality.json`` (INVALID_ARGUMENT on ``field`` when there is none)."""
+    path = cfg.docs / "quality.json"
+    if not path.exists():
+        raise InvalidArgument(field, f"{path} does not exist: run the whole report first")
+    return _from_json(json.loads(path.read_text()))
+
+
 def previous_result(cfg: ReportConfig, only: Sequence[str]) -> dict[str, Any]:
     """The report in ``docs/quality.json`` whose sections outside ``only`` are kept, checked to
     have been made with this configuration's settings for them (and for the policy section)."""
     if not only or any(s not in RERUNNABLE for s in only):
         raise InvalidArgument("only", f"the sections that rerun alone are {', '.join(RERUNNABLE)} (the policy, PRM "
                                       f"and search sections share one pool of samples); got {', '.join(only) or 'none'}")
-    path = cfg.docs / "quality.json"
-    if not path.exists():
-        raise InvalidArgument("only", f"{path} does not exist: run the whole report first")
-    prev: dict[str, Any] = _from_json(json.loads(path.read_text()))
+    prev = load_result(cfg, "only")
     mine = json.loads(json.dumps(asdict(cfg), default=str))
     kept = [s for s in SECTIONS if s not in only]
     fields = {f for s in ("policy", *kept) for f in SECTION_FIELDS[s]}
     differ = sorted(f for f in fields if prev.get("config", {}).get(f) != mine[f])
     if differ:
-        raise InvalidArgument("only", f"{path} was made with other {', '.join(differ)} than asked for now; "
+        raise InvalidArgument("only", f"{cfg.docs / 'quality.json'} was made with other {', '.join(differ)} than asked for now; "
                                       f"the sections it keeps ({', '.join(kept)}) depend on them: run the whole report")
     return prev
 
@@ -507,10 +512,7 @@ def run_reviser_section(cfg: ReportConfig, prev: dict[str, Any]) -> dict[str, An
 
 def render(cfg: ReportConfig) -> dict[str, Any]:
     """The page written again from ``docs/quality.json``, nothing measured."""
-    path = cfg.docs / "quality.json"
-    if not path.exists():
-        raise InvalidArgument("render", f"{path} does not exist: run the report first")
-    result: dict[str, Any] = _from_json(json.loads(path.read_text()))
+    result = load_result(cfg, "render")
     write_doc(result, cfg.docs, cfg.policy.parent)
     return result
 

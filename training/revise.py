@@ -189,14 +189,35 @@ def question_seed(recipe: ReviseRecipe, stage: int = 0) -> int:
 def sample_trajectories(
     model: Any, tokenizer: Any, fmt: PromptFormat, recipe: ReviseRecipe, stage: int = 0
 ) -> tuple[list[Trajectory], dict[str, Any]]:
-    from tqdm import tqdm
-
+    """The revision trajectories of stage ``stage`` (0: the first), on its own training
+    questions: from the starting reviser's chains (``--context chain``), else from independent
+    samples of the starting model."""
     if recipe.context not in CONTEXTS:
         raise InvalidArgument("context", f"context must be one of {CONTEXTS}, got {recipe.context!r}")
-    qs = arith.questions("train", recipe.questions, seed=question_seed(recipe, stage), mix=arith.EVAL_MIX)
-    if recipe.context == "chain":
-        chained, chain_stats = chain_trajectories(model, tokenizer, fmt, qs, recipe)
-        return chained, {**chain_stats, "question_seed": question_seed(recipe, stage)}
+    seed = question_seed(recipe, stage)
+    qs = arith.questions("train", recipe.questions, seed=seed, mix=arith.EVAL_MIX)
+    make = chain_trajectories if recipe.context == "chain" else sampled_trajectories
+    trajs, stats = make(model, tokenizer, fmt, qs, recipe)
+    return trajs, {**stats, **context_stats(trajs, stats.pop("right_in_context")), "question_seed": seed}
+
+
+def context_stats(trajs: Sequence[Trajectory], right_in_context: int) -> dict[str, Any]:
+    """How many trajectories, how many attempts each holds, and the share of those attempts right."""
+    n_att = sum(len(t.attempts) for t in trajs)
+    return {
+        "trajectories": len(trajs),
+        "attempts_in_context": {k: sum(len(t.attempts) == k for t in trajs) for k in range(MAX_WRONG + 1)},
+        "correct_share_of_attempts_in_context": right_in_context / max(1, n_att),
+    }
+
+
+def sampled_trajectories(
+    model: Any, tokenizer: Any, fmt: PromptFormat, qs: Sequence[arith.Question], recipe: ReviseRecipe
+) -> tuple[list[Trajectory], dict[str, Any]]:
+    """``recipe.samples`` independent solutions per question; each trajectory holds k of them
+    (right and wrong, or wrong only: ``recipe.context``) and the worked solution as its target."""
+    from tqdm import tqdm
+
     with tqdm(total=len(qs) * recipe.samples, desc="attempts", unit="seq", dynamic_ncols=True, mininterval=2.0) as bar:
         samples = sample_solutions(
             model, tokenizer, fmt, qs, recipe.samples, temperature=recipe.temperature, seed=recipe.seed,
@@ -225,15 +246,10 @@ def sample_trajectories(
         new = revision_trajectories(q.question, q.solution, pool, mine, rng, recipe.order)
         right_in_context += sum(a in right for t in new for a in t.attempts)
         trajs += new
-    n_att = sum(len(t.attempts) for t in trajs)
     stats = {
         "questions": len(qs), "samples_per_question": recipe.samples, "correct_samples": n_right,
         "wrong_samples": n_wrong, "unparsable_samples": n_unparsable, "questions_always_right": always_right,
-        "policy_pass_at_1": n_right / max(1, len(qs) * recipe.samples),
-        "trajectories": len(trajs),
-        "attempts_in_context": {k: sum(len(t.attempts) == k for t in trajs) for k in range(MAX_WRONG + 1)},
-        "correct_share_of_attempts_in_context": right_in_context / max(1, n_att),
-        "question_seed": question_seed(recipe, stage),
+        "policy_pass_at_1": n_right / max(1, len(qs) * recipe.samples), "right_in_context": right_in_context,
     }
     return trajs, stats
 
@@ -260,16 +276,12 @@ def chain_trajectories(
             k = min(k, len(attempts))
             trajs.append(Trajectory(q.question, tuple(attempts[:k]), q.solution))
             right_in_context += sum(grades[:k])
-    n_att = sum(len(t.attempts) for t in trajs)
     n_right = sum(sum(g) for g in res.correct)
     stats = {
         "questions": len(qs), "samples_per_question": recipe.samples, "correct_samples": n_right,
         "wrong_samples": len(qs) * recipe.samples - n_right,
         "chain_pass_at_1_by_attempt": res.pass_at_1_by_step(),
-        "questions_always_right": sum(all(g) for g in res.correct),
-        "trajectories": len(trajs),
-        "attempts_in_context": {k: sum(len(t.attempts) == k for t in trajs) for k in range(MAX_WRONG + 1)},
-        "correct_share_of_attempts_in_context": right_in_context / max(1, n_att),
+        "questions_always_right": sum(all(g) for g in res.correct), "right_in_context": right_in_context,
     }
     return trajs, stats
 
