@@ -527,23 +527,32 @@ def exchange(data: dict[str, Any], oracle: np.ndarray, pool_flops: float, boot: 
     from ponder.evaluation.flops import DEFAULT_RATIOS, matched_generations
 
     large = data.get("large")
-    if not large:
-        return {"finding": {"finding": EXCHANGE, "paper": "Fig. 9", "verdict": "not run",
-                            "measured": "no larger model: train one with the same recipe (`ponder train policy --layers 6 --width 384 "
-                                        "--ffn 1152 --heads 12 --out artifacts/arith/policy_large`) or pass --large-model"},
-                "rows": [], "sizes": {}}
+    judge = verifier_judge(data.get("verifier_spec") or data.get("verifier") or "")
+    why = ""
+    if judge and (not large or same_model(judge, large["model"])):
+        why = (f"the verifier's judge `{judge}` is {'a' if not large else 'the'} larger model: the small model's side would pay "
+               "for its pretraining too, so no budget of the small model trades against it (X = M − 3/R < 0 at R < 3/M); "
+               "run the exchange with a verifier of the small model's own")
+    elif not large:
+        why = ("no larger model: train one with the same recipe (`ponder train policy --layers 6 --width 384 "
+               "--ffn 1152 --heads 12 --out artifacts/arith/policy_large`) or pass --large-model")
+    if why:
+        return {"finding": {"finding": EXCHANGE, "paper": "Fig. 9", "verdict": "not run", "measured": why}, "rows": [], "sizes": {}}
     m = large["params"] / large["small_params"]
     big = np.array([float(np.mean(c)) if c else 0.0 for c in large["correct"]])
     large_flops = float(np.mean([f / max(1, g) for f, g in zip(large["flops"], large["generations"])]))
+    # The verifier's FLOPs are charged to the small model: when a generation of its pool (policy
+    # and verifier) costs more than 1/M of the larger model's, X shrinks by that factor
+    charge = min(1.0, large_flops / pool_flops / m) if pool_flops and large_flops else 1.0
     sizes = {"M": m, "params_small": large["small_params"], "params_large": large["params"], "large_model": large["model"],
              "large_samples": large["samples"], "pretrain_tokens_small": large.get("small_pretrain_tokens"),
              "pretrain_tokens_large": large.get("pretrain_tokens"), "large_pass_at_1": float(big.mean()),
-             "inference_flops_ratio": large_flops / pool_flops if pool_flops else None}
+             "inference_flops_ratio": large_flops / pool_flops if pool_flops else None, "verifier_charge": charge}
     masks = {"all": np.ones(len(big), dtype=bool), "easy_medium": oracle <= 3, "hard": oracle >= 4,
              **{f"bin {b}": oracle == b for b in range(1, 6)}}
     rows = []
     for r in sorted(data.get("ratios") or DEFAULT_RATIOS):
-        x = matched_generations(m, r)
+        x = matched_generations(m, r) * charge
         n = int(min(data["pool_size"], max(1, round(x))))
         small = pool_curve(data["pool"], [n], 32, rng, "weighted")[:, 0]
         groups: dict[str, dict[str, Any]] = {}
@@ -571,6 +580,24 @@ def exchange(data: dict[str, Any], oracle: np.ndarray, pool_flops: float, boot: 
     finding = {"finding": EXCHANGE, "paper": "Fig. 9", "verdict": v, "measured": measured, "questions": int(len(big)),
                "delta": em.get("delta"), "ci": em.get("ci", [None, None]), "hard_delta": hard.get("delta"), "hard_ci": hard.get("ci")}
     return {"finding": finding, "rows": rows, "sizes": sizes}
+
+
+def verifier_judge(spec: str) -> str:
+    """The model a verifier spec runs beside the policy ('likelihood:JUDGE'), '' for none."""
+    return spec.split(":", 1)[1] if spec.startswith("likelihood:") else ""
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names or paths load the same directory."""
+    if a == b:
+        return True
+    from ponder.proto.errors import InvalidArgument
+    from ponder.workers.models import resolve
+
+    try:
+        return resolve(a).path.resolve() == resolve(b).path.resolve()
+    except InvalidArgument:  # a model that does not resolve is not the other one
+        return False
 
 
 def ratio_finding(col: Any, budget: int, oracle: np.ndarray, boot: int, rng: random.Random) -> dict[str, Any]:
@@ -849,7 +876,9 @@ def render_exchange(data: dict[str, Any], res: dict[str, Any], stem: str = "scal
            f"the mean over {sz['large_samples']} samples at the same temperature, is {sz['large_pass_at_1']:.3f}. "
            f"The small model spends X = M + 3(M − 1)/R generations of weighted best-of-N (resampled from its pool), the "
            f"budget at which pretraining plus inference FLOPs are equal (6·P·D_pretrain + 2·P·D_inference)."
-           + (f" Measured inference FLOPs per generation of the larger model: {ratio:.2f}× the small one's." if ratio else ""),
+           + (f" Measured inference FLOPs per generation of the larger model: {ratio:.2f}× the small one's." if ratio else "")
+           + (f" The small model's generations include its verifier's FLOPs, so X is scaled by that measured ratio over M: "
+              f"×{sz['verifier_charge']:.2f}." if sz.get("verifier_charge", 1.0) < 0.995 else ""),
            "",
            "| R = D_inference / D_pretrain | X (generations) | N used | small, all | larger, all | Δ all | "
            "Δ bin 1 | Δ bin 2 | Δ bin 3 | Δ bin 4 | Δ bin 5 |", "|---|---|---|---|---|---|---|---|---|---|---|"]

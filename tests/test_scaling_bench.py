@@ -177,6 +177,33 @@ def test_exchange_verdicts_follow_the_data() -> None:
     assert bench.exchange(data, oracle, 1.0, 50, random.Random(0))["finding"]["verdict"] == "not run"
 
 
+def test_the_exchange_charges_the_verifier_and_refuses_a_judge_that_is_the_larger_model() -> None:
+    """A verifier that costs as much as the policy per generation halves the small model's
+    matched budget; a likelihood verifier whose judge is the larger model is no trade at all."""
+    import random
+
+    import numpy as np
+
+    bench = load_bench("scaling")
+    oracle = np.array([1] * 8 + [2] * 8 + [3] * 8 + [4] * 8 + [5] * 8)
+    data = _exchange_data([0.75] * 24 + [0.0] * 16, [0.5] * 40, 3.0)
+    free = bench.exchange(data, oracle, 1.0, 50, random.Random(0))
+    assert free["sizes"]["verifier_charge"] == pytest.approx(1.0) and free["rows"][1]["N"] == 3
+    # pool FLOPs per generation twice the policy's own (large_flops / M = 1): X at R = 22 is 3.27 / 2
+    paid = bench.exchange(data, oracle, 2.0, 50, random.Random(0))
+    assert paid["sizes"]["verifier_charge"] == pytest.approx(0.5)
+    assert paid["rows"][1]["X"] == pytest.approx((3 + 3 * 2 / 22.0) / 2) and paid["rows"][1]["N"] == 2
+    page = "\n".join(bench.render_exchange({"model": "arith"}, {"exchange": paid["rows"], "exchange_sizes": paid["sizes"]}))
+    assert "×0.50" in page
+    judged = bench.exchange({**data, "verifier_spec": "likelihood:big"}, oracle, 1.0, 50, random.Random(0))
+    assert judged["finding"]["verdict"] == "not run" and "judge `big` is the larger model" in judged["finding"]["measured"]
+    assert not judged["rows"]
+    unjudged = bench.exchange({**data, "verifier_spec": "likelihood:big", "large": None}, oracle, 1.0, 50, random.Random(0))
+    assert "judge `big` is a larger model" in unjudged["finding"]["measured"]
+    other = bench.exchange({**data, "verifier_spec": "likelihood:someone-else"}, oracle, 1.0, 50, random.Random(0))
+    assert other["rows"]
+
+
 def test_a_ratio_past_the_pool_is_written_as_its_lower_bound() -> None:
     """Above the whole pool's accuracy, best-of-N's budget is unknown: the page writes its lower
     bound and the JSON line (which has no infinities) gives null and the bound."""
