@@ -264,7 +264,8 @@ def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any]) -> d
             r.update(per_question(res))
             r.setdefault("reruns", []).append(before)
         checkpoint()
-    if data.get("large") is None and large_model_name(a):
+    large, judge = large_model_name(a), verifier_judge(data.get("verifier_spec") or "")
+    if data.get("large") is None and large and not (judge and same_model(judge, large)):  # no trade against its own judge
         data["large"] = run_large(a, items)
         data["ratios"] = ratios_arg(a)
     data["complete"] = True
