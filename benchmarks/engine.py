@@ -101,18 +101,31 @@ def sync(device: str | torch.device) -> None:
 
 def gemm_gflops(seconds: float = 1.5, dtype: torch.dtype = torch.float32, device: str = "cpu") -> dict[str, float]:
     """GEMM throughput: a large square product (the machine's peak) and a decode-shaped one
-    (64 rows through a 576×1536 MLP matrix, SmolLM2's shape)."""
+    (64 rows through a 576×1536 MLP matrix, SmolLM2's shape). Products are timed one at a time on
+    the CPU, where a dtype it only emulates (bf16 without avx512_bf16: a minute for one 2048³
+    product on a 2-core AMD EPYC) must not multiply into a fixed count; the square side is halved
+    until one product fits ``seconds``. On a GPU they are timed in batches of 10 between syncs."""
     out = {}
-    for name, (m, k, n) in {"square_2048": (2048, 2048, 2048), "decode_64x576x1536": (64, 576, 1536)}.items():
+    batch = 10 if torch.device(device).type == "cuda" else 1
+    side = 2048
+    while side > 256:  # the largest square whose single product fits the time (probed at a quarter size)
+        a = torch.randn(side // 4, side // 4).to(device, dtype)
+        sync(device)
+        t0 = time.perf_counter()
+        a @ a
+        sync(device)
+        if (time.perf_counter() - t0) * 64 <= seconds:
+            break
+        side //= 2
+    for name, (m, k, n) in {f"square_{side}": (side, side, side), "decode_64x576x1536": (64, 576, 1536)}.items():
         a, b = torch.randn(m, k).to(device, dtype), torch.randn(k, n).to(device, dtype)
-        for _ in range(3):
-            a @ b
+        a @ b
         sync(device)
         reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            for _ in range(10):
+        while reps == 0 or time.perf_counter() - t0 < seconds:
+            for _ in range(batch):
                 a @ b
-            reps += 10
+            reps += batch
             sync(device)
         out[name] = 2.0 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
     return out

@@ -537,7 +537,7 @@ def exchange(data: dict[str, Any], oracle: np.ndarray, pool_flops: float, boot: 
     elif not large:
         why = ("no larger model: train one with the same recipe (`ponder train policy --layers 6 --width 384 "
                "--ffn 1152 --heads 12 --out artifacts/arith/policy_large`) or pass --large-model")
-    if why:
+    if why or not large:
         return {"finding": {"finding": EXCHANGE, "paper": "Fig. 9", "verdict": "not run", "measured": why}, "rows": [], "sizes": {}}
     m = large["params"] / large["small_params"]
     big = np.array([float(np.mean(c)) if c else 0.0 for c in large["correct"]])
