@@ -110,6 +110,7 @@ def gemm_gflops(seconds: float = 1.5, dtype: torch.dtype = torch.float32, device
     side = 2048
     while side > 256:  # the largest square whose single product fits the time (probed at a quarter size)
         a = torch.randn(side // 4, side // 4).to(device, dtype)
+        a @ a  # untimed: a first product pays one-time start-up (cuBLAS, thread pools)
         sync(device)
         t0 = time.perf_counter()
         a @ a

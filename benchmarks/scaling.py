@@ -264,7 +264,9 @@ def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any]) -> d
             r.update(per_question(res))
             r.setdefault("reruns", []).append(before)
         checkpoint()
-    large, judge = large_model_name(a), verifier_judge(data.get("verifier_spec") or "")
+    from ponder.workers.prm.likelihood import likelihood_judge
+
+    large, judge = large_model_name(a), likelihood_judge(data.get("verifier_spec") or "")
     if data.get("large") is None and large and not (judge and same_model(judge, large)):  # no trade against its own judge
         data["large"] = run_large(a, items)
         data["ratios"] = ratios_arg(a)
@@ -527,9 +529,10 @@ def exchange(data: dict[str, Any], oracle: np.ndarray, pool_flops: float, boot: 
     from ponder.evaluation.curves import bootstrap_indices, paired_delta, pool_curve
     from ponder.evaluation.flops import DEFAULT_RATIOS, matched_generations
 
+    from ponder.workers.prm.likelihood import likelihood_judge
+
     large = data.get("large")
-    judge = verifier_judge(data.get("verifier_spec") or data.get("verifier") or "")
-    why = ""
+    judge = likelihood_judge(data.get("verifier_spec") or data.get("verifier") or "")
     if judge and (not large or same_model(judge, large["model"])):
         why = (f"the verifier's judge `{judge}` is {'a' if not large else 'the'} larger model: the small model's side would pay "
                "for its pretraining too, so no budget of the small model trades against it (X = M − 3/R < 0 at R < 3/M); "
@@ -537,7 +540,9 @@ def exchange(data: dict[str, Any], oracle: np.ndarray, pool_flops: float, boot: 
     elif not large:
         why = ("no larger model: train one with the same recipe (`ponder train policy --layers 6 --width 384 "
                "--ffn 1152 --heads 12 --out artifacts/arith/policy_large`) or pass --large-model")
-    if why or not large:
+    else:
+        why = ""
+    if not large or why:
         return {"finding": {"finding": EXCHANGE, "paper": "Fig. 9", "verdict": "not run", "measured": why}, "rows": [], "sizes": {}}
     m = large["params"] / large["small_params"]
     big = np.array([float(np.mean(c)) if c else 0.0 for c in large["correct"]])
@@ -581,11 +586,6 @@ def exchange(data: dict[str, Any], oracle: np.ndarray, pool_flops: float, boot: 
     finding = {"finding": EXCHANGE, "paper": "Fig. 9", "verdict": v, "measured": measured, "questions": int(len(big)),
                "delta": em.get("delta"), "ci": em.get("ci", [None, None]), "hard_delta": hard.get("delta"), "hard_ci": hard.get("ci")}
     return {"finding": finding, "rows": rows, "sizes": sizes}
-
-
-def verifier_judge(spec: str) -> str:
-    """The model a verifier spec runs beside the policy ('likelihood:JUDGE'), '' for none."""
-    return spec.split(":", 1)[1] if spec.startswith("likelihood:") else ""
 
 
 def same_model(a: str, b: str) -> bool:

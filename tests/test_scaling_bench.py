@@ -198,6 +198,8 @@ def test_the_exchange_charges_the_verifier_and_refuses_a_judge_that_is_the_large
     judged = bench.exchange({**data, "verifier_spec": "likelihood:big"}, oracle, 1.0, 50, random.Random(0))
     assert judged["finding"]["verdict"] == "not run" and "judge `big` is the larger model" in judged["finding"]["measured"]
     assert not judged["rows"]
+    calibrated = bench.exchange({**data, "verifier_spec": "likelihood:big:uncalibrated"}, oracle, 1.0, 50, random.Random(0))
+    assert calibrated["finding"]["verdict"] == "not run"  # the judge, not the judge and its calibration
     unjudged = bench.exchange({**data, "verifier_spec": "likelihood:big", "large": None}, oracle, 1.0, 50, random.Random(0))
     assert "judge `big` is a larger model" in unjudged["finding"]["measured"]
     other = bench.exchange({**data, "verifier_spec": "likelihood:someone-else"}, oracle, 1.0, 50, random.Random(0))

@@ -286,15 +286,22 @@ def check_same_tokenizer(policy_tok: Any, judge_tok: Any, judge: str) -> None:
                                           f"({b[:8]}… vs {a[:8]}…): a likelihood judge must share the policy's tokenizer")
 
 
+def likelihood_judge(spec: str) -> str:
+    """The JUDGE of ``likelihood:JUDGE[:CALIBRATION|:uncalibrated]``; '' for any other spec, or
+    for a likelihood spec that names no judge."""
+    parts = spec.split(":", 2)
+    return parts[1].strip() if parts[0] == "likelihood" and len(parts) > 1 else ""
+
+
 def load_likelihood(spec: str, policy: Any) -> LikelihoodVerifier:
     """``likelihood:JUDGE``, ``likelihood:JUDGE:PATH`` or ``likelihood:JUDGE:uncalibrated``; JUDGE
     is a built-in model name or a model directory sharing the policy's tokenizer."""
     from ponder.workers.models import load_hf_model, load_tokenizer, non_embedding_params, resolve
 
-    parts = spec.split(":", 2)
-    if len(parts) < 2 or not parts[1].strip():
+    judge = likelihood_judge(spec)
+    if not judge:
         raise InvalidArgument("verifier", "likelihood needs a judge model: likelihood:JUDGE[:CALIBRATION|:uncalibrated]")
-    judge = parts[1].strip()
+    parts = spec.split(":", 2)
     arg = parts[2].strip() if len(parts) > 2 else ""
     judge_files = resolve(judge)
     if judge_files.gguf_file:
