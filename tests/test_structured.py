@@ -156,7 +156,9 @@ def test_a_bug_in_intake_ends_the_worker_at_once_and_its_job_runs_elsewhere(
 
 
 def test_sigterm_drains_running_jobs_and_exits_in_time(redis_url: str, prefix: str) -> None:
-    drain = 8.0
+    # The drain is long enough for the job to finish on a slow, shared CI machine; the worker must
+    # leave when that job ends, not wait out the drain's deadline (the deadline path is tested below).
+    drain = 60.0
     worker = Proc("worker", ["worker", "--redis", redis_url, "--prefix", prefix, "--model", "arith",
                              "--threads", "1", "--drain", str(drain)])
 
@@ -186,14 +188,14 @@ def test_sigterm_drains_running_jobs_and_exits_in_time(redis_url: str, prefix: s
         wait_until(lambda: anyio.run(state_of, job_id)[0] == "running", 60, "the job to run", [worker])
         t0 = time.monotonic()
         worker.signal(signal.SIGTERM)
-        worker.proc.wait(drain + 5)
+        worker.proc.wait(drain + 10)
         exited = time.monotonic() - t0
     finally:
         worker.stop()
     state, pending = anyio.run(state_of, job_id)
     assert worker.proc.returncode == 0, worker.log()
     assert state == "done" and pending == 0  # it finished during the drain; nothing left pending
-    assert exited < drain + 1.0, exited
+    assert exited < drain / 2, exited  # it left when the job ended (a few seconds), not at the deadline
 
 
 def test_jobs_the_drain_cannot_finish_are_handed_back_at_once_and_not_charged(
