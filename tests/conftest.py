@@ -52,3 +52,14 @@ def prefix() -> str:
     import uuid
 
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+# The longest files (minutes on CI's 2 cores) run first: with `-n 2 --dist loadfile` (./run test)
+# a long file handed out last would run alone at the end while the other process sits idle.
+FIRST = ("test_scaling_bench.py", "test_gpu_check.py", "test_adaptive_bench.py", "test_recovery.py",
+         "test_chaos_bench.py", "test_train_report.py", "test_cli.py", "test_hardening.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: the rest keep their order
