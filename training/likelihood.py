@@ -38,6 +38,7 @@ from ponder.workers.prm.likelihood import (
     likelihood_calibration_path,
     pair_fingerprint,
 )
+from ponder.workers.models import BUILTIN
 from ponder.workers.runtime import DEFAULT_MODEL
 from ponder.workers.types import SamplingParams
 
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]],
     })
     cal.save(out)
-    if a.model == "arith":
+    if a.model in BUILTIN:  # a committed model's calibration goes into the artifacts' manifest
         from ponder.training import manifest
 
         root = out.resolve().parents[1]

@@ -49,6 +49,7 @@ from ponder.evaluation.curves import norm, winner
 from ponder.proto.errors import InvalidArgument
 from ponder.workers.search.controller import ControllerConfig, min_votes
 from ponder.workers.search.plan import N_BINS, PlanTable, StrategyPlan, plan_file
+from ponder.workers.models import BUILTIN
 
 log = logging.getLogger(__name__)
 
@@ -472,12 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = Path(a.out) if a.out else default_out(Path(files.path), verifier.name if verifier is not None else "")
     table.save(out)
-    if a.model == "arith":
+    if a.model in BUILTIN:  # a committed model's table goes into the artifacts' manifest
         from ponder.training import manifest
 
         root = out.resolve().parents[1]
         if (root / manifest.MANIFEST).exists() and out.resolve().is_relative_to(root):
-            manifest.update(root, "arith-plan" if out.name == plan_file() else "arith-" + out.stem, [out.resolve()], table.fit["reproduce"])
+            manifest.update(root, f"{a.model}-{out.stem}", [out.resolve()], table.fit["reproduce"])
     cv = table.fit["cross_validation"]
     print(PlanTable.load(out).summary())
     print(json.dumps({"out": str(out), "plan_cv": cv["plan"], "controller_cv": cv["controller_mean"],
