@@ -47,9 +47,9 @@ import numpy as np
 
 from ponder.evaluation.curves import norm, winner
 from ponder.proto.errors import InvalidArgument
+from ponder.workers.models import BUILTIN
 from ponder.workers.search.controller import ControllerConfig, min_votes
 from ponder.workers.search.plan import N_BINS, PlanTable, StrategyPlan, plan_file
-from ponder.workers.models import BUILTIN
 
 log = logging.getLogger(__name__)
 
