@@ -192,6 +192,7 @@ def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any]) -> d
     failed attempt kept under ``reruns``), and the larger model's samples if they are absent
     and a larger model is named."""
     from ponder.evaluation.evaluate import evaluate
+    from ponder.workers.prm.likelihood import likelihood_judge
 
     started = time.time()
     spent_before = data.get("wall_s", 0.0)
@@ -264,8 +265,6 @@ def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any]) -> d
             r.update(per_question(res))
             r.setdefault("reruns", []).append(before)
         checkpoint()
-    from ponder.workers.prm.likelihood import likelihood_judge
-
     large, judge = large_model_name(a), likelihood_judge(data.get("verifier_spec") or "")
     if data.get("large") is None and large and not (judge and same_model(judge, large)):  # no trade against its own judge
         data["large"] = run_large(a, items)
@@ -528,21 +527,18 @@ def exchange(data: dict[str, Any], oracle: np.ndarray, pool_flops: float, boot: 
     small model's FLOPs per generation."""
     from ponder.evaluation.curves import bootstrap_indices, paired_delta, pool_curve
     from ponder.evaluation.flops import DEFAULT_RATIOS, matched_generations
-
     from ponder.workers.prm.likelihood import likelihood_judge
 
     large = data.get("large")
     judge = likelihood_judge(data.get("verifier_spec") or data.get("verifier") or "")
-    if judge and (not large or same_model(judge, large["model"])):
-        why = (f"the verifier's judge `{judge}` is {'a' if not large else 'the'} larger model: the small model's side would pay "
-               "for its pretraining too, so no budget of the small model trades against it (X = M − 3/R < 0 at R < 3/M); "
-               "run the exchange with a verifier of the small model's own")
-    elif not large:
-        why = ("no larger model: train one with the same recipe (`ponder train policy --layers 6 --width 384 "
-               "--ffn 1152 --heads 12 --out artifacts/arith/policy_large`) or pass --large-model")
-    else:
-        why = ""
-    if not large or why:
+    if not large or (judge and same_model(judge, large["model"])):
+        if judge:
+            why = (f"the verifier's judge `{judge}` is {'a' if not large else 'the'} larger model: the small model's side would pay "
+                   "for its pretraining too, so no budget of the small model trades against it (X = M − 3/R < 0 at R < 3/M); "
+                   "run the exchange with a verifier of the small model's own")
+        else:
+            why = ("no larger model: train one with the same recipe (`ponder train policy --layers 6 --width 384 "
+                   "--ffn 1152 --heads 12 --out artifacts/arith/policy_large`) or pass --large-model")
         return {"finding": {"finding": EXCHANGE, "paper": "Fig. 9", "verdict": "not run", "measured": why}, "rows": [], "sizes": {}}
     m = large["params"] / large["small_params"]
     big = np.array([float(np.mean(c)) if c else 0.0 for c in large["correct"]])
