@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pool = [full.answers[i] for i in ok]
     rng = random.Random(a.seed)
     grid = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256} & set(range(1, n + 1)) | {n})
-    curve = pool_curve(pool, grid, 64 if not a.quick else 16, rng)  # (Q, B)
+    power = verifier.vote_power if verifier is not None else 1.0  # weighted votes as the worker counts them
+    curve = pool_curve(pool, grid, 64 if not a.quick else 16, rng, "weighted", power)  # (Q, B)
     flops_per_gen = np.array([full.answers[i]["usage"]["flops"] / max(1, full.answers[i]["usage"]["generations"]) for i in ok])
     oracle_bin = quintile_bins(pass_at_1(pool))  # 1 = easiest
 

@@ -5,7 +5,7 @@
     ponder worker --redis URL [--model M]
     ponder ask QUESTION [--server HOST:PORT] [--strategy S] [--budget N] [--json]
     ponder info | watch JOB | cancel JOB | result JOB   [--server HOST:PORT]
-    ponder eval …   ponder flops …   ponder train {policy,prm,confidence,likelihood,revise,plan,report} …   ponder bench {engine,kernels,service,adaptive,scaling} …
+    ponder eval …   ponder flops …   ponder train {policy,prm,confidence,likelihood,revise,plan,vote,report} …   ponder bench {engine,kernels,service,adaptive,scaling} …
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p = sub.add_parser("flops", help="the test-time budget that costs as much as a larger model", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
-    p = sub.add_parser("train", help="train the arith policy, PRM, reviser, a model's confidence or likelihood calibration; quality report", add_help=False)
+    p = sub.add_parser("train", help="train the arith policy, PRM, reviser, a model's confidence or likelihood calibration, its vote power; quality report", add_help=False)
     p.add_argument("what", choices=TRAIN_JOBS)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p = sub.add_parser("bench", help="run a benchmark from benchmarks/", add_help=False)
@@ -259,7 +259,7 @@ def _bench(what: str, argv: list[str]) -> int:
 
 # ``ponder train JOB`` → its module in ponder.training
 TRAIN_MODULES = {"policy": "train_policy", "prm": "prm", "confidence": "calibration", "likelihood": "likelihood",
-                 "revise": "revise", "plan": "plan", "report": "report"}
+                 "revise": "revise", "plan": "plan", "vote": "vote", "report": "report"}
 TRAIN_JOBS = tuple(TRAIN_MODULES)
 BENCHMARKS = ("engine", "arith_engine", "kernels", "service", "adaptive", "scaling", "chaos", "gpu_check")  # scripts in benchmarks/
 DELEGATED = ("eval", "train", "bench", "flops")  # commands whose options belong to another module's parser

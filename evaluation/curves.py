@@ -17,40 +17,46 @@ from typing import Any
 
 import numpy as np
 
+from ponder.workers.answers import vote_weight
+
 
 def norm(answer: str | None) -> str | None:
     """The form answers are compared in here (the arith and GSM8K answers are numbers)."""
     return None if answer is None else answer.strip().rstrip(".").replace(" ", "")
 
 
-def winner(answers: Sequence[str | None], scores: Sequence[float | None], selection: str = "weighted") -> str | None:
+def winner(
+    answers: Sequence[str | None], scores: Sequence[float | None], selection: str = "weighted", power: float = 1.0
+) -> str | None:
     """The answer a selection rule picks among samples (answers compared by :func:`norm`), as
-    :func:`ponder.workers.answers.select` does in the search loop: ``weighted`` the largest
-    score sum, ``majority`` the most samples, ``best`` the single highest score. Ties go to the
-    larger score sum / count, then to the earlier answer."""
+    :func:`ponder.workers.answers.select` does in the search loop: ``weighted`` the largest sum
+    of score ** ``power`` (the verifier's vote power), ``majority`` the most samples, ``best``
+    the single highest score. Ties go to the larger count (weighted) or score sum, then to the
+    earlier answer."""
     if selection not in ("weighted", "majority", "best"):
         raise ValueError(f"unknown selection {selection!r}")
-    tot: dict[str, list[float]] = {}  # answer -> [score sum, count, best score]
+    tot: dict[str, list[float]] = {}  # answer -> [weighted votes, count, best score, score sum]
     for a, s in zip(answers, scores):
         a = norm(a)
         if a is not None:
             s = s or 0.0
-            t = tot.setdefault(a, [0.0, 0.0, s])
-            t[0] += s
+            t = tot.setdefault(a, [0.0, 0.0, s, 0.0])
+            t[0] += vote_weight(s, power)
             t[1] += 1
             t[2] = max(t[2], s)
+            t[3] += s
     if not tot:
         return None
     if selection == "weighted":
         return max(tot.items(), key=lambda kv: (kv[1][0], kv[1][1]))[0]
     if selection == "majority":
-        return max(tot.items(), key=lambda kv: (kv[1][1], kv[1][0]))[0]
-    return max(tot.items(), key=lambda kv: (kv[1][2], kv[1][0]))[0]
+        return max(tot.items(), key=lambda kv: (kv[1][1], kv[1][3]))[0]
+    return max(tot.items(), key=lambda kv: (kv[1][2], kv[1][3]))[0]
 
 
-def vote(cands: Sequence[dict[str, Any]], selection: str = "weighted") -> str | None:
+def vote(cands: Sequence[dict[str, Any]], selection: str = "weighted", power: float = 1.0) -> str | None:
     """:func:`winner` over pool candidates (``answer``, ``score``)."""
-    return winner([c["answer"] for c in cands], [c["score"] for c in cands], selection)
+    return winner([c["answer"] for c in cands], [c["score"] for c in cands], selection, power)
 
 
 def gold_answers(rec: dict[str, Any]) -> set[str | None]:
@@ -59,17 +65,18 @@ def gold_answers(rec: dict[str, Any]) -> set[str | None]:
 
 
 def pool_curve(
-    pool: Sequence[dict[str, Any]], budgets: Sequence[int], draws: int, rng: random.Random, selection: str = "weighted"
+    pool: Sequence[dict[str, Any]], budgets: Sequence[int], draws: int, rng: random.Random, selection: str = "weighted",
+    power: float = 1.0,
 ) -> np.ndarray:
     """(questions, budgets): expected correctness of best-of-n drawn from each question's pool,
-    picked by ``selection`` (:func:`winner`)."""
+    picked by ``selection`` (:func:`winner`, weighted votes ``score ** power``)."""
     out = np.zeros((len(pool), len(budgets)))
     for i, rec in enumerate(pool):
         cands, gold = rec["candidates"], gold_answers(rec)
         for j, n in enumerate(budgets):
             k = min(n, len(cands))
             reps = 1 if k == len(cands) else draws
-            out[i, j] = sum(vote(rng.sample(cands, k), selection) in gold for _ in range(reps)) / reps
+            out[i, j] = sum(vote(rng.sample(cands, k), selection, power) in gold for _ in range(reps)) / reps
     return out
 
 

@@ -496,6 +496,8 @@ def _main(args: argparse.Namespace) -> int:
         "device": policy.device,
         "dtype": policy.dtype,
         "verifier": getattr(verifier, "name", "none") if verifier is not None else "none",
+        # weighted votes counted score ** vote_power (the verifier's calibration fits it)
+        "vote_power": getattr(verifier, "vote_power", 1.0) if verifier is not None else 1.0,
         "reviser": reviser.name if reviser is not None else "none",
         "plan": plan.summary(),
         "dataset": str(args.dataset),

@@ -47,6 +47,7 @@ import numpy as np
 
 from ponder.evaluation.curves import norm, winner
 from ponder.proto.errors import InvalidArgument
+from ponder.workers.answers import vote_weight
 from ponder.workers.models import BUILTIN
 from ponder.workers.search.controller import ControllerConfig, min_votes
 from ponder.workers.search.plan import N_BINS, PlanTable, StrategyPlan, plan_file
@@ -116,7 +117,7 @@ def load_pool(pool: Path, runs: Sequence[Path] = ()) -> list[Question]:
 class Trajectories:
     """Per question and random order: the vote statistics after each wave of samples."""
 
-    def __init__(self, qs: list[Question], wave: int, perms: int, seed: int) -> None:
+    def __init__(self, qs: list[Question], wave: int, perms: int, seed: int, power: float = 1.0) -> None:
         rng = random.Random(seed)
         size = min(len(q.answers) for q in qs)
         self.waves = size // wave
@@ -134,7 +135,7 @@ class Trajectories:
         for i, q in enumerate(qs):
             self.orders.append([])
             gold = {norm(a) for a, c in zip(q.answers, q.correct) if c}
-            full = winner(q.answers[:size], [float(x) for x in q.scores[:size]])
+            full = winner(q.answers[:size], [float(x) for x in q.scores[:size]], power=power)
             self.full_correct[i] = full in gold
             for p in range(perms):
                 order = list(range(size))
@@ -147,7 +148,7 @@ class Trajectories:
                     a, s = norm(q.answers[j]), float(q.scores[j])
                     total += s
                     if a is not None:
-                        weights[a] = weights.get(a, 0.0) + s
+                        weights[a] = weights.get(a, 0.0) + vote_weight(s, power)
                         counts[a] = counts.get(a, 0) + 1
                     lead = max(weights.items(), key=lambda kv: kv[1])[0] if weights else None
                     stable = stable + 1 if lead == leader and lead is not None else (1 if lead is not None else 0)
@@ -222,25 +223,28 @@ def fit_controller(traj: Trajectories, budget: int, idx: np.ndarray, wave: int) 
     return ControllerConfig(**(cfg.as_dict() | {"widen_min_score": cfg.abandon_score})), r, tried
 
 
-def bestof_accuracy(q: Question, n: int, selection: str, draws: int, rng: random.Random) -> float:
-    """Expected accuracy of best-of-n on ``q`` with ``selection`` over random draws from its pool."""
+def bestof_accuracy(q: Question, n: int, selection: str, draws: int, rng: random.Random, power: float = 1.0) -> float:
+    """Expected accuracy of best-of-n on ``q`` with ``selection`` (weighted votes ``score ** power``)
+    over random draws from its pool."""
     gold = {norm(a) for a, c in zip(q.answers, q.correct) if c}
     idx = list(range(len(q.answers)))
     hits = 0
     for _ in range(draws):
         pick = rng.sample(idx, min(n, len(idx)))
-        hits += winner([q.answers[j] for j in pick], [float(q.scores[j]) for j in pick], selection) in gold
+        hits += winner([q.answers[j] for j in pick], [float(q.scores[j]) for j in pick], selection, power) in gold
     return hits / draws
 
 
-def cell_scores(qs: list[Question], budget: int, draws: int, seed: int, pilot: int = 4) -> dict[str, np.ndarray]:
+def cell_scores(
+    qs: list[Question], budget: int, draws: int, seed: int, pilot: int = 4, power: float = 1.0
+) -> dict[str, np.ndarray]:
     """Per question, the accuracy of every candidate plan at ``budget``. auto runs a tree plan
     with what the pilot leaves (``budget - pilot``), so a tree run at that budget stands for the
     cell when there is one, else the run at ``budget`` (an approximation: it had the pilot's
     share too). No tree plan fits when the pilot takes the whole budget."""
     rng = random.Random(seed)
     out = {
-        f"best_of_n {sel}": np.array([bestof_accuracy(q, budget, sel, draws, rng) for q in qs])
+        f"best_of_n {sel}": np.array([bestof_accuracy(q, budget, sel, draws, rng, power) for q in qs])
         for sel in ("weighted", "majority", "best")
     }
     if budget <= pilot:
@@ -283,7 +287,8 @@ def pick_cell(scores: dict[str, np.ndarray], mask: np.ndarray, base: str = "best
 
 
 def fit_table(
-    qs: list[Question], traj: Trajectories, idx: np.ndarray, budgets: Sequence[int], pilot: int, draws: int, seed: int
+    qs: list[Question], traj: Trajectories, idx: np.ndarray, budgets: Sequence[int], pilot: int, draws: int, seed: int,
+    power: float = 1.0,
 ) -> tuple[tuple[float, ...], dict[int, dict[int, StrategyPlan]], dict[int, dict[int, str]], dict[str, Any]]:
     """Bin edges, the best plan per (bin, budget), its name, and every candidate's mean
     accuracy per budget and bin (with the bin's question count), from the questions ``idx``."""
@@ -296,7 +301,7 @@ def fit_table(
     names: dict[int, dict[int, str]] = {}
     accuracy: dict[str, Any] = {}
     for budget in budgets:
-        scores = cell_scores([qs[i] for i in idx], budget, draws, seed + budget, pilot)
+        scores = cell_scores([qs[i] for i in idx], budget, draws, seed + budget, pilot, power)
         accuracy[str(budget)] = {"all": {name: round(float(acc.mean()), 4) for name, acc in scores.items()} | {"questions": len(idx)}}
         for b in range(1, N_BINS + 1):
             mask = bins == b
@@ -309,7 +314,7 @@ def fit_table(
 
 
 def cross_validate(
-    qs: list[Question], traj: Trajectories, budgets: Sequence[int], pilot: int, draws: int, seed: int
+    qs: list[Question], traj: Trajectories, budgets: Sequence[int], pilot: int, draws: int, seed: int, power: float = 1.0
 ) -> dict[str, Any]:
     """The paper's 2-fold CV of the plan choice and of the controller (held-out figures)."""
     order = list(range(len(qs)))
@@ -319,11 +324,11 @@ def cross_validate(
     wave = pilot
     for f in range(2):
         fit_idx, test_idx = folds[1 - f], folds[f]
-        edges, plans, _, _ = fit_table(qs, traj, fit_idx, budgets, pilot, draws, seed)
+        edges, plans, _, _ = fit_table(qs, traj, fit_idx, budgets, pilot, draws, seed, power)
         table = PlanTable(pilot=pilot, edges=edges, plans=plans)
         bins = np.array([table.bin_of(float(np.median(traj.pilot_mean[i]))) for i in test_idx])
         for budget in budgets:
-            scores = cell_scores([qs[i] for i in test_idx], budget, draws, seed + 7 * budget, pilot)
+            scores = cell_scores([qs[i] for i in test_idx], budget, draws, seed + 7 * budget, pilot, power)
             chosen = []
             for k, i in enumerate(test_idx):
                 cell = table.lookup(int(bins[k]), budget)
@@ -343,11 +348,15 @@ def cross_validate(
     return held
 
 
-def fit(qs: list[Question], budgets: Sequence[int], pilot: int = 4, draws: int = 32, seed: int = 0) -> PlanTable:
-    traj = Trajectories(qs, pilot, PERMUTATIONS, seed)
-    cv = cross_validate(qs, traj, budgets, pilot, draws, seed)
+def fit(
+    qs: list[Question], budgets: Sequence[int], pilot: int = 4, draws: int = 32, seed: int = 0, power: float = 1.0
+) -> PlanTable:
+    """The table and controller for ``qs``; weighted votes count ``score ** power`` (the
+    verifier's vote power, as the worker will count them)."""
+    traj = Trajectories(qs, pilot, PERMUTATIONS, seed, power)
+    cv = cross_validate(qs, traj, budgets, pilot, draws, seed, power)
     everyone = np.arange(len(qs))
-    edges, plans, names, accuracy = fit_table(qs, traj, everyone, budgets, pilot, draws, seed)
+    edges, plans, names, accuracy = fit_table(qs, traj, everyone, budgets, pilot, draws, seed, power)
     cfg, fitted, tried = fit_controller(traj, max(budgets), everyone, pilot)
     small = {str(b): traj.run(cfg, b) for b in budgets}
     return PlanTable(
@@ -355,6 +364,7 @@ def fit(qs: list[Question], budgets: Sequence[int], pilot: int = 4, draws: int =
         fit={
             "questions": len(qs), "samples_per_question": int(min(len(q.answers) for q in qs)),
             "permutations": PERMUTATIONS, "draws": draws, "budgets": list(budgets), "grid_points": tried,
+            "vote_power": power,
             "targets": {"agreement": TARGET_AGREEMENT, "max_accuracy_loss": MAX_ACCURACY_LOSS},
             "cells": {str(b): {str(n): names[b][n] for n in row} for b, row in names.items()},
             # every candidate's mean accuracy per budget and bin (tree runs at the budget less the pilot)
@@ -459,11 +469,17 @@ def main(argv: list[str] | None = None) -> int:
         if header.get(key, want) != want:
             raise InvalidArgument("pool", f"{pool} was drawn with {key} {header.get(key)!r}, not {want!r}: "
                                           "a table is fitted on the samples of the model and verifier it will serve")
+    power = verifier.vote_power if verifier is not None else 1.0
+    for path in runs:  # tree runs selected their answers with the vote power of their day
+        drawn = json.loads(Path(path).read_text()).get("vote_power", 1.0)
+        if drawn != power:
+            raise InvalidArgument("runs", f"{path} was run with vote power {drawn:g}, the verifier's is now {power:g}: "
+                                          "draw the runs again (or fit without them)")
     qs = load_pool(pool, runs)
     if min(len(q.answers) for q in qs) < max(budgets):
         raise InvalidArgument("budgets", f"the pool has {min(len(q.answers) for q in qs)} samples per question; "
                                          f"budgets up to {max(budgets)} need as many")
-    table = fit(qs, budgets, a.pilot, a.draws, a.seed)
+    table = fit(qs, budgets, a.pilot, a.draws, a.seed, power)
     table = PlanTable(
         model=files.name, fingerprint=model_fingerprint(files), verifier=verifier.name if verifier else "",
         pilot=table.pilot, edges=table.edges, plans=table.plans, controller=table.controller,

@@ -36,7 +36,7 @@ def _plots(result: dict[str, Any], docs: Path) -> None:
     curve = result["prm"]["selection"]
     fig, ax = plt.subplots(figsize=(7, 4))
     for mode in curve:
-        if mode != "majority" and mode != "oracle" and "weighted (last)" not in mode:
+        if mode != "majority" and mode != "oracle" and not ("weighted" in mode and mode.endswith("(last)")):
             continue  # the figure shows the paper's selection and aggregation; the table has every one
         xs = sorted(int(n) for n in curve[mode])
         style = {"majority": "o-", "oracle": "k:"}.get(mode, "s-" if "weighted" in mode else "^--")
@@ -218,7 +218,9 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
     L += ["", "The within-question AUC is measured on the best-of-N samples below: how often a correct sample",
           "outscores a wrong sample of the same question. Selection can only beat majority voting through it."]
     L += ["", f"Best-of-N on the same {pol['questions']} questions and samples as the pass@1 above. `weighted` is the",
-          "PRM-weighted vote (sum of scores per distinct answer), `best` the single highest score; `(last)` scores a",
+          "PRM-weighted vote (sum of scores per distinct answer), `weighted k=K` the same vote with each score raised",
+          "to the power K first (the vote power `ponder train vote` fitted on validation questions and saved in the",
+          "verifier's calibration: what the worker counts), `best` the single highest score; `(last)` scores a",
           "solution by its last step (the paper), `(min)` by its worst step.", ""]
     ns = sorted(int(n) for n in prm["selection"]["majority"])
     L += ["| selection | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
@@ -237,7 +239,8 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
         L += ["## Search: beam search against weighted best-of-N", ""]
         L += [
             f"The first {search['questions']} questions of the pool above, through the real search loop (the engine",
-            f"policy, the default verifier `{search['verifier']}`, T={cfg['temperature']}, weighted selection, beam width",
+            f"policy, the default verifier `{search['verifier']}`, T={cfg['temperature']}, weighted selection"
+            + (f" (votes count score ** {search['vote_power']:g})" if search.get("vote_power", 1.0) != 1.0 else "") + ", beam width",
             "M = 4). Columns split the questions by number of operations and by thirds of their pass rate in",
             "the pool (easy = highest).", "",
             "| run | " + " | ".join(f"{g} ({int(first[g]['questions'])})" for g in groups) + " | generations | GFLOPs |",

@@ -239,17 +239,18 @@ def _fold(steps: list[float] | None, aggregation: str) -> float:
 
 
 def select_accuracy(
-    samples: Samples, answers: list[list[str | None]], scores: list[list[float]] | None, mode: str, n: int
+    samples: Samples, answers: list[list[str | None]], scores: list[list[float]] | None, mode: str, n: int,
+    power: float = 1.0,
 ) -> float:
-    """Accuracy of selecting among each question's first ``n`` samples; ``answers`` are the
-    samples' extracted answers (parsed once by the caller)."""
+    """Accuracy of selecting among each question's first ``n`` samples (weighted votes count
+    ``score ** power``); ``answers`` are the samples' extracted answers (parsed once by the caller)."""
     right = 0
     for i, (q, row) in enumerate(zip(samples.questions, samples.texts)):
         cands = [
             Candidate(answer=answers[i][j], solution=t, score=scores[i][j] if scores is not None else None)
             for j, t in enumerate(row[:n])
         ]
-        right += is_correct(select(cands, mode).answer or None, q.answer)
+        right += is_correct(select(cands, mode, power).answer or None, q.answer)
     return right / len(samples.questions)
 
 
@@ -271,8 +272,13 @@ def within_question_auc(
 
 
 def prm_section(
-    model: Any, tokenizer: Any, fmt: Any, scorers: dict[str, StepScorer], samples: Samples, cfg: ReportConfig
+    model: Any, tokenizer: Any, fmt: Any, scorers: dict[str, StepScorer], samples: Samples, cfg: ReportConfig,
+    powers: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    """Every verifier's AUCs and best-of-N selections. A verifier with a fitted vote power
+    (``powers``, from its calibration) gets its weighted rows twice: the plain sum of scores and
+    the vote the worker counts (``weighted k=K``)."""
+    powers = powers or {}
     qs = arith.questions("test", cfg.prm_questions, seed=cfg.seed + 1)
     # fp32: on a CPU without avx512_bf16 (this one) bf16 matmuls are emulated, several times slower
     roll = ModelRollouts(model, tokenizer, fmt, temperature=cfg.temperature, dtype=torch.float32)
@@ -296,7 +302,12 @@ def prm_section(
             within[agg] = within_question_auc(folded, samples.correct, per_sample)
             for mode in ("weighted", "best"):
                 selection[f"{name} {mode} ({agg})"] = {n: select_accuracy(samples, answers, folded, mode, n) for n in budgets}
+            k = powers.get(name, 1.0)
+            if k != 1.0:
+                selection[f"{name} weighted k={k:g} ({agg})"] = {
+                    n: select_accuracy(samples, answers, folded, "weighted", n, k) for n in budgets}
         verifiers[name] = {
+            "vote_power": powers.get(name, 1.0),
             "auc_steps": auc(s, y), "auc_non_final_steps": auc(s[~last], y[~last]),
             "auc_final_step": auc(s[last], y[last]),
             "bce": float(torch.nn.functional.binary_cross_entropy(s.clamp(1e-6, 1 - 1e-6), y)),
@@ -362,7 +373,7 @@ def search_section(samples: Samples, rates: list[float], cfg: ReportConfig) -> d
             for g, f in groups.items()
         }
         table[key]["all"] |= {"generations": r.generations, "flops": r.flops, "failed": float(r.failed), "wall_s": r.wall_s}
-    return {"verifier": getattr(verifier, "name", "none"), "questions": len(qs), "budgets": list(cfg.search_budgets),
+    return {"verifier": getattr(verifier, "name", "none"), "vote_power": getattr(verifier, "vote_power", 1.0), "questions": len(qs), "budgets": list(cfg.search_budgets),
             "groups": list(groups), "table": table}
 
 
@@ -453,6 +464,20 @@ def previous_result(cfg: ReportConfig, only: Sequence[str]) -> dict[str, Any]:
     return prev
 
 
+def vote_powers(cfg: ReportConfig) -> dict[str, float]:
+    """The vote power saved in each calibrated verifier's calibration (``ponder train vote``),
+    by the verifier's name in the report."""
+    from ponder.workers.prm.confidence import Calibration
+    from ponder.workers.prm.likelihood import LikelihoodCalibration
+
+    out = {}
+    if cfg.confidence is not None and cfg.confidence.exists():
+        out["confidence"] = Calibration.load(cfg.confidence).vote_power
+    if cfg.judge is not None and cfg.likelihood is not None and cfg.likelihood.exists():
+        out[f"likelihood ({cfg.judge})"] = LikelihoodCalibration.load(cfg.likelihood).vote_power
+    return out
+
+
 def run(cfg: ReportConfig, only: Sequence[str] = ()) -> dict[str, Any]:
     """The whole report, or (``only``) the named sections with the rest kept from the last one."""
     if only:
@@ -483,7 +508,7 @@ def run(cfg: ReportConfig, only: Sequence[str] = ()) -> dict[str, Any]:
             scorers[f"likelihood ({cfg.judge})"] = likelihood_scorer(
                 model, tokenizer, fmt, load_hf_model(resolve(cfg.judge)),
                 cfg.likelihood if cfg.likelihood is not None and cfg.likelihood.exists() else None)
-    prm = prm_section(model, tokenizer, fmt, scorers, samples, cfg)
+    prm = prm_section(model, tokenizer, fmt, scorers, samples, cfg, vote_powers(cfg))
     timings["prm"] = time.time() - t
     t = time.time()
     search = search_section(samples, pol["rates"], cfg) if cfg.search_questions > 0 else {}

@@ -2,17 +2,19 @@
 
 ``1/2``, ``0.5`` and ``\\frac{1}{2}`` are one answer. Selection modes:
 ``majority`` (most votes), ``best`` (highest single score), ``weighted`` (largest sum of
-scores per distinct answer — the paper's best-of-N weighted).
+scores per distinct answer — the paper's best-of-N weighted; each score raised to the verifier's
+fitted vote power first, see :func:`vote_weight`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from ponder.proto.errors import InvalidArgument
 from ponder.workers.types import AnswerVote
 
 logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -140,6 +142,9 @@ class Selection:
     solution: str
     votes: list[AnswerVote]
     winner: Candidate | None
+    # each answer's share of the vote the mode counts: majority its samples, weighted its
+    # score ** power sum, best its score sum
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 def group(candidates: list[Candidate]) -> list[list[Candidate]]:
@@ -157,8 +162,29 @@ def group(candidates: list[Candidate]) -> list[list[Candidate]]:
     return groups
 
 
-def select(candidates: list[Candidate], mode: str = "majority") -> Selection:
-    """Pick the answer. Ties go to the larger score sum, then to the earlier candidate."""
+MAX_VOTE_POWER = 64.0
+
+
+def check_vote_power(power: float, field: str = "vote_power") -> float:
+    """A vote power must be a finite number in (0, 64]; INVALID_ARGUMENT on ``field`` otherwise."""
+    if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0.0 < power <= MAX_VOTE_POWER:
+        raise InvalidArgument(field, f"must be a number in (0, {MAX_VOTE_POWER:g}], got {power!r}")
+    return float(power)
+
+
+def vote_weight(score: float | None, power: float = 1.0) -> float:
+    """A sample's vote under weighted selection: its score raised to ``power`` (a verifier's
+    calibration fits the power; 1 sums the scores). A larger power lets one confident sample
+    outvote a crowd of doubtful ones."""
+    s = score or 0.0
+    return s if power == 1.0 else max(s, 0.0) ** power
+
+
+def select(candidates: list[Candidate], mode: str = "majority", power: float = 1.0) -> Selection:
+    """Pick the answer: ``majority`` the most samples, ``weighted`` the largest sum of
+    :func:`vote_weight` (score ** ``power``), ``best`` the single highest score. Ties go to the
+    larger count (weighted) or score sum, then to the earlier candidate. The votes report each answer's count and
+    score sum, whatever the mode."""
     if mode not in ("majority", "best", "weighted"):
         raise ValueError(f"unknown selection {mode!r}")
     groups = group(candidates)
@@ -176,10 +202,11 @@ def select(candidates: list[Candidate], mode: str = "majority") -> Selection:
         if mode == "majority":
             return (len(g), total, -order[id(g)])
         if mode == "weighted":
-            return (total, len(g), -order[id(g)])
+            return (sum(vote_weight(c.score, power) for c in g), len(g), -order[id(g)])
         return (max(c.score or 0.0 for c in g), total, -order[id(g)])
 
     best_group = max(groups, key=key)
     winner = max(best_group, key=lambda c: c.score or 0.0)
     votes.sort(key=lambda v: (v.count, v.score), reverse=True)
-    return Selection(best_group[0].answer or "", winner.solution, votes, winner)
+    weights = {g[0].answer or "": key(g)[0] if mode != "best" else key(g)[1] for g in groups}
+    return Selection(best_group[0].answer or "", winner.solution, votes, winner, weights)

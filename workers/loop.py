@@ -97,6 +97,7 @@ class SearchLoop:
             step_delimiter=self.policy.step_delimiter,
             deadline=deadline,
             has_verifier=self.has_verifier,
+            vote_power=self.verifier.vote_power,
             plan=self.plan,
             bank=self.bank,
             bounds=config.budget_bounds(self.limits, min_default=self.plan.controller.min_candidates),

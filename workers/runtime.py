@@ -183,6 +183,10 @@ def build_plan(spec: str, model: str, verifier: Verifier | None = None) -> PlanT
         raise InvalidArgument(
             "plan", f"{path} was fitted with the verifier {table.verifier!r}; this worker runs {running or 'none'!r}"
         )
+    fitted, power = table.fit.get("vote_power", 1.0), verifier.vote_power if verifier is not None else 1.0
+    if table.verifier and fitted != power:  # its cells compared weighted votes counted another way
+        log.warning("%s was fitted with vote power %g; the verifier's is now %g: refit it with `ponder train plan`",
+                    path, fitted, power)
     return table
 
 

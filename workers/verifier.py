@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 from ponder.proto.config import AGGREGATIONS
 from ponder.workers.types import Node, ScoreOutput
@@ -28,6 +29,9 @@ class Verifier(ABC):
 
     name: str = "verifier"
     n_params: int = 0
+    # weighted selection counts each sample as score ** vote_power (a calibration's fitted power)
+    vote_power: float = 1.0
+    calibration_file: Path | None = None  # the file the calibration (and vote power) came from
 
     @abstractmethod
     def score(self, nodes: list[Node], aggregation: str) -> ScoreOutput:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ponder.proto.errors import InvalidArgument
+from ponder.workers.answers import MAX_VOTE_POWER
 from ponder.workers.types import Node, ScoreOutput
 from ponder.workers.verifier import AGGREGATIONS, Verifier, aggregate
 
@@ -88,6 +89,9 @@ class Calibration:
     weights: tuple[float, ...]
     bias: float
     fit: dict[str, Any] = field(default_factory=dict)  # how it was fitted and its held-out figures
+    # The weighted vote counts each sample as its score raised to this power (1: the sum of
+    # scores). Fitted on held-out questions by `ponder train vote`, saved with the fit.
+    vote_power: float = 1.0
 
     def __post_init__(self) -> None:
         k, kind = len(self.FEATURES), self.KIND
@@ -99,6 +103,9 @@ class Calibration:
             raise InvalidArgument("verifier", f"{kind} calibration stds must be finite and > 0")
         if not all(math.isfinite(x) for x in (*self.mean, *self.weights, self.bias)):
             raise InvalidArgument("verifier", f"{kind} calibration values must be finite")
+        v = self.vote_power
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= MAX_VOTE_POWER:
+            raise InvalidArgument("verifier", f"{kind} calibration vote_power must be in (0, {MAX_VOTE_POWER:g}], got {v!r}")
 
     def probability(self, x: Sequence[float]) -> float:
         z = self.bias + sum(w * (v - m) / s for w, v, m, s in zip(self.weights, x, self.mean, self.std))
@@ -128,6 +135,7 @@ class Calibration:
                 model=str(data["model"]), fingerprint=str(data["fingerprint"]), window=int(data["window"]),
                 tail=int(data["tail"]), mean=tuple(map(float, data["mean"])), std=tuple(map(float, data["std"])),
                 weights=tuple(map(float, data["weights"])), bias=float(data["bias"]), fit=dict(data.get("fit", {})),
+                vote_power=float(data.get("vote_power", 1.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument("verifier", f"{kind} calibration {p} is incomplete: {exc}") from exc
@@ -165,6 +173,7 @@ class ConfidenceVerifier(Verifier):
 
     def __init__(self, calibration: Calibration | None = None, *, window: int = 8, tail: int = 32) -> None:
         self.calibration = calibration
+        self.vote_power = calibration.vote_power if calibration is not None else 1.0
         self.window = calibration.window if calibration is not None else window
         self.tail = calibration.tail if calibration is not None else tail
         self.name = "confidence" if calibration is not None else "confidence-uncalibrated"
@@ -212,4 +221,6 @@ def load_confidence(spec: str, files: Any | None) -> ConfidenceVerifier:
                 f"confidence calibration {path} was fitted on model {cal.model!r} (fingerprint {cal.fingerprint}), "
                 f"not on {getattr(files, 'name', '?')!r} (fingerprint {want}); refit it with `ponder train confidence`",
             )
-    return ConfidenceVerifier(cal)
+    ver = ConfidenceVerifier(cal)
+    ver.calibration_file = path
+    return ver

@@ -139,6 +139,7 @@ class LikelihoodVerifier(Verifier):
         self.question_ids = question_ids
         self.chunk = chunk  # rows per judge forward
         self.calibration = calibration
+        self.vote_power = calibration.vote_power if calibration is not None else 1.0
         self.window = calibration.window if calibration is not None else window
         self.name = f"likelihood:{judge_name}" + ("" if calibration is not None else ":uncalibrated")
         self.n_params = n_params
@@ -337,5 +338,6 @@ def load_likelihood(spec: str, policy: Any) -> LikelihoodVerifier:
             return list(policy.encode(policy.format_prompt(Prompt(question))))
     ver = LikelihoodVerifier(lm, cal, judge_name=judge, n_params=non_embedding_params(lm),
                              pad_id=int(pad if pad is not None else 0), question_ids=question_ids)
+    ver.calibration_file = path if cal is not None else None
     device = getattr(policy, "device", None)
     return ver.to(device) if device is not None and str(device) != "cpu" else ver

@@ -65,7 +65,7 @@ class Auto(Strategy):
         pilot = min(table.pilot, ctx.allowance)
         ctx.charge_generations(pilot)
         stop = yield from grow(ctx, [root] * pilot, root, self.scored, candidates)
-        tally = Tally.of(candidates, self.scored)
+        tally = Tally.of(candidates, self.scored, power=ctx.vote_power)
         ctx.difficulty_bin = table.bin_of(tally.mean_score) if self.scored else 0
         ctx.emit_decision(
             "pilot", tally,
@@ -75,7 +75,7 @@ class Auto(Strategy):
         plan = self.choose(ctx.difficulty_bin)
         # the request's own selection wins over the plan's; the controller votes the same way
         selection = ctx.config.selection or plan.selection or default_selection(ctx, self.scored)
-        tally = Tally.of(candidates, self.scored, selection != "majority")
+        tally = Tally.of(candidates, self.scored, selection != "majority", ctx.vote_power)
         ctx.emit_decision("plan", tally, f"bin {ctx.difficulty_bin or '?'}, N={ctx.config.generations}: {plan.describe()}",
                           difficulty_bin=ctx.difficulty_bin, plan=plan.describe())
         if stop:
@@ -92,7 +92,7 @@ class Auto(Strategy):
             stop = yield from self._run_plan(plan, candidates)
             candidates = ctx.concluded
             ctx.carried = []
-            tally = Tally.of(candidates, self.scored, selection != "majority")
+            tally = Tally.of(candidates, self.scored, selection != "majority", ctx.vote_power)
             if stop:
                 return conclude(ctx, candidates, selection, stop)
         stop = yield from sample_waves(ctx, root, tally, candidates, self.scored, selection)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any, ClassVar
 
 from ponder.proto import pb
@@ -36,6 +36,7 @@ class SearchContext:
         step_delimiter: str = DEFAULT_STEP_DELIMITER,
         deadline: float | None = None,
         has_verifier: bool = False,
+        vote_power: float = 1.0,
         plan: PlanTable = DEFAULT_PLAN,
         bank: BudgetBank | None = None,
         bounds: tuple[int, int] | None = None,
@@ -60,6 +61,7 @@ class SearchContext:
         self.step_delimiter = step_delimiter
         self.deadline = deadline
         self.has_verifier = has_verifier
+        self.vote_power = vote_power  # the verifier's: weighted votes count score ** vote_power
         self.usage = Usage()
         self.cancelled = False
         self.events: list[pb.SolveEvent] = []
@@ -225,11 +227,11 @@ def conclude(ctx: SearchContext, candidates: list[Candidate], mode: str, stop_re
     """Select the answer across candidates (and ``ctx.carried``) and emit a last progress event."""
     candidates = [*ctx.carried, *candidates]
     ctx.concluded = candidates
-    sel = select(candidates, mode)
-    # the winner's share of the vote it was selected by: scores unless by majority (the same
-    # share the live controller reports)
-    weight: Callable[[Any], float] = (lambda v: v.count) if mode == "majority" or not any(v.score for v in sel.votes) else (lambda v: v.score)
-    total = sum(weight(v) for v in sel.votes)
-    share = next((weight(v) for v in sel.votes if v.answer == sel.answer), 0) / total if total else 0.0
+    sel = select(candidates, mode, ctx.vote_power)
+    # the winner's share of the vote it was selected by (the same share the live controller
+    # reports); counts when no candidate has a score
+    weights = sel.weights if any(sel.weights.values()) else {v.answer: float(v.count) for v in sel.votes}
+    total = sum(weights.values())
+    share = weights.get(sel.answer, 0.0) / total if total else 0.0
     ctx.emit_progress(sel.answer, share)
     return Outcome(answer=sel.answer, solution=sel.solution, votes=sel.votes, stop_reason=stop_reason)

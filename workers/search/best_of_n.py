@@ -35,7 +35,7 @@ class BestOfN(Strategy):
         candidates: list[Candidate] = []
         selection = default_selection(ctx, self.score_steps)
         if ctx.config.adaptive:
-            stop = yield from sample_waves(ctx, root, Tally.empty(), candidates, self.score_steps, selection)
+            stop = yield from sample_waves(ctx, root, Tally.empty(ctx.vote_power), candidates, self.score_steps, selection)
         else:
             n = ctx.budget
             ctx.charge_generations(n)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ponder.proto.errors import InvalidArgument
-from ponder.workers.answers import Candidate, equivalent
+from ponder.workers.answers import Candidate, equivalent, vote_weight
 
 
 @dataclass(frozen=True)
@@ -90,26 +90,27 @@ class Tally:
     best_score: float = 0.0
     leader: int = -1
     stable: int = 0  # candidates in a row (the newest included) after which `leader` led
+    power: float = 1.0  # a weighted vote counts score ** power (the verifier's vote power)
 
     @classmethod
-    def empty(cls) -> Tally:
-        return cls([], [], [])
+    def empty(cls, power: float = 1.0) -> Tally:
+        return cls([], [], [], power=power)
 
     @classmethod
-    def of(cls, candidates: list[Candidate], scored: bool, weighted: bool | None = None) -> Tally:
-        t = cls.empty()
+    def of(cls, candidates: list[Candidate], scored: bool, weighted: bool | None = None, power: float = 1.0) -> Tally:
+        t = cls.empty(power)
         for c in candidates:
             t.add(c, scored, weighted)
         return t
 
     def add(self, cand: Candidate, scored: bool, weighted: bool | None = None) -> None:
-        """Count one finished candidate. Its vote weighs its score when ``weighted`` (default:
-        when scored), else 1 (majority voting, which is also all there is without a verifier)."""
+        """Count one finished candidate. Its vote weighs ``score ** power`` when ``weighted``
+        (default: when scored), else 1 (majority voting, which is also all there is without a verifier)."""
         self.n += 1
         score = (cand.score or 0.0) if scored else 1.0
         self.score_sum += score
         self.best_score = max(self.best_score, score)
-        weight = score if scored and weighted is not False else 1.0
+        weight = vote_weight(score, self.power) if scored and weighted is not False else 1.0
         if cand.answer is not None:
             for i, a in enumerate(self.answers):
                 if equivalent(a, cand.answer):
