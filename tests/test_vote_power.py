@@ -164,6 +164,8 @@ def test_train_vote_fits_and_saves_the_power_from_a_pool(tmp_path: Path, capsys:
     assert cal.vote_power == 8.0
     assert cal.fit["vote_power"]["accuracy"] == out["accuracy"]
     assert cal.fit["vote_power"]["command"].startswith("ponder train vote --model arith")
+    # the command that would draw the same pool: its dataset and samples per question
+    assert "--dataset arith:validation:40 --samples 13" in cal.fit["vote_power"]["reproduce"]
     assert cal.fit["heldout"]  # the calibration's own fit is kept
     # a pool drawn with another verifier is refused, naming the field
     pool["verifier"] = "likelihood:arith-large"

@@ -138,18 +138,25 @@ def main(argv: list[str] | None = None) -> int:
         raise InvalidArgument("budget", f"{a.pool} has {min(len(r['candidates']) for r in pool)} samples per question; "
                                         f"best-of-{a.budget} needs as many")
     result = choose(pool, a.budget, powers, a.draws, a.seed)
-    command = "ponder train vote " + " ".join(argv)
-    result |= {"command": command, "pool": str(a.pool), "dataset": data.get("dataset"),
-               "seconds": round(time.time() - started, 1)}
+    result |= {"command": "ponder train vote " + " ".join(argv), "reproduce": reproduce_command(a, data),
+               "pool": str(a.pool), "dataset": data.get("dataset"), "seconds": round(time.time() - started, 1)}
     fitted = replace(cal, vote_power=result["power"], fit={**cal.fit, "vote_power": result})
     fitted.save(path)
     log.info("vote power %g at best-of-%d on %d questions: %s (majority %.3f, best-scored %.3f) -> %s",
              result["power"], a.budget, len(pool), ", ".join(f"k={k} {v:.3f}" for k, v in result["accuracy"].items()),
              result["majority"], result["best"], path)
-    record_in_manifest(a.model, Path(path), command)
+    record_in_manifest(a.model, Path(path), result["reproduce"])
     print(json.dumps({"calibration": str(path), **{k: result[k] for k in ("power", "budget", "questions", "accuracy",
                                                                          "majority", "best", "seconds")}}))
     return 0
+
+
+def reproduce_command(a: argparse.Namespace, pool: dict[str, Any]) -> str:
+    """The command that draws the same pool (the one read, when ``--pool`` named it) and fits the
+    same power."""
+    samples = max((r["budget"] for r in pool.get("results", []) if r.get("strategy") == "best_of_n"), default=a.samples)
+    return (f"ponder train vote --model {a.model} --verifier {a.verifier} --dataset {pool.get('dataset', a.dataset)} "
+            f"--samples {samples} --seed {pool.get('seed', a.seed)} --budget {a.budget} --powers {a.powers} --draws {a.draws}")
 
 
 def record_in_manifest(model: str, path: Path, command: str) -> None:
