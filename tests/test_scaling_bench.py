@@ -132,6 +132,16 @@ def test_smoke_run_and_rerender(tmp_path: Path, capsys: pytest.CaptureFixture[st
     last = sum(next(r for r in twice["runs"] if r["label"] == "revision")["correct"]) / 4
     assert f"- revision N=4: {sum(rev['correct']) / 4:.3f}, then {acc_now:.3f}\n" in page
     assert f"- revision N=4: {acc_now:.3f}, then {last:.3f}\n" in page
+    # the run counts weighted votes with its verifier's vote power (arith's default: its calibration's),
+    # says so on the page, and an --extend under another power is refused before anything runs
+    from ponder.workers.models import resolve
+    from ponder.workers.prm.likelihood import LikelihoodCalibration, likelihood_calibration_path
+
+    power = LikelihoodCalibration.load(likelihood_calibration_path(resolve("arith"), "arith-large")).vote_power
+    assert saved["vote_power"] == power and f"(weighted votes count score ** {power:g})" in page
+    (tmp_path / "other_power.json").write_text(json.dumps({**cut, "vote_power": power + 1}))
+    with pytest.raises(SystemExit, match="FAILED_PRECONDITION: this run's weighted votes counted score"):
+        bench.main(["--extend", str(tmp_path / "other_power.json"), "--boot", "20", "--json"])
     with pytest.raises(SystemExit, match="no run labelled 'nope'"):
         bench.main(["--extend", str(tmp_path / "fixed.json"), "--rerun", "nope", "--json"])
     with pytest.raises(SystemExit, match="--rerun goes with --extend"):

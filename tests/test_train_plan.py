@@ -132,6 +132,24 @@ def test_command_writes_a_table_the_worker_loads(tmp_path: Path) -> None:
     assert err.value.field == "plan"
 
 
+def test_the_table_is_fitted_with_the_verifiers_vote_power(tmp_path: Path) -> None:
+    """The default verifier's calibration carries a vote power (8 for arith's); the table records
+    it, and tree runs made with another power are refused (their answers were voted another way)."""
+    from ponder.workers.prm.likelihood import LikelihoodCalibration, likelihood_calibration_path
+    from ponder.workers.models import resolve
+
+    power = LikelihoodCalibration.load(likelihood_calibration_path(resolve("arith"), "arith-large")).vote_power
+    pool = _pool(tmp_path / "pool.json")
+    out = tmp_path / "plan.json"
+    assert fitplan.main(["--model", "arith", "--pool", str(pool), "--budgets", "4,16", "--draws", "4", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["fit"]["vote_power"] == power
+    runs = tmp_path / "trees.json"
+    runs.write_text(json.dumps({"vote_power": power + 1, "results": []}))
+    with pytest.raises(InvalidArgument) as err:
+        fitplan.main(["--model", "arith", "--pool", str(pool), "--runs", str(runs), "--budgets", "4,16", "--out", str(out)])
+    assert err.value.field == "runs"
+
+
 def test_bad_inputs_are_invalid_argument(tmp_path: Path) -> None:
     pool = _pool(tmp_path / "pool.json", samples=8)
     with pytest.raises(InvalidArgument) as err:
