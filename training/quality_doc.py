@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ponder.training.vote import vote_summary
+
 HIST_PNG = "arith_pass_rates.png"
 SELECT_PNG = "arith_best_of_n.png"
 REVISE_PNG = "arith_revisions.png"
@@ -81,6 +83,15 @@ def _plots(result: dict[str, Any], docs: Path) -> None:
     plt.close(fig)
 
 
+def vote_row(fit: dict[str, Any]) -> dict[str, Any]:
+    """The training table's row of a calibration's vote power fit (empty when none was fitted)."""
+    v = fit.get("vote_power") or {}
+    if not v:
+        return {}
+    return {"command": v.get("reproduce", v.get("command")), "load_average": v.get("load_average", "?"),
+            "wall_seconds": v.get("pool_seconds", 0.0) + v.get("seconds", 0.0)}
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -134,6 +145,7 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
                          ("PRM, exact labels (value head + PRM model)", etrain, "wall_seconds"),
                          ("confidence calibration", ctrain, "wall_seconds"),
                          (f"likelihood calibration ({judge} as judge)", ltrain, "wall_seconds"),
+                         ("its vote power (pool drawn + fitted)", vote_row(ltrain), "wall_seconds"),
                          *reviser_stages(rtrain)):
         if not t:
             continue
@@ -162,7 +174,8 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
               f"{ltrain.get('samples_per_question', '?')} samples; chosen by {ltrain.get('folds', '?')}-fold cross-validated "
               f"within-question AUC: the {chosen.get('loss', '?')} fit on {' + '.join(chosen.get('features', []))} "
               f"({chosen.get('cv_within_question_auc', float('nan')):.3f}; single features: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in single.items()) + ")."]
+              + ", ".join(f"{k} {v:.3f}" for k, v in single.items()) + "); "
+              + vote_summary(ltrain) + "."]
     for name, t, _ in reviser_stages(rtrain):
         L += ["", f"{name.capitalize()} data: {json.dumps(t.get('data', {}))}; sampling took {_fmt_time(t.get('sample_seconds'))}"
               + (f"; kept at step {t['chosen_step']} by its held-out score ({t['best_score']:.3f})" if "chosen_step" in t else "")

@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                                         f"best-of-{a.budget} needs as many")
     result = choose(pool, a.budget, powers, a.draws, a.seed)
     result |= {"command": "ponder train vote " + " ".join(argv), "reproduce": reproduce_command(a, data),
-               "pool": str(a.pool), "dataset": data.get("dataset"), "seconds": round(time.time() - started, 1)}
+               "pool": str(a.pool), "dataset": data.get("dataset"), "seconds": round(time.time() - started, 1),
+               # drawing the pool (ponder eval) took this long, whether here or before (--pool)
+               "pool_seconds": round(float(data.get("total_wall_s", 0.0)), 1),
+               "load_average": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]}
     fitted = replace(cal, vote_power=result["power"], fit={**cal.fit, "vote_power": result})
     fitted.save(path)
     log.info("vote power %g at best-of-%d on %d questions: %s (majority %.3f, best-scored %.3f) -> %s",
@@ -186,9 +189,10 @@ def vote_summary(fit: dict[str, Any]) -> str:
     v = fit.get("vote_power")
     if not v:
         return "vote power 1 (not fitted: weighted votes sum the scores)"
-    acc = ", ".join(f"k={k}: {x:.3f}" for k, x in v["accuracy"].items())
+    acc = ", ".join(f"k={k}: {x:.3f}" for k, x in sorted(v["accuracy"].items(), key=lambda kv: float(kv[0])))
     return (f"vote power {v['power']:g}, chosen at best-of-{v['budget']} on {v['questions']} questions of "
-            f"{v.get('dataset')} ({acc}; majority {v['majority']:.3f}, best-scored {v['best']:.3f})")
+            f"`{v.get('dataset')}` × {v['samples_per_question']} samples ({acc}; majority {v['majority']:.3f}, "
+            f"best-scored {v['best']:.3f})")
 
 
 if __name__ == "__main__":
