@@ -176,3 +176,16 @@ def test_train_vote_fits_and_saves_the_power_from_a_pool(tmp_path: Path, capsys:
     with pytest.raises(InvalidArgument) as e:
         vote.main([*argv[:-6], "--budget", "1"])
     assert e.value.field == "budget"
+
+
+def test_train_vote_draws_its_own_pool_when_none_is_given(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _calibration(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert vote.main(["--model", "arith", "--verifier", f"confidence:{path}", "--dataset", "arith:validation:12",
+                      "--samples", "4", "--budget", "2", "--powers", "1,4", "--draws", "4"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["questions"] == 12 and out["power"] in (1.0, 4.0)
+    v = Calibration.load(path).fit["vote_power"]
+    assert v["pool_seconds"] > 0 and v["samples_per_question"] == 4
+    assert "--dataset arith:validation:12 --samples 4 --seed 0 --budget 2" in v["reproduce"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # the pool went to a scratch folder

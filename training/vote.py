@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -126,9 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     model_name = policy.name
     del policy
     if a.pool is None:
-        work = Path(path).resolve().parent / ".vote-fit"
-        work.mkdir(parents=True, exist_ok=True)
-        a.pool = _draw(a, work)
+        # a scratch folder, never beside the calibration (a committed model's folder)
+        a.pool = _draw(a, Path(tempfile.mkdtemp(prefix="ponder-vote-")))
     data = json.loads(Path(a.pool).read_text())
     for key, want in (("model", model_name), ("verifier", verifier.name)):
         if data.get(key) != want:
