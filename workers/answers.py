@@ -165,10 +165,11 @@ def group(candidates: list[Candidate]) -> list[list[Candidate]]:
 MAX_VOTE_POWER = 64.0
 
 
-def check_vote_power(power: float, field: str = "vote_power") -> float:
-    """A vote power must be a finite number in (0, 64]; INVALID_ARGUMENT on ``field`` otherwise."""
+def check_vote_power(power: float, field: str = "vote_power", what: str = "") -> float:
+    """A vote power must be a finite number in (0, 64]; INVALID_ARGUMENT on ``field`` otherwise
+    (the message starting with ``what``, when given)."""
     if isinstance(power, bool) or not isinstance(power, (int, float)) or not 0.0 < power <= MAX_VOTE_POWER:
-        raise InvalidArgument(field, f"must be a number in (0, {MAX_VOTE_POWER:g}], got {power!r}")
+        raise InvalidArgument(field, f"{what + ' ' if what else ''}must be a number in (0, {MAX_VOTE_POWER:g}], got {power!r}")
     return float(power)
 
 
@@ -183,8 +184,8 @@ def vote_weight(score: float | None, power: float = 1.0) -> float:
 def select(candidates: list[Candidate], mode: str = "majority", power: float = 1.0) -> Selection:
     """Pick the answer: ``majority`` the most samples, ``weighted`` the largest sum of
     :func:`vote_weight` (score ** ``power``), ``best`` the single highest score. Ties go to the
-    larger count (weighted) or score sum, then to the earlier candidate. The votes report each answer's count and
-    score sum, whatever the mode."""
+    larger count (weighted) or score sum, then to the earlier candidate. The votes report each
+    answer's count and score sum, whatever the mode."""
     if mode not in ("majority", "best", "weighted"):
         raise ValueError(f"unknown selection {mode!r}")
     groups = group(candidates)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ponder.proto.errors import InvalidArgument
-from ponder.workers.answers import MAX_VOTE_POWER
+from ponder.workers.answers import check_vote_power
 from ponder.workers.types import Node, ScoreOutput
 from ponder.workers.verifier import AGGREGATIONS, Verifier, aggregate
 
@@ -103,9 +103,7 @@ class Calibration:
             raise InvalidArgument("verifier", f"{kind} calibration stds must be finite and > 0")
         if not all(math.isfinite(x) for x in (*self.mean, *self.weights, self.bias)):
             raise InvalidArgument("verifier", f"{kind} calibration values must be finite")
-        v = self.vote_power
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= MAX_VOTE_POWER:
-            raise InvalidArgument("verifier", f"{kind} calibration vote_power must be in (0, {MAX_VOTE_POWER:g}], got {v!r}")
+        check_vote_power(self.vote_power, "verifier", f"{kind} calibration vote_power")
 
     def probability(self, x: Sequence[float]) -> float:
         z = self.bias + sum(w * (v - m) / s for w, v, m, s in zip(self.weights, x, self.mean, self.std))
