@@ -213,11 +213,11 @@ def complete(a: argparse.Namespace, data: dict[str, Any], items: list[Any]) -> d
             policy, verifier, common = searcher
             data["model"], data["verifier"], data["plan"] = policy.name, verifier.name if verifier else "none", common["plan"].summary()
             power = verifier.vote_power if verifier is not None else 1.0
-            if data.get("vote_power", 1.0) is None:
+            if data.get("vote_power", 1.0) is None:  # a new run: the verifier's
                 data["vote_power"] = power
-            if data.get("vote_power", 1.0) != power:  # a run's selections all count votes one way
+            if run_vote_power(data) != power:  # a run's selections all count votes one way
                 raise SystemExit(f"ponder bench scaling: FAILED_PRECONDITION: this run's weighted votes counted score ** "
-                                 f"{data.get('vote_power', 1.0):g}; the verifier's vote power is now {power:g}: start a new run")
+                                 f"{run_vote_power(data):g}; the verifier's vote power is now {power:g}: start a new run")
             data["dtype"] = policy.dtype  # what --extend keeps: one run's samples in one dtype
         return searcher
 
@@ -396,6 +396,11 @@ def replace_runs(data: dict[str, Any], labels: list[str], command: str) -> None:
 # -- analysis ----------------------------------------------------------------------------------
 
 
+def run_vote_power(data: dict[str, Any]) -> float:
+    """The power a run's weighted votes counted (runs from before it was recorded: 1)."""
+    return data.get("vote_power") or 1.0
+
+
 def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
     from ponder.evaluation.curves import (
         best_allocation, bootstrap_indices, interval, matched_budget, paired_delta, pass_at_1, pool_curve, quintile_bins,
@@ -406,7 +411,7 @@ def analyse(data: dict[str, Any], boot: int, seed: int) -> dict[str, Any]:
     pool, runs = data["pool"], data["runs"]
     q = len(pool)
     grid = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if n <= data["pool_size"]]
-    weighted = pool_curve(pool, grid, 32, rng, "weighted", data.get("vote_power") or 1.0)
+    weighted = pool_curve(pool, grid, 32, rng, "weighted", run_vote_power(data))
     majority = pool_curve(pool, grid, 32, rng, "majority")
     # the single highest-scored sample, on its own generator (draws and intervals), so every
     # other number keeps the draws it had before this curve was added
@@ -563,7 +568,7 @@ def exchange(data: dict[str, Any], oracle: np.ndarray, pool_flops: float, boot: 
     for r in sorted(data.get("ratios") or DEFAULT_RATIOS):
         x = matched_generations(m, r) * charge
         n = int(min(data["pool_size"], max(1, round(x))))
-        small = pool_curve(data["pool"], [n], 32, rng, "weighted", data.get("vote_power") or 1.0)[:, 0]
+        small = pool_curve(data["pool"], [n], 32, rng, "weighted", run_vote_power(data))[:, 0]
         groups: dict[str, dict[str, Any]] = {}
         for name, mask in masks.items():
             idx = np.flatnonzero(mask)
@@ -756,7 +761,7 @@ def render(data: dict[str, Any], res: dict[str, Any], command: str, stem: str = 
         "# Scaling test-time compute: the paper's findings on ponder",
         "",
         f"Produced by `{command}` — model `{data['model']}`, verifier `{data['verifier']}` (weighted votes count "
-        f"score ** {data.get('vote_power') or 1.0:g}), {res['questions']} questions of "
+        f"score ** {run_vote_power(data):g}), {res['questions']} questions of "
         f"`{data['dataset']}`, a best-of-{data['pool_size']} pool per question, budgets {', '.join(map(str, data['budgets']))} "
         f"for the searches; {data['wall_s'] / 60:.0f} min on this machine (load average at the end {data['load_average']}). "
         f"Every number on this page is written by that command; `--from docs/{stem}.json` regenerates the page and figures "
