@@ -68,7 +68,7 @@ class Result:
     flops_unshared: float = 0.0
     wall_s: float = 0.0
     # Per question, in dataset order: index, question, gold, then either error, or answer,
-    # correct, stop_reason, usage and candidates (answer, score, correct, attempt, node).
+    # correct, stop_reason, usage and candidates (answer, score, correct, attempt, node, solution).
     answers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -80,9 +80,22 @@ class Result:
         """The distinct error messages of the failed questions, first seen first."""
         return list(dict.fromkeys(a["error"] for a in self.answers if "error" in a))
 
+    def pass_at_1_by_attempt(self) -> list[float]:
+        """For chains of revisions (``revision``, ``hybrid``, ``auto`` where it revises): the
+        share of attempt k's candidates that are right, k = 1, 2, ... (attempt 1 is a chain's
+        first, unrevised attempt). Empty when no candidate was a revision."""
+        right: dict[int, list[bool]] = {}
+        for a in self.answers:
+            for c in a.get("candidates", ()):
+                right.setdefault(int(c.get("attempt") or 0), []).append(bool(c.get("correct")))
+        if max(right, default=0) == 0:
+            return []
+        return [sum(right.get(k, ())) / len(right[k]) if right.get(k) else 0.0 for k in range(max(right) + 1)]
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["accuracy"] = self.accuracy
+        d["pass_at_1_by_attempt"] = self.pass_at_1_by_attempt()
         return d
 
 
@@ -277,6 +290,7 @@ def _record(
                 "correct": grade(c.answer or None),
                 "attempt": c.attempt_index,
                 "node": c.node_id,
+                "solution": c.solution,
             }
             for c in candidates
         ],
@@ -374,6 +388,16 @@ def format_table(results: list[Result]) -> str:
             f"{r.strategy:<10} {r.budget:>4} {r.accuracy:>6.1%} {r.generations:>6.1f} {r.tokens:>9.0f} "
             f"{r.flops:>10.3g} {r.wall_s:>8.1f}" + (f"  ({r.failed} failed)" if r.failed else "")
         )
+    return "\n".join(lines)
+
+
+def format_attempts(results: list[Result]) -> str:
+    """Under the table, for each group that revised: pass@1 of attempt 1, 2, ... of its chains."""
+    lines = []
+    for r in results:
+        by = r.pass_at_1_by_attempt()
+        if by:
+            lines.append(f"{r.strategy} N={r.budget}: pass@1 by attempt " + " ".join(f"{k}:{v:.3f}" for k, v in enumerate(by, 1)))
     return "\n".join(lines)
 
 
@@ -519,6 +543,9 @@ def _main(args: argparse.Namespace) -> int:
         max_rows=args.max_rows, progress=not args.no_progress, on_result=save, reviser=reviser, plan=plan, **options,
     )
     print(format_markdown([r.as_dict() for r in results]) if args.markdown else format_table(results))
+    attempts = format_attempts(results)
+    if attempts:
+        print(attempts)
     errors = format_errors(results)
     if errors:
         print(errors)

@@ -220,7 +220,9 @@ def test_arith_datasets() -> None:
             ev.load_dataset(bad)
 
 
-def test_out_holds_candidates_to_recompute_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_out_holds_candidates_to_recompute_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # answers drawn per sample, so majority, weighted and any-correct differ between questions
     scripted_runtime(monkeypatch, StepScript(steps=2, answers=("7", "9", "11"), weights=(0.4, 0.35, 0.25)))
     data = write_jsonl(tmp_path / "d.jsonl", [{"question": f"Q{i}?", "answer": f"#### {g}"}
@@ -239,6 +241,9 @@ def test_out_holds_candidates_to_recompute_from(tmp_path: Path, monkeypatch: pyt
     assert ev.main([*argv, "--selection", "majority"]) == 0
     assert groups_on_disk == [0, 1, 2]  # the file is rewritten after every group
     saved = json.loads(out.read_text())
+    by_attempt = saved["results"][2]["pass_at_1_by_attempt"]
+    printed = [line for line in capsys.readouterr().out.splitlines() if "pass@1 by attempt" in line]
+    assert printed == ["revision N=8: pass@1 by attempt " + " ".join(f"{k}:{v:.3f}" for k, v in enumerate(by_attempt, 1))]
     assert [(r["strategy"], r["budget"]) for r in saved["results"]] == [("best_of_n", 8), ("beam", 8), ("revision", 8)]
     for r in saved["results"]:
         assert len(r["answers"]) == 6 and r["failed"] == 0
@@ -256,6 +261,11 @@ def test_out_holds_candidates_to_recompute_from(tmp_path: Path, monkeypatch: pyt
                 assert [c["attempt"] for c in cands] == list(range(8))
         assert r["correct"] == sum(a["correct"] for a in r["answers"])
         assert r["generations"] == pytest.approx(sum(a["usage"]["generations"] for a in r["answers"]) / 6)
+        if r["strategy"] == "revision":  # pass@1 of each attempt of the chains, over the questions
+            assert r["pass_at_1_by_attempt"] == [
+                pytest.approx(sum(a["candidates"][k]["correct"] for a in r["answers"]) / 6) for k in range(8)]
+        else:  # no revisions, no per-attempt figures
+            assert r["pass_at_1_by_attempt"] == []
     # the default selection with a verifier is weighted: same seeds, so the same candidates
     assert ev.main([*argv, "--strategies", "beam"]) == 0
     (beam,) = json.loads(out.read_text())["results"]

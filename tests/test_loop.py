@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fakes import ScriptedPolicy, StepScript
+import pytest
+
+from fakes import ScriptedPolicy, ScriptedVerifier, StepScript
 
 from ponder.proto.config import SolveConfig
 from ponder.workers.loop import SearchLoop
@@ -47,6 +49,23 @@ def test_revision_prompts_go_to_the_reviser() -> None:
     # every node the reviser expands hangs under a root the reviser built
     assert all(n.root.prompt is not None and n.root.prompt.attempts for c in reviser.expand_calls for n in c)
     assert all(not n.root.prompt.attempts for c in policy.expand_calls for n in c)
+
+
+def test_revision_prompts_carry_each_attempts_score() -> None:
+    """The chain passes the verifier's score of every earlier attempt with it (a reviser whose
+    format shows or sorts by scores reads them); unscored without a verifier."""
+    policy, reviser = ScriptedPolicy(StepScript(steps=2)), ScriptedPolicy(StepScript(steps=2))
+    loop = SearchLoop(policy, ScriptedVerifier(), reviser=reviser)
+    events = _run(loop, {"r": SolveConfig("revise me", strategy="revision", generations=4, seed=1)})
+    scores = [c.candidate.score for c in events["r"] if c.WhichOneof("kind") == "candidate"]
+    prompts = [p for call in reviser.prefill_calls for p in call]
+    assert [len(p.attempts) for p in prompts] == [1, 2, 3]
+    for p in prompts:  # attempt k's prompt: attempts 1..k-1 with the scores they were emitted with
+        assert len(p.scores) == len(p.attempts)
+        assert list(p.scores) == pytest.approx(scores[: len(p.attempts)])
+    plain = ScriptedPolicy(StepScript(steps=2))
+    _run(SearchLoop(policy, reviser=plain), {"r": SolveConfig("revise me", strategy="revision", generations=3, seed=1)})
+    assert all(p.scores == (None,) * len(p.attempts) for call in plain.prefill_calls for p in call)
 
 
 class _Exploding(ScriptedPolicy):

@@ -10,7 +10,7 @@ import pytest
 
 from fakes import ScriptedPolicy, ScriptedVerifier, StepScript
 from ponder.proto.errors import InvalidArgument
-from ponder.evaluation.evaluate import evaluate, format_markdown, format_table, load_dataset, main
+from ponder.evaluation.evaluate import Result, evaluate, format_attempts, format_markdown, format_table, load_dataset, main
 
 
 def write_jsonl(path: Path, records: list[dict[str, str]]) -> Path:
@@ -83,3 +83,20 @@ def test_rows_per_question_sizes_the_groups() -> None:
     assert rows_per_question("revision", 16, {}) == 1  # one chain, one sequence at a time
     assert rows_per_question("hybrid", 16, {}) == 4  # √16 chains of √16 attempts
     assert rows_per_question("hybrid", 16, {"sequential_ratio": 0.0}) == 16
+
+
+def test_pass_at_1_by_attempt_counts_each_attempt_of_every_chain() -> None:
+    def cand(attempt: int, correct: bool) -> dict[str, object]:
+        return {"answer": "1", "score": None, "correct": correct, "attempt": attempt, "node": 0}
+
+    hybrid = Result("hybrid", 4, answers=[
+        # two chains of two attempts per question, in the order they finished
+        {"index": 0, "candidates": [cand(0, False), cand(0, True), cand(1, True), cand(1, True)]},
+        {"index": 1, "candidates": [cand(0, False), cand(0, False), cand(1, False), cand(1, True)]},
+        {"index": 2, "error": "lost"},  # a failed question has no candidates
+    ])
+    assert hybrid.pass_at_1_by_attempt() == [0.25, 0.75]
+    assert hybrid.as_dict()["pass_at_1_by_attempt"] == [0.25, 0.75]
+    plain = Result("best_of_n", 2, answers=[{"index": 0, "candidates": [cand(0, True), cand(0, False)]}])
+    assert plain.pass_at_1_by_attempt() == []
+    assert format_attempts([plain, hybrid]) == "hybrid N=4: pass@1 by attempt 1:0.250 2:0.750"

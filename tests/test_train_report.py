@@ -46,8 +46,12 @@ def test_report_writes_docs_only(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert all(row["all"]["questions"] == 3 and row["all"]["failed"] == 0 for row in search.values())
     for n, acc in sel["oracle"].items():  # no selection beats picking a right sample when one exists
         assert all(row[n] <= acc + 1e-9 for row in sel.values())
+    served = data["reviser"]["service_chain"]  # the chains again as a worker runs them: 1 chain of 2
+    assert len(served["pass_at_1_by_step"]) == 2 and served["failed"] == 0
+    assert all(0.0 <= v <= 1.0 for v in served["pass_at_1_by_step"])
     page = (docs / "quality.md").read_text()
     assert "## Reviser: sequential revisions" in page and "arith_best_of_n.png" in page
+    assert "| pass@1, as a worker runs the chain | " in page
     assert "## Search: beam search against weighted best-of-N" in page and "Label noise" in page
     assert all((docs / f).exists() for f in ("arith_best_of_n.png", "arith_pass_rates.png", "arith_revisions.png",
                                              "arith_search.png"))
@@ -59,6 +63,7 @@ def test_report_writes_docs_only(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert rc == 0
     again = json.loads((docs / "quality.json").read_text())
     assert len(again["reviser"]["pass_at_1_by_step"]) == 3 and again["rerun"] == ["reviser"]
+    assert len(again["reviser"]["service_chain"]["pass_at_1_by_step"]) == 3
     assert {k: again[k] for k in ("policy", "prm", "search")} == {k: data[k] for k in ("policy", "prm", "search")}
     assert again["reviser"]["policy_pass_at_1_same_questions"] == data["reviser"]["policy_pass_at_1_same_questions"]
     assert "Rerun alone since (`ponder train report --only`): reviser." in (docs / "quality.md").read_text()

@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import random
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -201,6 +202,32 @@ def test_attempt_views_show_what_each_step_computed_or_the_answer() -> None:
         revise.parser().parse_args(["--attempt-view", "diff"])
 
 
+def test_a_scored_view_shows_each_attempts_score_and_puts_the_best_last() -> None:
+    """--attempt-view scored: each earlier attempt with the verifier's score in percent, sorted by
+    it (the best last, unscored first, ties in chain order), the best four kept; the saved
+    format says so, and a bad order in a ponder.json is refused."""
+    from ponder.proto.errors import InvalidArgument
+    from ponder.workers.models import PromptFormat, format_prompt
+
+    fmt = dataclasses.replace(prompt_format(), attempt_template=revise.ATTEMPT_VIEWS["scored"],
+                              attempt_order=revise.ATTEMPT_ORDER["scored"])
+    sols = [f"1 + {k} = {1 + k}\n\nThe answer is \\boxed{{{1 + k}}}." for k in range(6)]
+    shown = format_prompt(None, fmt, "Compute 1 + k.", tuple(sols[:3]), (0.5, None, 0.934))
+    assert shown == "Attempt 1 (?): 2\nAttempt 2 (50): 1\nAttempt 3 (93): 3\nRevise: Compute 1 + k.\n\n"
+    # six attempts: the four best-scored kept, the lowest of them first; a tie keeps chain order
+    shown = format_prompt(None, fmt, "Q", tuple(sols), (0.9, 0.1, 0.7, 0.2, 0.7, 0.95))
+    assert shown.splitlines()[:4] == ["Attempt 1 (70): 3", "Attempt 2 (70): 5", "Attempt 3 (90): 1", "Attempt 4 (95): 6"]
+    # in chain order (every other view) the scores change nothing but the {score} field
+    chain = dataclasses.replace(fmt, attempt_order="chain")
+    assert format_prompt(None, chain, "Q", tuple(sols[:2]), (0.9, 0.1)).startswith("Attempt 1 (90): 1\nAttempt 2 (10): 2\n")
+    with pytest.raises(InvalidArgument) as err:
+        PromptFormat(attempt_order="newest")
+    assert err.value.field == "attempt_order"
+    with pytest.raises(InvalidArgument) as err:  # scores exist only in chains run through the search loop
+        revise.train_reviser(revise.ReviseRecipe(attempt_view="scored"), revise.DEFAULT_POLICY, Path("/nonexistent/r"), "cmd")
+    assert err.value.field == "attempt_view"
+
+
 def test_revision_chains_return_each_attempt_and_show_it_to_the_next(monkeypatch: Any) -> None:
     """Attempt k+1's prompt holds attempt k as the reviser's format shows it; the chain's
     attempts come back (the steps up to the answer) beside their grades."""
@@ -262,6 +289,46 @@ def test_chain_context_holds_each_chain_prefix_in_order(monkeypatch: Any) -> Non
     assert by_k[0] == 0 and max(by_k[k] for k in (1, 2, 3, 4)) - min(by_k[k] for k in (1, 2, 3, 4)) <= 1
     assert stats["chain_pass_at_1_by_attempt"] == [sum((i + k) % 3 == 0 for i in range(n)) / n for k in range(4)]
     assert stats["correct_samples"] + stats["wrong_samples"] == 4 * n
+
+
+def test_scored_context_holds_chain_prefixes_with_their_scores(monkeypatch: Any) -> None:
+    """--context scored: a trajectory holds the first k attempts of a chain run through the search
+    loop (the policy's first attempt, the starting reviser's revisions) with each attempt's score."""
+    n, seen = 20, {}
+
+    def fake_loop_chains(policy: Path, reviser: Path, qs: Any, chains: int, attempts: int, **kw: Any) -> Any:
+        seen.update(policy=policy, reviser=reviser, chains=chains, attempts=attempts)
+        return [[revise.Attempt(f"q{i} attempt {k + 1}", k / 10 if k else None, (i + k) % 2 == 0) for k in range(attempts)]
+                for i in range(len(qs))]
+
+    monkeypatch.setattr(revise, "loop_chains", fake_loop_chains)
+    recipe = revise.ReviseRecipe(questions=n, samples=4, per_question=2, context="scored")
+    with pytest.raises(Exception) as err:  # it revises with the starting reviser, which must be named
+        revise.sample_trajectories(None, None, prompt_format(), recipe, stage=2)
+    assert getattr(err.value, "field", "") == "context"
+    trajs, stats = revise.sample_trajectories(None, None, prompt_format(), recipe, stage=2, start=Path("r"))
+    assert seen == {"policy": revise.DEFAULT_POLICY, "reviser": Path("r"), "chains": 1, "attempts": 4}
+    qs = arith.questions("train", n, seed=recipe.seed + 2007, mix=arith.EVAL_MIX)
+    index = {q.question: i for i, q in enumerate(qs)}
+    assert len(trajs) == 2 * n and stats["question_seed"] == recipe.seed + 2007
+    for t in trajs:
+        i, k = index[t.question], len(t.attempts)
+        assert t.attempts == tuple(f"q{i} attempt {j + 1}" for j in range(k)) and t.target == qs[i].solution
+        assert t.scores == tuple(j / 10 if j else None for j in range(k))
+    assert stats["chain_pass_at_1_by_attempt"] == [sum((i + k) % 2 == 0 for i in range(n)) / n for k in range(4)]
+
+
+def test_loop_chains_run_as_a_worker_runs_them() -> None:
+    """The chains behind --context scored, for real: the arith policy's first attempt and the
+    reviser's revisions through the engine and the search loop, scored by the default verifier."""
+    qs = arith.questions("validation", 2, seed=3, mix=arith.EVAL_MIX)
+    chains = revise.loop_chains(revise.DEFAULT_POLICY, revise.DEFAULT_OUT, qs, 2, 2, seed=0, temperature=0.8, progress=False)
+    assert len(chains) == 4 and all(len(c) == 2 for c in chains)
+    for i, chain in enumerate(chains):
+        q = qs[i // 2]
+        for a in chain:
+            assert a.score is not None and 0.0 <= a.score <= 1.0
+            assert a.correct == arith.grade(a.solution, q.answer)
 
 
 def test_chain_context_refuses_a_start_that_is_not_such_a_reviser(monkeypatch: Any, tmp_path: Any) -> None:

@@ -411,7 +411,36 @@ def revise_section(cfg: ReportConfig, policy_rates: dict[str, float]) -> dict[st
         "last_attempt_accuracy": last_right, "chain_majority_accuracy": maj / len(chains),
         "any_attempt_correct": any_right,
         "policy_pass_at_1_same_questions": sum(policy_rates.get(q.question, 0.0) for q in qs) / len(qs),
+        "service_chain": service_chain(cfg, qs),
     }
+
+
+def service_chain(cfg: ReportConfig, qs: Sequence[arith.Question]) -> dict[str, Any]:
+    """The same chains as the revision strategy runs them on a worker, through the engine and the
+    search loop: there a prompt without earlier attempts (a chain's first attempt) goes to the
+    policy and only revision prompts go to the reviser. One ``hybrid`` run per question whose
+    budget splits into ``cfg.chains`` chains of ``cfg.revise_steps`` attempts; no verifier (it
+    changes which answer a run selects, not what a chain's attempts are)."""
+    import math
+
+    from ponder.evaluation.evaluate import Item, evaluate
+    from ponder.workers.runtime import build_policy
+    from ponder.workers.search.revision import split_budget
+
+    budget = cfg.chains * cfg.revise_steps
+    ratio = math.log(cfg.revise_steps) / math.log(budget) if budget > 1 else 0.0
+    lengths = split_budget(budget, ratio)
+    if lengths != [cfg.revise_steps] * cfg.chains:
+        raise InvalidArgument("chains", f"{cfg.chains} chains of {cfg.revise_steps} do not split as hybrid splits its budget ({lengths})")
+    policy = build_policy(str(cfg.policy), "engine")
+    reviser = build_policy(str(cfg.reviser), "engine")
+    (r,) = evaluate(
+        policy, None, [Item(q.question, q.answer) for q in qs], ["hybrid"], [budget], seed=cfg.seed, concurrency=16,
+        max_rows=256, progress=True, reviser=reviser, temperature=cfg.temperature, sequential_ratio=ratio,
+    )
+    by_step = r.pass_at_1_by_attempt()
+    log.info("service chain: pass@1 by attempt %s", " ".join(f"{v:.3f}" for v in by_step))
+    return {"pass_at_1_by_step": by_step, "sequential_ratio": ratio, "wall_s": r.wall_s, "failed": r.failed}
 
 
 def _answer(text: str) -> str | None:

@@ -29,6 +29,7 @@ import json
 import logging
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -60,6 +61,7 @@ class Trajectory:
     question: str
     attempts: tuple[str, ...]  # wrong attempts, the closest to ``target`` last
     target: str  # a correct solution
+    scores: tuple[float | None, ...] = ()  # the verifier's score of each attempt (``--context scored``)
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -118,6 +120,9 @@ class ReviseRecipe:
     # how an earlier attempt appears in the prompt: "full" (its worked solution), "results"
     # (only what each step computed: "Attempt 2: 79, 125, 213"), "answer" (only its answer)
     attempt_view: str = "results"
+    # --context scored: the model that writes each chain's first attempt, as on a worker (its
+    # default verifier scores the attempts)
+    first_attempt: str = str(DEFAULT_POLICY)
     per_question: int = 2  # revision trajectories per question, attempts-in-context 1..4 balanced
     plain_share: float = 0.2  # examples without attempts (fresh TRAIN_MIX questions) — 0..4 equally often
     steps: int = 720
@@ -133,10 +138,13 @@ class ReviseRecipe:
     threads: int = 1
 
 
-CONTEXTS = ("mixed", "wrong", "chain")
+CONTEXTS = ("mixed", "wrong", "chain", "scored")
 # the reviser's attempt_template for each attempt_view (PromptFormat documents the fields)
 ATTEMPT_VIEWS = {"full": "Attempt {index}:\n{attempt}\n\n", "results": "Attempt {index}: {results}\n",
-                 "answer": "Attempt {index}: {answer}\n"}
+                 "answer": "Attempt {index}: {answer}\n", "scored": "Attempt {index} ({score}): {results}\n"}
+# how each attempt_view arranges the attempts (PromptFormat.attempt_order): a scored view puts the
+# verifier's best attempt last, where the reviser learns to look first
+ATTEMPT_ORDER = {"scored": "score"}
 ORDERS = ("random", "closest_last")
 
 
@@ -187,7 +195,7 @@ def question_seed(recipe: ReviseRecipe, stage: int = 0) -> int:
 
 
 def sample_trajectories(
-    model: Any, tokenizer: Any, fmt: PromptFormat, recipe: ReviseRecipe, stage: int = 0
+    model: Any, tokenizer: Any, fmt: PromptFormat, recipe: ReviseRecipe, stage: int = 0, start: Path | None = None
 ) -> tuple[list[Trajectory], dict[str, Any]]:
     """The revision trajectories of stage ``stage`` (0: the first), on its own training
     questions: from the starting reviser's chains (``--context chain``), else from independent
@@ -196,6 +204,11 @@ def sample_trajectories(
         raise InvalidArgument("context", f"context must be one of {CONTEXTS}, got {recipe.context!r}")
     seed = question_seed(recipe, stage)
     qs = arith.questions("train", recipe.questions, seed=seed, mix=arith.EVAL_MIX)
+    if recipe.context == "scored":
+        if start is None:
+            raise InvalidArgument("context", "--context scored revises with the starting reviser: name it with --policy")
+        trajs, stats = scored_trajectories(qs, recipe, start)
+        return trajs, {**stats, **context_stats(trajs, stats.pop("right_in_context")), "question_seed": seed}
     make = chain_trajectories if recipe.context == "chain" else sampled_trajectories
     trajs, stats = make(model, tokenizer, fmt, qs, recipe)
     return trajs, {**stats, **context_stats(trajs, stats.pop("right_in_context")), "question_seed": seed}
@@ -286,6 +299,75 @@ def chain_trajectories(
     return trajs, stats
 
 
+@dataclass(frozen=True)
+class Attempt:
+    solution: str
+    score: float | None
+    correct: bool
+
+
+def loop_chains(
+    policy: Path, reviser: Path, qs: Sequence[arith.Question], chains: int, attempts: int, *, seed: int,
+    temperature: float, progress: bool = True,
+) -> list[list[Attempt]]:
+    """Revision chains as a worker runs them (the ``revision`` strategy through the engine and the
+    search loop): ``policy`` writes each chain's first attempt, ``reviser`` every revision, and
+    the built-in model's default verifier scores each attempt, which the next prompt carries.
+    ``chains`` chains of ``attempts`` per question; chain i is question ``i // chains``."""
+    from ponder.evaluation.evaluate import Item, evaluate
+    from ponder.workers.runtime import build_policy, build_verifier
+
+    pol = build_policy(str(policy), "engine")
+    verifier = build_verifier("auto", pol, builtin_name(policy))
+    rev = build_policy(str(reviser), "engine")
+    items = [Item(q.question, q.answer) for q in qs for _ in range(chains)]
+    (r,) = evaluate(pol, verifier, items, ["revision"], [attempts], seed=seed, concurrency=32, max_rows=256,
+                    progress=progress, reviser=rev, temperature=temperature)
+    if r.failed:
+        raise RuntimeError(f"{r.failed} of {r.questions} revision chains failed: {r.errors[:3]}")
+    out: list[list[Attempt]] = []
+    for a in r.answers:
+        cands = sorted(a["candidates"], key=lambda c: c["attempt"])
+        out.append([Attempt(c["solution"], c["score"], bool(c["correct"])) for c in cands])
+    return out
+
+
+def builtin_name(path: Path) -> str:
+    """The built-in model a directory is (its default verifier is the one ``auto`` loads), else the path."""
+    from ponder.workers.models import BUILTIN
+
+    return next((name for name, d in BUILTIN.items() if d.resolve() == Path(path).resolve()), str(path))
+
+
+def scored_trajectories(
+    qs: Sequence[arith.Question], recipe: ReviseRecipe, start: Path
+) -> tuple[list[Trajectory], dict[str, Any]]:
+    """One revision chain of ``recipe.samples`` attempts per question as a worker runs it
+    (:func:`loop_chains`: the policy's first attempt, the starting reviser's revisions, each
+    scored by the default verifier); each trajectory holds the chain's first k attempts with
+    their scores (k balanced over 1..4) and the question's worked solution as its target."""
+    chains = loop_chains(Path(recipe.first_attempt), start, qs, 1, recipe.samples, seed=recipe.seed,
+                         temperature=recipe.temperature)
+    rng = random.Random(recipe.seed)
+    ks = balanced_ks(len(qs), recipe.per_question, rng)
+    trajs: list[Trajectory] = []
+    right_in_context = 0
+    for q, chain, mine in zip(qs, chains, ks):
+        for k in mine:
+            kept = chain[: min(k, len(chain))]
+            trajs.append(Trajectory(q.question, tuple(a.solution for a in kept), q.solution, tuple(a.score for a in kept)))
+            right_in_context += sum(a.correct for a in kept)
+    by_attempt = [sum(c[k].correct for c in chains if len(c) > k) / max(1, sum(len(c) > k for c in chains))
+                  for k in range(recipe.samples)]
+    n_right = sum(a.correct for c in chains for a in c)
+    stats = {
+        "questions": len(qs), "samples_per_question": recipe.samples, "correct_samples": n_right,
+        "wrong_samples": sum(len(c) for c in chains) - n_right, "chain_pass_at_1_by_attempt": by_attempt,
+        "questions_always_right": sum(all(a.correct for a in c) for c in chains), "right_in_context": right_in_context,
+    }
+    return trajs, stats
+
+
 def plain_examples(tokenizer: Any, fmt: PromptFormat, seed: int) -> Iterator[Example]:
     """Questions without attempts (fresh training-split questions of the policy's own mix) with
     their worked solutions: what keeps the reviser's first attempt as good as the policy."""
@@ -304,7 +386,7 @@ def examples(
     """Revision trajectories in reshuffled epochs, with a ``plain_share`` of plain examples
     interleaved at random; ``counts[k]`` tallies the examples handed out with ``k`` attempts."""
     encoded = [
-        (len(t.attempts), encode_example(tokenizer, format_prompt(tokenizer, fmt, t.question, t.attempts), t.target))
+        (len(t.attempts), encode_example(tokenizer, format_prompt(tokenizer, fmt, t.question, t.attempts, t.scores), t.target))
         for t in trajs
     ]
     rng = random.Random(seed)
@@ -342,6 +424,21 @@ def held_out_evaluator(tokenizer: Any, fmt: PromptFormat, recipe: ReviseRecipe) 
             seed=recipe.seed + 300, dtype=torch.bfloat16 if recipe.bf16 else torch.float32,
         )
         return res.pass_at_1_by_step()
+
+    return evaluate
+
+
+def loop_evaluator(tokenizer: Any, spec: dict[str, Any], recipe: ReviseRecipe, scratch: Path) -> Evaluate:
+    """pass@1 by attempt of revision chains on validation questions run as a worker runs them
+    (:func:`loop_chains`, the checkpoint saved to ``scratch`` and served by the engine): for a
+    reviser that reads the verifier's scores, which only the search loop computes."""
+    qs = arith.questions("validation", recipe.val_questions, seed=recipe.seed + 5, mix=arith.EVAL_MIX)
+
+    def evaluate(model: Any) -> list[float]:
+        save_checkpoint(model, tokenizer, scratch, spec)
+        chains = loop_chains(Path(recipe.first_attempt), scratch, qs, recipe.val_chains, recipe.val_attempts,
+                             seed=recipe.seed + 300, temperature=recipe.temperature, progress=False)
+        return [sum(c[k].correct for c in chains) / len(chains) for k in range(recipe.val_attempts)]
 
     return evaluate
 
@@ -423,13 +520,19 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
     # whatever the policy checkpoint's file says.
     if recipe.attempt_view not in ATTEMPT_VIEWS:
         raise InvalidArgument("attempt_view", f"must be one of {', '.join(ATTEMPT_VIEWS)}, got {recipe.attempt_view!r}")
-    rev_fmt = dataclasses.replace(prompt_format(), attempt_template=ATTEMPT_VIEWS[recipe.attempt_view])
+    rev_fmt = dataclasses.replace(prompt_format(), attempt_template=ATTEMPT_VIEWS[recipe.attempt_view],
+                                  attempt_order=ATTEMPT_ORDER.get(recipe.attempt_view, "chain"))
+    spec = {**arith.PromptSpec().ponder_json(), "attempt_template": rev_fmt.attempt_template}
+    if rev_fmt.attempt_order != "chain":
+        spec["attempt_order"] = rev_fmt.attempt_order
+    if "{score}" in rev_fmt.attempt_template and recipe.context != "scored":
+        raise InvalidArgument("attempt_view", "a scored view needs attempts with their scores: --context scored")
     if recipe.context == "chain" and fmt.attempt_template != rev_fmt.attempt_template:
         raise InvalidArgument(
             "context", f"--context chain runs the starting model's own revision chains: start from a reviser "
             f"with --attempt-view {recipe.attempt_view} (e.g. --policy {DEFAULT_OUT}), not {policy}",
         )
-    trajs, stats = sample_trajectories(model, tokenizer, fmt, recipe, stage=len(earlier))
+    trajs, stats = sample_trajectories(model, tokenizer, fmt, recipe, stage=len(earlier), start=policy)
     sample_seconds = time.time() - started
     # Revision prompts carry up to 4 earlier attempts (~1,300 characters at most on the
     # eval mix), past the policy's 1,024; RoPE has no learned positions, so only the bound moves.
@@ -439,7 +542,12 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
         examples(tokenizer, rev_fmt, trajs, recipe.seed, recipe.plain_share, counts), recipe.batch, seed=recipe.seed
     )
     torch.manual_seed(recipe.seed)
-    result = fit_with_early_stopping(model, batches, recipe, held_out_evaluator(tokenizer, rev_fmt, recipe))
+    with tempfile.TemporaryDirectory(prefix="ponder-revise-") as scratch:
+        # a reviser that reads scores is scored on held-out chains through the search loop (only
+        # it computes them); the others on plain batched chains, as before
+        evaluate = (loop_evaluator(tokenizer, spec, recipe, Path(scratch)) if "{score}" in rev_fmt.attempt_template
+                    else held_out_evaluator(tokenizer, rev_fmt, recipe))
+        result = fit_with_early_stopping(model, batches, recipe, evaluate)
     summary = {
         "recipe": asdict(recipe), "command": command, "policy": str(policy), "data": stats,
         # Examples drawn into batches by attempts in context (the bucketer reads ahead by up to
@@ -457,7 +565,6 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
     }
     if earlier:  # started from a reviser: its own training, stage by stage, comes with this one
         summary["earlier_stages"] = earlier
-    spec = {**arith.PromptSpec().ponder_json(), "attempt_template": rev_fmt.attempt_template}
     files = save_checkpoint(model, tokenizer, out, spec, summary)
     manifest.update(out.parent, out.name, files, command)
     return summary
@@ -474,6 +581,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=d.samples, help="attempts sampled per question (paper: 64)")
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--context", choices=CONTEXTS, default=d.context)
+    p.add_argument("--first-attempt", default=d.first_attempt,
+                   help="--context scored: the model writing each chain's first attempt (as on a worker)")
     p.add_argument("--order", choices=ORDERS, default=d.order)
     p.add_argument("--attempt-view", choices=tuple(ATTEMPT_VIEWS), default=d.attempt_view,
                    help="how earlier attempts appear in the reviser's prompt (saved to its ponder.json)")

@@ -39,7 +39,7 @@ class HFPolicy(Policy):
         self.stopper = StepStopper(self.tokenizer, self.step_delimiter)
 
     def format_prompt(self, prompt: Prompt) -> str:
-        return format_prompt(self.tokenizer, self.fmt, prompt.question, prompt.attempts)
+        return format_prompt(self.tokenizer, self.fmt, prompt.question, prompt.attempts, prompt.scores)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

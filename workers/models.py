@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,14 @@ class PromptFormat:
     """How questions (and earlier attempts, for revisions) become model input.
 
     ``attempt_template`` may use ``{index}``, ``{attempt}`` (the attempt's text), ``{answer}``
-    (its final answer, ``?`` when it has none) and ``{results}`` (what each of its steps computed,
+    (its final answer, ``?`` when it has none), ``{results}`` (what each of its steps computed,
     comma-separated, without the working: the first number after the step's last ``=``, for
-    the steps that have one)."""
+    the steps that have one) and ``{score}`` (the verifier's score of the attempt in percent,
+    0–100, ``?`` when it was not scored).
+
+    ``attempt_order`` is how the earlier attempts are arranged: ``chain`` in the order they were
+    made (newest last), ``score`` by the verifier's score, the best last (unscored ones first).
+    Either way the last ``max_attempts_in_context`` are kept, so under ``score`` the best ones."""
 
     prompt_template: str = "{question}\n\n"
     attempt_template: str = "Attempt {index}:\n{attempt}\n\n"
@@ -52,6 +58,14 @@ class PromptFormat:
     use_chat_template: bool = False
     system_prompt: str = DEFAULT_SYSTEM
     max_attempts_in_context: int = 4
+    attempt_order: str = "chain"
+
+    def __post_init__(self) -> None:
+        if self.attempt_order not in ATTEMPT_ORDERS:
+            raise InvalidArgument("attempt_order", f"must be one of {', '.join(ATTEMPT_ORDERS)}, got {self.attempt_order!r}")
+
+
+ATTEMPT_ORDERS = ("chain", "score")
 
 
 @dataclass
@@ -213,12 +227,20 @@ def non_embedding_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 
-def format_prompt(tokenizer: Any, fmt: PromptFormat, question: str, attempts: tuple[str, ...] = ()) -> str:
-    """The model input for a question (with up to ``max_attempts_in_context`` attempts)."""
+def format_prompt(
+    tokenizer: Any, fmt: PromptFormat, question: str, attempts: tuple[str, ...] = (),
+    scores: Sequence[float | None] = (),
+) -> str:
+    """The model input for a question (with up to ``max_attempts_in_context`` attempts, arranged
+    as ``fmt.attempt_order`` says; ``scores[i]`` is the verifier's score of ``attempts[i]``)."""
     if attempts:
-        kept = attempts[-fmt.max_attempts_in_context :]
-        start = len(attempts) - len(kept) + 1
-        block = "".join(attempt_view(fmt, start + i, a) for i, a in enumerate(kept))
+        scored = list(zip(attempts, [*scores, *[None] * (len(attempts) - len(scores))]))
+        if fmt.attempt_order == "score":  # the best last; a stable sort keeps ties in chain order
+            scored.sort(key=lambda a: -1.0 if a[1] is None else a[1])
+        kept = scored[-fmt.max_attempts_in_context :]
+        # attempts are numbered by their place in the chain; sorted by score, by their place here
+        start = len(attempts) - len(kept) + 1 if fmt.attempt_order == "chain" else 1
+        block = "".join(attempt_view(fmt, start + i, a, sc) for i, (a, sc) in enumerate(kept))
         body = fmt.revision_template.format(attempts=block, question=question)
     else:
         body = fmt.prompt_template.format(question=question)
@@ -231,14 +253,16 @@ def format_prompt(tokenizer: Any, fmt: PromptFormat, question: str, attempts: tu
     return body
 
 
-def attempt_view(fmt: PromptFormat, index: int, attempt: str) -> str:
+def attempt_view(fmt: PromptFormat, index: int, attempt: str, score: float | None = None) -> str:
     """One earlier attempt as ``fmt.attempt_template`` shows it (see :class:`PromptFormat`)."""
     import re
 
     from ponder.workers.answers import extract_answer
 
     text = attempt.strip()
-    fields = {"index": index, "attempt": text}
+    fields: dict[str, Any] = {"index": index, "attempt": text}
+    if "{score}" in fmt.attempt_template:
+        fields["score"] = "?" if score is None else str(round(100 * min(1.0, max(0.0, score))))
     if "{answer}" in fmt.attempt_template:
         fields["answer"] = extract_answer(text) or "?"
     if "{results}" in fmt.attempt_template:

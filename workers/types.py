@@ -46,6 +46,7 @@ class Prompt:
 
     question: str
     attempts: tuple[str, ...] = ()
+    scores: tuple[float | None, ...] = ()  # the verifier's score of each attempt (None: unscored)
 
 
 @dataclass(eq=False)

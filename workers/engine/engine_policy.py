@@ -67,7 +67,7 @@ class EnginePolicy(Policy):
     # -- Policy -----------------------------------------------------------------------------
 
     def format_prompt(self, prompt: Prompt) -> str:
-        return format_prompt(self.tokenizer, self.fmt, prompt.question, prompt.attempts)
+        return format_prompt(self.tokenizer, self.fmt, prompt.question, prompt.attempts, prompt.scores)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

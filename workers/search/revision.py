@@ -53,6 +53,7 @@ class Chain:
     index: int
     length: int  # attempts this chain may make
     attempts: list[str] = field(default_factory=list)  # finished attempts' solutions
+    scores: list[float | None] = field(default_factory=list)  # their verifier scores
     current: Node | None = None  # the newest node of the attempt in progress
     root: Node | None = None
 
@@ -87,7 +88,7 @@ class ChainsStrategy(Strategy):
             starting = [c for c in chains if c.current is None and c.started < c.length]
             if starting and not stop:
                 ctx.charge_generations(len(starting))
-                prompts = [Prompt(ctx.config.question, attempts=tuple(c.attempts)) for c in starting]
+                prompts = [Prompt(ctx.config.question, tuple(c.attempts), tuple(c.scores)) for c in starting]
                 roots: list[Node] = yield Prefill(prompts)
                 for chain, root in zip(starting, roots):
                     chain.current = chain.root = root
@@ -121,6 +122,7 @@ class ChainsStrategy(Strategy):
         self.ctx.emit_candidate(node, cand.answer, cand.score, attempt_index=attempt)
         candidates.append(cand)
         chain.attempts.append(cand.solution)
+        chain.scores.append(cand.score)
         chain.current = None
         self.ctx.release([node])
 
