@@ -47,7 +47,7 @@ def test_report_writes_docs_only(tmp_path: Path, capsys: pytest.CaptureFixture[s
     for n, acc in sel["oracle"].items():  # no selection beats picking a right sample when one exists
         assert all(row[n] <= acc + 1e-9 for row in sel.values())
     served = data["reviser"]["service_chain"]  # the chains again as a worker runs them: 1 chain of 2
-    assert len(served["pass_at_1_by_step"]) == 2 and served["failed"] == 0
+    assert len(served["pass_at_1_by_step"]) == 2 and served["verifier"] == "none"  # this reviser reads no scores
     assert all(0.0 <= v <= 1.0 for v in served["pass_at_1_by_step"])
     page = (docs / "quality.md").read_text()
     assert "## Reviser: sequential revisions" in page and "arith_best_of_n.png" in page
@@ -81,3 +81,22 @@ def test_report_writes_docs_only(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "majority over the chain: 0.123" in page and page.endswith("a note of ours\n")
     assert report.main(["--docs", str(docs), "--render", "--only", "reviser"]) == 2
     assert report.main(["--docs", str(tmp_path / "nothing"), "--render"]) == 2
+
+
+def test_a_reviser_that_reads_scores_is_measured_through_the_search_loop(tmp_path: Path) -> None:
+    """A reviser whose prompt shows the verifier's scores: both of its chains run through the
+    search loop, scored (its own by --reviser-verifier, the worker's by the policy's default)."""
+    import shutil
+
+    reviser = tmp_path / "reviser"
+    shutil.copytree(report.ART / "reviser", reviser)
+    spec = json.loads((reviser / "ponder.json").read_text())
+    spec |= {"attempt_template": "Attempt {index} ({score}): {results}\n", "attempt_order": "score"}
+    (reviser / "ponder.json").write_text(json.dumps(spec))
+    cfg = report.ReportConfig(reviser=reviser, reviser_verifier="likelihood:arith-large:uncalibrated",
+                              revise_questions=2, chains=1, revise_steps=2)
+    rev = report.revise_section(cfg, {})
+    assert rev["reads_scores"] and rev["verifier"] == "likelihood:arith-large:uncalibrated"
+    assert len(rev["pass_at_1_by_step"]) == 2 and rev["service_chain"]["verifier"] == "auto"
+    assert len(rev["service_chain"]["pass_at_1_by_step"]) == 2
+    assert 0.0 <= rev["chain_majority_accuracy"] <= rev["any_attempt_correct"] <= 1.0

@@ -101,7 +101,7 @@ def service_chain_notes(rev: dict[str, Any]) -> list[str]:
     return [
         "- The reviser's own chain: every attempt, the first included, is the reviser's (the issue's and the",
         "  paper's measurement of a revision model). As a worker runs the chain (`revision`, `hybrid`; the",
-        "  search loop through the engine, no verifier), a prompt without earlier attempts goes to the policy,",
+        f"  search loop through the engine, verifier {rev['service_chain'].get('verifier', 'none')}), a prompt without earlier attempts goes to the policy,",
         "  so attempt 1 is the policy's and only revisions are the reviser's.",
         f"- attempt {k} − attempt 1: own chain **{own[k - 1] - own[0]:+.3f}**; as a worker runs it {served[k - 1] - served[0]:+.3f}",
     ]
@@ -291,7 +291,10 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
     L += ["## Reviser: sequential revisions", ""]
     L += [
         f"{rev['questions']} test questions × {rev['chains']} chains of {len(rev['pass_at_1_by_step'])} attempts; attempt k sees",
-        "the previous attempts (at most 4, newest last) through `format_prompt`, as the revision strategy passes them.", "",
+        *(["the previous attempts with the verifier's score of each (the best-scored 4, best last), as the revision",
+           f"strategy passes them; the chains run through the search loop, scored by `{rev.get('verifier')}`."]
+          if rev.get("reads_scores") else
+          ["the previous attempts (at most 4, newest last) through `format_prompt`, as the revision strategy passes them."]), "",
         "| revision step | " + " | ".join(str(i + 1) for i in range(len(rev["pass_at_1_by_step"]))) + " |",
         "|---|" + "---|" * len(rev["pass_at_1_by_step"]),
         "| pass@1, the reviser's own chain | " + " | ".join(f"{v:.3f}" for v in rev["pass_at_1_by_step"]) + " |",

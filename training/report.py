@@ -36,7 +36,7 @@ from ponder.proto.errors import InvalidArgument
 from ponder.workers.answers import Candidate, extract_answer, is_correct, select
 from ponder.workers.prm.value_head import ValueHead
 from ponder.tasks import arith
-from ponder.workers.models import format_prompt
+from ponder.workers.models import PromptFormat, format_prompt
 from ponder.training.checkpoint import EOS_ID, PAD_ID, load_checkpoint
 from ponder.training.grading import Samples, decode, prompt_ids, sample_solutions, span_logprobs_and_gaps
 from ponder.training.mc_labels import LabeledSolution, ModelRollouts, cut_steps, mc_label, step_features
@@ -54,6 +54,8 @@ class ReportConfig:
     policy: Path = ART / "policy"
     value_head: Path = ART / "value_head.safetensors"
     reviser: Path = ART / "reviser"
+    # scores the reviser's own chain when the reviser reads scores (its calibration beside it)
+    reviser_verifier: str = "likelihood:arith-large"
     prm_model: Path | None = ART / "prm"  # the optional separate PRM model (skipped if absent)
     value_head_exact: Path | None = ART / "value_head_exact.safetensors"  # exact labels (skipped if absent)
     prm_exact: Path | None = ART / "prm_exact"
@@ -378,21 +380,31 @@ def search_section(samples: Samples, rates: list[float], cfg: ReportConfig) -> d
 
 
 def revise_section(cfg: ReportConfig, policy_rates: dict[str, float]) -> dict[str, Any]:
+    """Revision chains on test questions: the reviser's own (every attempt the reviser's), and
+    the same chains as a worker runs them (:func:`service_chain`)."""
+    from ponder.training.revise import loop_chains
+
     model, tokenizer, fmt = load_checkpoint(cfg.reviser)
     qs = arith.questions("test", cfg.revise_questions, seed=cfg.seed)
     chains = [(q, c) for q in qs for c in range(cfg.chains)]
-    attempts: list[list[str]] = [[] for _ in chains]
-    correct: list[list[bool]] = [[] for _ in chains]
-    for k in range(cfg.revise_steps):
-        prompts = [prompt_ids(tokenizer, fmt, q.question, attempts[i]) for i, (q, _) in enumerate(chains)]
-        outs = generate(model, prompts, temperature=cfg.temperature, max_new=320, seed=cfg.seed + 100 + k, batch_size=128)
-        for i, ((q, _), o) in enumerate(zip(chains, outs)):
-            text = decode(tokenizer, o)
-            steps = cut_steps(text)
-            correct[i].append(steps is not None and arith.grade(arith.STEP_DELIMITER.join(steps), q.answer))
-            # What the revision strategy passes on: the attempt's steps up to its answer.
-            attempts[i].append(arith.STEP_DELIMITER.join(steps) if steps else text.strip())
-        log.info("revision step %d: pass@1 %.3f", k + 1, sum(c[-1] for c in correct) / len(chains))
+    if reads_scores(fmt):
+        # a reviser that reads the verifier's scores: only the search loop computes them
+        own = loop_chains(cfg.reviser, cfg.reviser, qs, cfg.chains, cfg.revise_steps, seed=cfg.seed,
+                          temperature=cfg.temperature, verifier=cfg.reviser_verifier)
+        correct = [[a.correct for a in c] for c in own]
+        attempts = [[a.solution for a in c] for c in own]
+    else:
+        attempts, correct = [[] for _ in chains], [[] for _ in chains]
+        for k in range(cfg.revise_steps):
+            prompts = [prompt_ids(tokenizer, fmt, q.question, attempts[i]) for i, (q, _) in enumerate(chains)]
+            outs = generate(model, prompts, temperature=cfg.temperature, max_new=320, seed=cfg.seed + 100 + k, batch_size=128)
+            for i, ((q, _), o) in enumerate(zip(chains, outs)):
+                text = decode(tokenizer, o)
+                steps = cut_steps(text)
+                correct[i].append(steps is not None and arith.grade(arith.STEP_DELIMITER.join(steps), q.answer))
+                # What the revision strategy passes on: the attempt's steps up to its answer.
+                attempts[i].append(arith.STEP_DELIMITER.join(steps) if steps else text.strip())
+            log.info("revision step %d: pass@1 %.3f", k + 1, sum(c[-1] for c in correct) / len(chains))
     by_step = [sum(c[k] for c in correct) / len(chains) for k in range(cfg.revise_steps)]
     was_right = sum(c[k] for c in correct for k in range(cfg.revise_steps - 1))
     turned = sum(c[k] and not c[k + 1] for c in correct for k in range(cfg.revise_steps - 1))
@@ -407,40 +419,35 @@ def revise_section(cfg: ReportConfig, policy_rates: dict[str, float]) -> dict[st
         maj += arith.grade(f"\\boxed{{{select(cands, 'majority').answer}}}", q.answer)
     return {
         "questions": len(qs), "chains": cfg.chains, "pass_at_1_by_step": by_step,
+        "reads_scores": reads_scores(fmt), "verifier": cfg.reviser_verifier if reads_scores(fmt) else "none",
         "correct_turned_wrong": turned / max(1, was_right), "wrong_turned_correct": fixed / max(1, was_wrong),
         "last_attempt_accuracy": last_right, "chain_majority_accuracy": maj / len(chains),
         "any_attempt_correct": any_right,
         "policy_pass_at_1_same_questions": sum(policy_rates.get(q.question, 0.0) for q in qs) / len(qs),
-        "service_chain": service_chain(cfg, qs),
+        "service_chain": service_chain(cfg, qs, reads_scores(fmt)),
     }
 
 
-def service_chain(cfg: ReportConfig, qs: Sequence[arith.Question]) -> dict[str, Any]:
-    """The same chains as the revision strategy runs them on a worker, through the engine and the
-    search loop: there a prompt without earlier attempts (a chain's first attempt) goes to the
-    policy and only revision prompts go to the reviser. One ``hybrid`` run per question whose
-    budget splits into ``cfg.chains`` chains of ``cfg.revise_steps`` attempts; no verifier (it
-    changes which answer a run selects, not what a chain's attempts are)."""
-    import math
+def reads_scores(fmt: PromptFormat) -> bool:
+    """Whether a reviser's prompt shows or is arranged by the verifier's scores of the attempts."""
+    return "{score}" in fmt.attempt_template or fmt.attempt_order == "score"
 
-    from ponder.evaluation.evaluate import Item, evaluate
-    from ponder.workers.runtime import build_policy
-    from ponder.workers.search.revision import split_budget
 
-    budget = cfg.chains * cfg.revise_steps
-    ratio = math.log(cfg.revise_steps) / math.log(budget) if budget > 1 else 0.0
-    lengths = split_budget(budget, ratio)
-    if lengths != [cfg.revise_steps] * cfg.chains:
-        raise InvalidArgument("chains", f"{cfg.chains} chains of {cfg.revise_steps} do not split as hybrid splits its budget ({lengths})")
-    policy = build_policy(str(cfg.policy), "engine")
-    reviser = build_policy(str(cfg.reviser), "engine")
-    (r,) = evaluate(
-        policy, None, [Item(q.question, q.answer) for q in qs], ["hybrid"], [budget], seed=cfg.seed, concurrency=16,
-        max_rows=256, progress=True, reviser=reviser, temperature=cfg.temperature, sequential_ratio=ratio,
-    )
-    by_step = r.pass_at_1_by_attempt()
+def service_chain(cfg: ReportConfig, qs: Sequence[arith.Question], scored: bool) -> dict[str, Any]:
+    """The same chains as the revision strategy runs them on a worker (the search loop, through
+    the engine): there a prompt without earlier attempts (a chain's first attempt) goes to the
+    policy and only revision prompts go to the reviser. ``cfg.chains`` chains of
+    ``cfg.revise_steps`` attempts per question. The policy's default verifier scores the
+    attempts when the reviser reads scores; otherwise none runs (it would change which answer a
+    run selects, not what a chain's attempts are)."""
+    from ponder.training.revise import loop_chains
+
+    t = time.time()
+    chains = loop_chains(cfg.policy, cfg.reviser, qs, cfg.chains, cfg.revise_steps, seed=cfg.seed,
+                         temperature=cfg.temperature, verifier="auto" if scored else "none")
+    by_step = [sum(c[k].correct for c in chains) / len(chains) for k in range(cfg.revise_steps)]
     log.info("service chain: pass@1 by attempt %s", " ".join(f"{v:.3f}" for v in by_step))
-    return {"pass_at_1_by_step": by_step, "sequential_ratio": ratio, "wall_s": r.wall_s, "failed": r.failed}
+    return {"pass_at_1_by_step": by_step, "verifier": "auto" if scored else "none", "wall_s": time.time() - t}
 
 
 def _answer(text: str) -> str | None:
@@ -456,7 +463,7 @@ SECTION_FIELDS = {
     "prm": ("value_head", "prm_model", "value_head_exact", "prm_exact", "confidence", "judge", "likelihood",
             "prm_questions", "prm_samples", "prm_rollouts"),
     "search": ("search_questions", "search_budgets", "judge", "likelihood"),
-    "reviser": ("reviser", "revise_questions", "chains", "revise_steps"),
+    "reviser": ("reviser", "reviser_verifier", "revise_questions", "chains", "revise_steps"),
 }
 
 
@@ -579,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("policy", "value_head", "reviser", "prm_model", "value_head_exact", "prm_exact", "confidence",
                  "likelihood", "docs"):
         p.add_argument("--" + name.replace("_", "-"), type=Path, default=getattr(d, name))
+    p.add_argument("--reviser-verifier", default=d.reviser_verifier,
+                   help="the verifier scoring the reviser's own chain when the reviser reads scores")
     p.add_argument("--judge", default=d.judge, help="the likelihood verifier's judge model ('none': leave it out)")
     for name in ("questions", "samples", "prm_questions", "prm_samples", "prm_rollouts", "revise_questions",
                  "chains", "revise_steps", "seed", "threads", "search_questions"):

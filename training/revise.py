@@ -308,20 +308,21 @@ class Attempt:
 
 def loop_chains(
     policy: Path, reviser: Path, qs: Sequence[arith.Question], chains: int, attempts: int, *, seed: int,
-    temperature: float, progress: bool = True,
+    temperature: float, progress: bool = True, verifier: str = "auto",
 ) -> list[list[Attempt]]:
     """Revision chains as a worker runs them (the ``revision`` strategy through the engine and the
     search loop): ``policy`` writes each chain's first attempt, ``reviser`` every revision, and
-    the built-in model's default verifier scores each attempt, which the next prompt carries.
-    ``chains`` chains of ``attempts`` per question; chain i is question ``i // chains``."""
+    ``verifier`` (``auto``: the policy's default, when it is a built-in model) scores each
+    attempt, which the next prompt carries. ``chains`` chains of ``attempts`` per question;
+    chain i is question ``i // chains``."""
     from ponder.evaluation.evaluate import Item, evaluate
     from ponder.workers.runtime import build_policy, build_verifier
 
     pol = build_policy(str(policy), "engine")
-    verifier = build_verifier("auto", pol, builtin_name(policy))
+    scorer = build_verifier(verifier, pol, builtin_name(policy))
     rev = build_policy(str(reviser), "engine")
     items = [Item(q.question, q.answer) for q in qs for _ in range(chains)]
-    (r,) = evaluate(pol, verifier, items, ["revision"], [attempts], seed=seed, concurrency=32, max_rows=256,
+    (r,) = evaluate(pol, scorer, items, ["revision"], [attempts], seed=seed, concurrency=128, max_rows=512,
                     progress=progress, reviser=rev, temperature=temperature)
     if r.failed:
         raise RuntimeError(f"{r.failed} of {r.questions} revision chains failed: {r.errors[:3]}")

@@ -1,9 +1,10 @@
 """Sequential revisions and the sequential:parallel hybrid (Snell et al. §6).
 
 A *chain* is a sequence of attempts at one question in which attempt i is prompted with the
-question and attempts 1..i−1 (``Prompt(question, attempts=...)``; the policy's prompt format
-keeps the last 4 in context, as the paper's revision model was trained with). Each attempt is
-one generation, so a chain of n attempts costs n.
+question and attempts 1..i−1, each with the verifier's score of it (``Prompt(question,
+attempts, scores)``; the reviser's prompt format keeps 4 in context, as the paper's revision
+model was trained with: the newest, or for a format that sorts by score the best-scored).
+Each attempt is one generation, so a chain of n attempts costs n.
 
 ``revision`` runs one chain of N attempts. ``hybrid`` splits N into parallel chains: with
 ``sequential_ratio`` r in [0, 1] — the share of the budget spent sequentially, on a log scale —
