@@ -345,13 +345,12 @@ def search_section(samples: Samples, rates: list[float], cfg: ReportConfig) -> d
     model, through the engine and the real search loop) on the pool's first questions, overall,
     by number of operations and by thirds of the questions' pass rate (from the pool)."""
     from ponder.evaluation.evaluate import Item, evaluate
-    from ponder.workers.models import BUILTIN
+    from ponder.training.revise import builtin_name
     from ponder.workers.runtime import build_policy, build_verifier
 
     policy = build_policy(str(cfg.policy), "engine")
     # the built-in policy's directory is the built-in model, with its default verifier
-    model = next((name for name, d in BUILTIN.items() if d.resolve() == Path(cfg.policy).resolve()), str(cfg.policy))
-    verifier = build_verifier("auto", policy, model)
+    verifier = build_verifier("auto", policy, builtin_name(cfg.policy))
     qs = samples.questions[: cfg.search_questions]
     items = [Item(q.question, q.answer) for q in qs]
     results = evaluate(

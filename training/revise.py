@@ -10,7 +10,12 @@ random order; ``--context wrong --order closest_last`` gives the paper's traject
 ``--context chain`` (starting from a reviser: ``--policy artifacts/arith/reviser``) puts in
 context the first 1–4 attempts of that reviser's own revision chain on the question, as the
 revision strategy will at test time, where each attempt has seen the earlier ones; such a stage
-trains on questions its start has not seen, and its train.json keeps the earlier stages. The
+trains on questions its start has not seen, and its train.json keeps the earlier stages.
+``--context scored --attempt-view scored`` (starting from a reviser) runs its chains through the
+search loop as a worker does (``--first-attempt``'s first attempt, the starting reviser's
+revisions, the default verifier scoring each attempt) and trains a reviser whose prompt shows
+each earlier attempt's score, the best-scored last (``PromptFormat.attempt_order = "score"``);
+its held-out chains run through the search loop too, since only it computes the scores. The
 committed ``arith-reviser`` is two stages: ``ponder train revise`` then ``ponder train revise
 --policy artifacts/arith/reviser --context chain --lr 5e-5 --steps 480``. Plain
 examples (no attempts, fresh questions) make up a fifth of the batches, so attempts-in-context
@@ -208,9 +213,9 @@ def sample_trajectories(
         if start is None:
             raise InvalidArgument("context", "--context scored revises with the starting reviser: name it with --policy")
         trajs, stats = scored_trajectories(qs, recipe, start)
-        return trajs, {**stats, **context_stats(trajs, stats.pop("right_in_context")), "question_seed": seed}
-    make = chain_trajectories if recipe.context == "chain" else sampled_trajectories
-    trajs, stats = make(model, tokenizer, fmt, qs, recipe)
+    else:
+        make = chain_trajectories if recipe.context == "chain" else sampled_trajectories
+        trajs, stats = make(model, tokenizer, fmt, qs, recipe)
     return trajs, {**stats, **context_stats(trajs, stats.pop("right_in_context")), "question_seed": seed}
 
 
