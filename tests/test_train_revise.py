@@ -204,13 +204,14 @@ def test_attempt_views_show_what_each_step_computed_or_the_answer() -> None:
 
 def test_a_scored_view_shows_each_attempts_score_and_puts_the_best_last() -> None:
     """--attempt-view scored: each earlier attempt with the verifier's score in percent, sorted by
-    it (the best last, unscored first, ties in chain order), the best four kept; the saved
-    format says so, and a bad order in a ponder.json is refused."""
+    it (the best last, unscored first, ties in chain order), the best four kept; the format says
+    it reads scores, and a bad order in a ponder.json is refused."""
     from ponder.proto.errors import InvalidArgument
     from ponder.workers.models import PromptFormat, format_prompt
 
     fmt = dataclasses.replace(prompt_format(), attempt_template=revise.ATTEMPT_VIEWS["scored"],
                               attempt_order=revise.ATTEMPT_ORDER["scored"])
+    assert fmt.reads_scores and not prompt_format().reads_scores
     sols = [f"1 + {k} = {1 + k}\n\nThe answer is \\boxed{{{1 + k}}}." for k in range(6)]
     shown = format_prompt(None, fmt, "Compute 1 + k.", tuple(sols[:3]), (0.5, None, 0.934))
     assert shown == "Attempt 1 (?): 2\nAttempt 2 (50): 1\nAttempt 3 (93): 3\nRevise: Compute 1 + k.\n\n"
@@ -303,9 +304,11 @@ def test_scored_context_holds_chain_prefixes_with_their_scores(monkeypatch: Any)
 
     monkeypatch.setattr(revise, "loop_chains", fake_loop_chains)
     recipe = revise.ReviseRecipe(questions=n, samples=4, per_question=2, context="scored")
-    with pytest.raises(Exception) as err:  # it revises with the starting reviser, which must be named
+    from ponder.proto.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument) as err:  # it revises with the starting reviser, which must be named
         revise.sample_trajectories(None, None, prompt_format(), recipe, stage=2)
-    assert getattr(err.value, "field", "") == "context"
+    assert err.value.field == "context"
     trajs, stats = revise.sample_trajectories(None, None, prompt_format(), recipe, stage=2, start=Path("r"))
     assert seen == {"policy": revise.DEFAULT_POLICY, "reviser": Path("r"), "chains": 1, "attempts": 4}
     qs = arith.questions("train", n, seed=recipe.seed + 2007, mix=arith.EVAL_MIX)

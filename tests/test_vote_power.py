@@ -186,6 +186,6 @@ def test_train_vote_draws_its_own_pool_when_none_is_given(tmp_path: Path, capsys
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["questions"] == 12 and out["power"] in (1.0, 4.0)
     v = Calibration.load(path).fit["vote_power"]
-    assert v["pool_seconds"] > 0 and v["samples_per_question"] == 4
+    assert v["pool_seconds"] > 0 and v["samples_per_question"] == 4 and v["pool"] is None  # drawn, then removed
     assert "--dataset arith:validation:12 --samples 4 --seed 0 --budget 2" in v["reproduce"]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # the pool went to a scratch folder

@@ -291,8 +291,8 @@ def write_doc(result: dict[str, Any], docs: Path, art: Path) -> Path:
     L += ["## Reviser: sequential revisions", ""]
     L += [
         f"{rev['questions']} test questions × {rev['chains']} chains of {len(rev['pass_at_1_by_step'])} attempts; attempt k sees",
-        *(["the previous attempts with the verifier's score of each (the best-scored 4, best last), as the revision",
-           f"strategy passes them; the chains run through the search loop, scored by `{rev.get('verifier')}`."]
+        *(["the previous attempts with the verifier's score of each (at most 4), as the revision strategy passes",
+           f"them; the chains run through the search loop, scored by `{rev.get('verifier')}`."]
           if rev.get("reads_scores") else
           ["the previous attempts (at most 4, newest last) through `format_prompt`, as the revision strategy passes them."]), "",
         "| revision step | " + " | ".join(str(i + 1) for i in range(len(rev["pass_at_1_by_step"]))) + " |",

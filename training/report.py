@@ -36,7 +36,7 @@ from ponder.proto.errors import InvalidArgument
 from ponder.workers.answers import Candidate, extract_answer, is_correct, select
 from ponder.workers.prm.value_head import ValueHead
 from ponder.tasks import arith
-from ponder.workers.models import PromptFormat, format_prompt
+from ponder.workers.models import format_prompt
 from ponder.training.checkpoint import EOS_ID, PAD_ID, load_checkpoint
 from ponder.training.grading import Samples, decode, prompt_ids, sample_solutions, span_logprobs_and_gaps
 from ponder.training.mc_labels import LabeledSolution, ModelRollouts, cut_steps, mc_label, step_features
@@ -382,17 +382,19 @@ def revise_section(cfg: ReportConfig, policy_rates: dict[str, float]) -> dict[st
     """Revision chains on test questions: the reviser's own (every attempt the reviser's), and
     the same chains as a worker runs them (:func:`service_chain`)."""
     from ponder.training.revise import loop_chains
+    from ponder.workers.models import resolve
 
-    model, tokenizer, fmt = load_checkpoint(cfg.reviser)
+    fmt = resolve(str(cfg.reviser)).fmt
     qs = arith.questions("test", cfg.revise_questions, seed=cfg.seed)
     chains = [(q, c) for q in qs for c in range(cfg.chains)]
-    if reads_scores(fmt):
+    if fmt.reads_scores:
         # a reviser that reads the verifier's scores: only the search loop computes them
         own = loop_chains(cfg.reviser, cfg.reviser, qs, cfg.chains, cfg.revise_steps, seed=cfg.seed,
                           temperature=cfg.temperature, verifier=cfg.reviser_verifier)
         correct = [[a.correct for a in c] for c in own]
         attempts = [[a.solution for a in c] for c in own]
     else:
+        model, tokenizer, fmt = load_checkpoint(cfg.reviser)
         attempts, correct = [[] for _ in chains], [[] for _ in chains]
         for k in range(cfg.revise_steps):
             prompts = [prompt_ids(tokenizer, fmt, q.question, attempts[i]) for i, (q, _) in enumerate(chains)]
@@ -418,18 +420,13 @@ def revise_section(cfg: ReportConfig, policy_rates: dict[str, float]) -> dict[st
         maj += arith.grade(f"\\boxed{{{select(cands, 'majority').answer}}}", q.answer)
     return {
         "questions": len(qs), "chains": cfg.chains, "pass_at_1_by_step": by_step,
-        "reads_scores": reads_scores(fmt), "verifier": cfg.reviser_verifier if reads_scores(fmt) else "none",
+        "reads_scores": fmt.reads_scores, "verifier": cfg.reviser_verifier if fmt.reads_scores else "none",
         "correct_turned_wrong": turned / max(1, was_right), "wrong_turned_correct": fixed / max(1, was_wrong),
         "last_attempt_accuracy": last_right, "chain_majority_accuracy": maj / len(chains),
         "any_attempt_correct": any_right,
         "policy_pass_at_1_same_questions": sum(policy_rates.get(q.question, 0.0) for q in qs) / len(qs),
-        "service_chain": service_chain(cfg, qs, reads_scores(fmt)),
+        "service_chain": service_chain(cfg, qs, fmt.reads_scores),
     }
-
-
-def reads_scores(fmt: PromptFormat) -> bool:
-    """Whether a reviser's prompt shows or is arranged by the verifier's scores of the attempts."""
-    return "{score}" in fmt.attempt_template or fmt.attempt_order == "score"
 
 
 def service_chain(cfg: ReportConfig, qs: Sequence[arith.Question], scored: bool) -> dict[str, Any]:
@@ -439,12 +436,12 @@ def service_chain(cfg: ReportConfig, qs: Sequence[arith.Question], scored: bool)
     ``cfg.revise_steps`` attempts per question. The policy's default verifier scores the
     attempts when the reviser reads scores; otherwise none runs (it would change which answer a
     run selects, not what a chain's attempts are)."""
-    from ponder.training.revise import loop_chains
+    from ponder.training.revise import chain_pass_at_1, loop_chains
 
     t = time.time()
     chains = loop_chains(cfg.policy, cfg.reviser, qs, cfg.chains, cfg.revise_steps, seed=cfg.seed,
                          temperature=cfg.temperature, verifier="auto" if scored else "none")
-    by_step = [sum(c[k].correct for c in chains) / len(chains) for k in range(cfg.revise_steps)]
+    by_step = chain_pass_at_1(chains)
     log.info("service chain: pass@1 by attempt %s", " ".join(f"{v:.3f}" for v in by_step))
     return {"pass_at_1_by_step": by_step, "verifier": "auto" if scored else "none", "wall_s": time.time() - t}
 

@@ -338,6 +338,11 @@ def loop_chains(
     return out
 
 
+def chain_pass_at_1(chains: Sequence[Sequence[Attempt]]) -> list[float]:
+    """pass@1 of attempt 1, 2, ... over chains of equal length (as :func:`loop_chains` returns them)."""
+    return [sum(c[k].correct for c in chains) / len(chains) for k in range(len(chains[0]))] if chains else []
+
+
 def builtin_name(path: Path) -> str:
     """The built-in model a directory is (its default verifier is the one ``auto`` loads), else the path."""
     from ponder.workers.models import BUILTIN
@@ -363,12 +368,10 @@ def scored_trajectories(
             kept = chain[: min(k, len(chain))]
             trajs.append(Trajectory(q.question, tuple(a.solution for a in kept), q.solution, tuple(a.score for a in kept)))
             right_in_context += sum(a.correct for a in kept)
-    by_attempt = [sum(c[k].correct for c in chains if len(c) > k) / max(1, sum(len(c) > k for c in chains))
-                  for k in range(recipe.samples)]
     n_right = sum(a.correct for c in chains for a in c)
     stats = {
         "questions": len(qs), "samples_per_question": recipe.samples, "correct_samples": n_right,
-        "wrong_samples": sum(len(c) for c in chains) - n_right, "chain_pass_at_1_by_attempt": by_attempt,
+        "wrong_samples": sum(len(c) for c in chains) - n_right, "chain_pass_at_1_by_attempt": chain_pass_at_1(chains),
         "questions_always_right": sum(all(a.correct for a in c) for c in chains), "right_in_context": right_in_context,
     }
     return trajs, stats
@@ -444,7 +447,7 @@ def loop_evaluator(tokenizer: Any, spec: dict[str, Any], recipe: ReviseRecipe, s
         save_checkpoint(model, tokenizer, scratch, spec)
         chains = loop_chains(Path(recipe.first_attempt), scratch, qs, recipe.val_chains, recipe.val_attempts,
                              seed=recipe.seed + 300, temperature=recipe.temperature, progress=False)
-        return [sum(c[k].correct for c in chains) / len(chains) for k in range(recipe.val_attempts)]
+        return chain_pass_at_1(chains)
 
     return evaluate
 
@@ -531,7 +534,7 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
     spec = {**arith.PromptSpec().ponder_json(), "attempt_template": rev_fmt.attempt_template}
     if rev_fmt.attempt_order != "chain":
         spec["attempt_order"] = rev_fmt.attempt_order
-    if "{score}" in rev_fmt.attempt_template and recipe.context != "scored":
+    if rev_fmt.reads_scores and recipe.context != "scored":
         raise InvalidArgument("attempt_view", "a scored view needs attempts with their scores: --context scored")
     if recipe.context == "chain" and fmt.attempt_template != rev_fmt.attempt_template:
         raise InvalidArgument(
@@ -551,7 +554,7 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
     with tempfile.TemporaryDirectory(prefix="ponder-revise-") as scratch:
         # a reviser that reads scores is scored on held-out chains through the search loop (only
         # it computes them); the others on plain batched chains, as before
-        evaluate = (loop_evaluator(tokenizer, spec, recipe, Path(scratch)) if "{score}" in rev_fmt.attempt_template
+        evaluate = (loop_evaluator(tokenizer, spec, recipe, Path(scratch)) if rev_fmt.reads_scores
                     else held_out_evaluator(tokenizer, rev_fmt, recipe))
         result = fit_with_early_stopping(model, batches, recipe, evaluate)
     summary = {

@@ -126,20 +126,25 @@ def main(argv: list[str] | None = None) -> int:
                                           "(fit one with `ponder train confidence` or `ponder train likelihood`)")
     model_name = policy.name
     del policy
-    if a.pool is None:
-        # a scratch folder, never beside the calibration (a committed model's folder)
-        a.pool = _draw(a, Path(tempfile.mkdtemp(prefix="ponder-vote-")))
-    data = json.loads(Path(a.pool).read_text())
+    drawn = a.pool is None
+    if drawn:
+        # a scratch folder, never beside the calibration (a committed model's folder), removed
+        # once read: the reproduce command draws the same pool again
+        with tempfile.TemporaryDirectory(prefix="ponder-vote-") as scratch:
+            data = json.loads(_draw(a, Path(scratch)).read_text())
+    else:
+        data = json.loads(Path(a.pool).read_text())
+    source = "the pool drawn here" if drawn else str(a.pool)
     for key, want in (("model", model_name), ("verifier", verifier.name)):
         if data.get(key) != want:
-            raise InvalidArgument("pool", f"{a.pool} was drawn with {key} {data.get(key)!r}, not {want!r}")
-    pool = pool_of(data, str(a.pool))
+            raise InvalidArgument("pool", f"{source} was drawn with {key} {data.get(key)!r}, not {want!r}")
+    pool = pool_of(data, source)
     if min(len(r["candidates"]) for r in pool) < a.budget:
-        raise InvalidArgument("budget", f"{a.pool} has {min(len(r['candidates']) for r in pool)} samples per question; "
+        raise InvalidArgument("budget", f"{source} has {min(len(r['candidates']) for r in pool)} samples per question; "
                                         f"best-of-{a.budget} needs as many")
     result = choose(pool, a.budget, powers, a.draws, a.seed)
     result |= {"command": "ponder train vote " + " ".join(argv), "reproduce": reproduce_command(a, data),
-               "pool": str(a.pool), "dataset": data.get("dataset"), "seconds": round(time.time() - started, 1),
+               "pool": None if drawn else source, "dataset": data.get("dataset"), "seconds": round(time.time() - started, 1),
                # drawing the pool (ponder eval) took this long, whether here or before (--pool)
                "pool_seconds": round(float(data.get("total_wall_s", 0.0)), 1),
                "load_average": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]}

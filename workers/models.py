@@ -64,6 +64,12 @@ class PromptFormat:
         if self.attempt_order not in ATTEMPT_ORDERS:
             raise InvalidArgument("attempt_order", f"must be one of {', '.join(ATTEMPT_ORDERS)}, got {self.attempt_order!r}")
 
+    @property
+    def reads_scores(self) -> bool:
+        """Whether the prompt shows the verifier's scores of the attempts or is arranged by them
+        (such a model can only be run, or evaluated, where a verifier scores each attempt)."""
+        return "{score}" in self.attempt_template or self.attempt_order == "score"
+
 
 ATTEMPT_ORDERS = ("chain", "score")
 
