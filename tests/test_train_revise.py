@@ -221,6 +221,12 @@ def test_a_scored_view_shows_each_attempts_score_and_puts_the_best_last() -> Non
     # in chain order (every other view) the scores change nothing but the {score} field
     chain = dataclasses.replace(fmt, attempt_order="chain")
     assert format_prompt(None, chain, "Q", tuple(sols[:2]), (0.9, 0.1)).startswith("Attempt 1 (90): 1\nAttempt 2 (10): 2\n")
+    # --attempt-view scored_full: each attempt's whole text under its score, the same order
+    full = dataclasses.replace(prompt_format(), attempt_template=revise.ATTEMPT_VIEWS["scored_full"],
+                               attempt_order=revise.ATTEMPT_ORDER["scored_full"])
+    assert full.reads_scores
+    shown = format_prompt(None, full, "Q", tuple(sols[:2]), (0.9, 0.1))
+    assert shown == f"Attempt 1 (10):\n{sols[1]}\n\nAttempt 2 (90):\n{sols[0]}\n\nRevise: Q\n\n"
     with pytest.raises(InvalidArgument) as err:
         PromptFormat(attempt_order="newest")
     assert err.value.field == "attempt_order"
@@ -372,3 +378,32 @@ def test_a_reviser_trained_from_a_reviser_records_every_stage(tmp_path: Any) -> 
     assert [(name, t["command"]) for name, t, _ in rows] == [
         ("reviser, stage 1 of 2", "ponder train revise"), ("reviser, stage 2 of 2", "ponder train revise --context chain")]
     assert [name for name, _, _ in reviser_stages(s1)] == ["reviser"] and reviser_stages({}) == []
+
+
+def test_scored_chains_are_saved_and_reused_only_for_the_same_run(monkeypatch: Any, tmp_path: Any) -> None:
+    """--chains-file: the first run draws the chains and writes them; a second run with the same
+    recipe reads them back without drawing; a run that would draw other chains (another seed) is
+    refused with the field named instead of training on the wrong chains."""
+    from ponder.proto.errors import InvalidArgument
+
+    draws: list[int] = []
+
+    def fake_loop_chains(policy: Path, reviser: Path, qs: Any, chains: int, attempts: int, **kw: Any) -> Any:
+        draws.append(len(qs))
+        return [[revise.Attempt(f"q{i} a{k}", 0.5 if k else None, k % 2 == 1) for k in range(attempts)]
+                for i in range(len(qs))]
+
+    monkeypatch.setattr(revise, "loop_chains", fake_loop_chains)
+    path = tmp_path / "chains.json"
+    recipe = revise.ReviseRecipe(questions=6, samples=3, context="scored", chains_file=str(path))
+    qs = arith.questions("train", 6, seed=1, mix=arith.EVAL_MIX)
+    first = revise.cached_loop_chains(recipe, Path("r"), qs)
+    assert draws == [6] and path.exists() and not path.with_name("chains.json.tmp").exists()
+    again = revise.cached_loop_chains(recipe, Path("r"), qs)
+    assert draws == [6] and again == first  # read back, not drawn
+    with pytest.raises(InvalidArgument) as err:
+        revise.cached_loop_chains(dataclasses.replace(recipe, seed=9), Path("r"), qs)
+    assert err.value.field == "chains_file" and draws == [6]
+    # without a file nothing is written and every call draws
+    revise.cached_loop_chains(dataclasses.replace(recipe, chains_file=None), Path("r"), qs)
+    assert draws == [6, 6]

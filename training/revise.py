@@ -15,7 +15,9 @@ trains on questions its start has not seen, and its train.json keeps the earlier
 search loop as a worker does (``--first-attempt``'s first attempt, the starting reviser's
 revisions, the default verifier scoring each attempt) and trains a reviser whose prompt shows
 each earlier attempt's score, the best-scored last (``PromptFormat.attempt_order = "score"``);
-its held-out chains run through the search loop too, since only it computes the scores. The
+its held-out chains run through the search loop too, since only it computes the scores
+(``--attempt-view scored_full`` shows each scored attempt's whole text instead of its results;
+``--chains-file`` saves the drawn chains, so a stage can be retrained without redrawing them). The
 committed ``arith-reviser`` is two stages: ``ponder train revise`` then ``ponder train revise
 --policy artifacts/arith/reviser --context chain --lr 5e-5 --steps 480``. Plain
 examples (no attempts, fresh questions) make up a fifth of the batches, so attempts-in-context
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import random
@@ -128,6 +131,9 @@ class ReviseRecipe:
     # --context scored: the model that writes each chain's first attempt, as on a worker (its
     # default verifier scores the attempts)
     first_attempt: str = str(DEFAULT_POLICY)
+    # --context scored: a JSON file holding the drawn chains (read when it holds this recipe's
+    # chains, else drawn and written there), so a stage can be retrained without redrawing them
+    chains_file: str | None = None
     per_question: int = 2  # revision trajectories per question, attempts-in-context 1..4 balanced
     plain_share: float = 0.2  # examples without attempts (fresh TRAIN_MIX questions) — 0..4 equally often
     steps: int = 720
@@ -146,10 +152,11 @@ class ReviseRecipe:
 CONTEXTS = ("mixed", "wrong", "chain", "scored")
 # the reviser's attempt_template for each attempt_view (PromptFormat documents the fields)
 ATTEMPT_VIEWS = {"full": "Attempt {index}:\n{attempt}\n\n", "results": "Attempt {index}: {results}\n",
-                 "answer": "Attempt {index}: {answer}\n", "scored": "Attempt {index} ({score}): {results}\n"}
+                 "answer": "Attempt {index}: {answer}\n", "scored": "Attempt {index} ({score}): {results}\n",
+                 "scored_full": "Attempt {index} ({score}):\n{attempt}\n\n"}
 # how each attempt_view arranges the attempts (PromptFormat.attempt_order): a scored view puts the
 # verifier's best attempt last, where the reviser learns to look first
-ATTEMPT_ORDER = {"scored": "score"}
+ATTEMPT_ORDER = {"scored": "score", "scored_full": "score"}
 ORDERS = ("random", "closest_last")
 
 
@@ -350,6 +357,44 @@ def builtin_name(path: Path) -> str:
     return next((name for name, d in BUILTIN.items() if d.resolve() == Path(path).resolve()), str(path))
 
 
+def _weights_digest(model_dir: Path) -> str:
+    weights = Path(model_dir) / "model.safetensors"
+    if not weights.exists():
+        return str(model_dir)
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+
+
+def chains_key(recipe: ReviseRecipe, start: Path, qs: Sequence[arith.Question]) -> dict[str, Any]:
+    """What a chains file must match to be reused: both models' weights, the questions, the
+    chain length, the seed and the temperature."""
+    return {
+        "first_attempt": _weights_digest(Path(recipe.first_attempt)), "reviser": _weights_digest(start),
+        "questions": hashlib.sha256("\n".join(q.question for q in qs).encode()).hexdigest()[:16],
+        "attempts": recipe.samples, "seed": recipe.seed, "temperature": recipe.temperature,
+    }
+
+
+def cached_loop_chains(recipe: ReviseRecipe, start: Path, qs: Sequence[arith.Question]) -> list[list[Attempt]]:
+    """The scored context's chains (one per question, :func:`loop_chains`), read from
+    ``recipe.chains_file`` when it holds this recipe's chains, else drawn (and written there)."""
+    path = Path(recipe.chains_file) if recipe.chains_file else None
+    key = chains_key(recipe, start, qs) if path else {}
+    if path and path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("key") != key:
+            raise InvalidArgument("chains_file", f"{path} holds the chains of another run ({saved.get('key')}, "
+                                  f"this one needs {key}): remove it or name another file")
+        log.info("chains read from %s", path)
+        return [[Attempt(**a) for a in c] for c in saved["chains"]]
+    chains = loop_chains(Path(recipe.first_attempt), start, qs, 1, recipe.samples, seed=recipe.seed,
+                         temperature=recipe.temperature)
+    if path:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"key": key, "chains": [[asdict(a) for a in c] for c in chains]}))
+        tmp.replace(path)
+    return chains
+
+
 def scored_trajectories(
     qs: Sequence[arith.Question], recipe: ReviseRecipe, start: Path
 ) -> tuple[list[Trajectory], dict[str, Any]]:
@@ -357,8 +402,7 @@ def scored_trajectories(
     (:func:`loop_chains`: the policy's first attempt, the starting reviser's revisions, each
     scored by the default verifier); each trajectory holds the chain's first k attempts with
     their scores (k balanced over 1..4) and the question's worked solution as its target."""
-    chains = loop_chains(Path(recipe.first_attempt), start, qs, 1, recipe.samples, seed=recipe.seed,
-                         temperature=recipe.temperature)
+    chains = cached_loop_chains(recipe, start, qs)
     rng = random.Random(recipe.seed)
     ks = balanced_ks(len(qs), recipe.per_question, rng)
     trajs: list[Trajectory] = []
@@ -592,6 +636,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--context", choices=CONTEXTS, default=d.context)
     p.add_argument("--first-attempt", default=d.first_attempt,
                    help="--context scored: the model writing each chain's first attempt (as on a worker)")
+    p.add_argument("--chains-file", default=d.chains_file,
+                   help="--context scored: reuse the chains saved in this JSON file, or draw and save them there")
     p.add_argument("--order", choices=ORDERS, default=d.order)
     p.add_argument("--attempt-view", choices=tuple(ATTEMPT_VIEWS), default=d.attempt_view,
                    help="how earlier attempts appear in the reviser's prompt (saved to its ponder.json)")
