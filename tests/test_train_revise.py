@@ -383,7 +383,8 @@ def test_a_reviser_trained_from_a_reviser_records_every_stage(tmp_path: Any) -> 
 def test_scored_chains_are_saved_and_reused_only_for_the_same_run(monkeypatch: Any, tmp_path: Any) -> None:
     """--chains-file: the first run draws the chains and writes them; a second run with the same
     recipe reads them back without drawing; a run that would draw other chains (another seed) is
-    refused with the field named instead of training on the wrong chains."""
+    refused with the field named instead of training on the wrong chains, as is one whose model
+    files changed (a refitted calibration); a context that draws no chains refuses the flag."""
     from ponder.proto.errors import InvalidArgument
 
     draws: list[int] = []
@@ -407,3 +408,16 @@ def test_scored_chains_are_saved_and_reused_only_for_the_same_run(monkeypatch: A
     # without a file nothing is written and every call draws
     revise.cached_loop_chains(dataclasses.replace(recipe, chains_file=None), Path("r"), qs)
     assert draws == [6, 6]
+    # the key covers every file of both models (a refitted calibration changes the scores)
+    model = tmp_path / "reviser"
+    model.mkdir()
+    (model / "likelihood-arith-large.json").write_text("{}")
+    other = dataclasses.replace(recipe, chains_file=str(tmp_path / "other.json"))
+    revise.cached_loop_chains(other, model, qs)
+    (model / "likelihood-arith-large.json").write_text('{"refitted": true}')
+    with pytest.raises(InvalidArgument):
+        revise.cached_loop_chains(other, model, qs)
+    assert revise.chains_key(recipe, Path("r"), qs)["verifier"] == "likelihood:arith-large"
+    with pytest.raises(InvalidArgument) as err:  # only --context scored draws chains to save
+        revise.train_reviser(dataclasses.replace(recipe, context="mixed"), revise.DEFAULT_POLICY, tmp_path / "out", "cmd")
+    assert err.value.field == "chains_file" and draws == [6, 6, 6]

@@ -357,18 +357,30 @@ def builtin_name(path: Path) -> str:
     return next((name for name, d in BUILTIN.items() if d.resolve() == Path(path).resolve()), str(path))
 
 
-def _weights_digest(model_dir: Path) -> str:
-    weights = Path(model_dir) / "model.safetensors"
-    if not weights.exists():
+def _dir_digest(model_dir: Path) -> str:
+    """A digest of every file of a model directory (weights, prompt format, the calibrations
+    beside it), or the path where it is not a directory."""
+    d = Path(model_dir)
+    if not d.is_dir():
         return str(model_dir)
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for f in sorted(x for x in d.rglob("*") if x.is_file()):
+        h.update(str(f.relative_to(d)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def chains_key(recipe: ReviseRecipe, start: Path, qs: Sequence[arith.Question]) -> dict[str, Any]:
-    """What a chains file must match to be reused: both models' weights, the questions, the
+    """What a chains file must match to be reused: both models (every file of each, so their
+    calibrations too), the verifier that scores the chains and its judge, the questions, the
     chain length, the seed and the temperature."""
+    from ponder.workers.models import BUILTIN, builtin_verifier
+
+    name = builtin_name(Path(recipe.first_attempt))
+    verifier = (builtin_verifier(name) if name in BUILTIN else None) or "auto"
+    judge = verifier.split(":")[1] if verifier.startswith("likelihood:") else None
     return {
-        "first_attempt": _weights_digest(Path(recipe.first_attempt)), "reviser": _weights_digest(start),
+        "first_attempt": _dir_digest(Path(recipe.first_attempt)), "reviser": _dir_digest(start),
+        "verifier": verifier, "judge": _dir_digest(BUILTIN.get(judge, Path(judge))) if judge else None,
         "questions": hashlib.sha256("\n".join(q.question for q in qs).encode()).hexdigest()[:16],
         "attempts": recipe.samples, "seed": recipe.seed, "temperature": recipe.temperature,
     }
@@ -578,6 +590,8 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
     spec = {**arith.PromptSpec().ponder_json(), "attempt_template": rev_fmt.attempt_template}
     if rev_fmt.attempt_order != "chain":
         spec["attempt_order"] = rev_fmt.attempt_order
+    if recipe.chains_file and recipe.context != "scored":
+        raise InvalidArgument("chains_file", "--chains-file holds the chains --context scored draws; this run draws none")
     if rev_fmt.reads_scores and recipe.context != "scored":
         raise InvalidArgument("attempt_view", "a scored view needs attempts with their scores: --context scored")
     if recipe.context == "chain" and fmt.attempt_template != rev_fmt.attempt_template:
