@@ -418,6 +418,7 @@ def test_scored_chains_are_saved_and_reused_only_for_the_same_run(monkeypatch: A
     with pytest.raises(InvalidArgument):
         revise.cached_loop_chains(other, model, qs)
     assert revise.chains_key(recipe, Path("r"), qs)["verifier"] == "likelihood:arith-large"
-    with pytest.raises(InvalidArgument) as err:  # only --context scored draws chains to save
+    monkeypatch.setattr(revise, "load_checkpoint", lambda path: pytest.fail("a model loaded"))
+    with pytest.raises(InvalidArgument) as err:  # only --context scored draws chains to save; refused before any load
         revise.train_reviser(dataclasses.replace(recipe, context="mixed"), revise.DEFAULT_POLICY, tmp_path / "out", "cmd")
     assert err.value.field == "chains_file" and draws == [6, 6, 6]

@@ -373,10 +373,11 @@ def chains_key(recipe: ReviseRecipe, start: Path, qs: Sequence[arith.Question]) 
     """What a chains file must match to be reused: both models (every file of each, so their
     calibrations too), the verifier that scores the chains and its judge, the questions, the
     chain length, the seed and the temperature."""
-    from ponder.workers.models import BUILTIN, builtin_verifier
+    from ponder.workers.models import BUILTIN
+    from ponder.workers.runtime import verifier_spec
 
-    name = builtin_name(Path(recipe.first_attempt))
-    verifier = (builtin_verifier(name) if name in BUILTIN else None) or "auto"
+    # the spec "auto" resolves to for the first-attempt model, as loop_chains loads it
+    verifier = verifier_spec("auto", builtin_name(Path(recipe.first_attempt)))
     judge = verifier.split(":")[1] if verifier.startswith("likelihood:") else None
     return {
         "first_attempt": _dir_digest(Path(recipe.first_attempt)), "reviser": _dir_digest(start),
@@ -576,13 +577,9 @@ def earlier_stages(start: Path) -> list[dict[str, Any]]:
 def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -> dict[str, Any]:
     if recipe.task != "arith":
         raise InvalidArgument("task", f"unknown task {recipe.task!r}; the built-in task is 'arith'")
-    torch.set_num_threads(recipe.threads)
-    started = time.time()
-    load_start = _loadavg()
-    model, tokenizer, fmt = load_checkpoint(policy)
-    earlier = earlier_stages(policy)  # read now: --out may be the starting checkpoint's directory
     # Trajectories are written in the reviser's own format (the one saved to its ponder.json),
-    # whatever the policy checkpoint's file says.
+    # whatever the policy checkpoint's file says; a recipe that cannot run is refused before any
+    # model loads.
     if recipe.attempt_view not in ATTEMPT_VIEWS:
         raise InvalidArgument("attempt_view", f"must be one of {', '.join(ATTEMPT_VIEWS)}, got {recipe.attempt_view!r}")
     rev_fmt = dataclasses.replace(prompt_format(), attempt_template=ATTEMPT_VIEWS[recipe.attempt_view],
@@ -594,6 +591,11 @@ def train_reviser(recipe: ReviseRecipe, policy: Path, out: Path, command: str) -
         raise InvalidArgument("chains_file", "--chains-file holds the chains --context scored draws; this run draws none")
     if rev_fmt.reads_scores and recipe.context != "scored":
         raise InvalidArgument("attempt_view", "a scored view needs attempts with their scores: --context scored")
+    torch.set_num_threads(recipe.threads)
+    started = time.time()
+    load_start = _loadavg()
+    model, tokenizer, fmt = load_checkpoint(policy)
+    earlier = earlier_stages(policy)  # read now: --out may be the starting checkpoint's directory
     if recipe.context == "chain" and fmt.attempt_template != rev_fmt.attempt_template:
         raise InvalidArgument(
             "context", f"--context chain runs the starting model's own revision chains: start from a reviser "
